@@ -1,0 +1,87 @@
+"""The ``cimpt`` command line.
+
+Every command exits 0 on success; on bad input it exits 2 with one line on stderr that starts
+with ``error:``. Heavy imports (torch, timm) happen inside the command functions so that
+``cimpt --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from cimpt.errors import CimptError
+
+Handler = Callable[[argparse.Namespace], None]
+
+
+def _tokenizer_train(args: argparse.Namespace) -> None:
+    from cimpt.config import load_config
+    from cimpt.tokenizers.train import train_tokenizer
+
+    train_tokenizer(load_config(args.config, args.overrides))
+
+
+def _tokenizer_eval(args: argparse.Namespace) -> None:
+    from cimpt.tokenizers.evaluate import evaluate_tokenizer_command
+
+    evaluate_tokenizer_command(args.checkpoint, args.overrides)
+
+
+def _tokenizer_convert(args: argparse.Namespace) -> None:
+    from cimpt.tokenizers.dalle_io import convert_dalle_pickles
+
+    out = convert_dalle_pickles(args.encoder, args.decoder, args.out)
+    print(f"wrote {out}")
+
+
+def _add_config_command(
+    sub: argparse._SubParsersAction, name: str, help_: str, fn: Handler
+) -> None:
+    p = sub.add_parser(name, help=help_)
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.batch_size=64")
+    p.set_defaults(func=fn)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cimpt",
+        description="Corrupted Image Modeling pre-training (Fang et al., ICLR 2023).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    tok = sub.add_parser("tokenizer", help="train, evaluate or convert an image tokenizer")
+    tok_sub = tok.add_subparsers(dest="tokenizer_command", required=True)
+    _add_config_command(tok_sub, "train", "train a VQ-VAE tokenizer", _tokenizer_train)
+    p = tok_sub.add_parser("eval", help="reconstruction PSNR and codebook usage on held-out images")
+    p.add_argument("checkpoint", help="tokenizer .safetensors file, checkpoint dir or run dir")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.val_path=...")
+    p.set_defaults(func=_tokenizer_eval)
+    p = tok_sub.add_parser(
+        "convert-dalle", help="convert DALL-E encoder.pkl/decoder.pkl to one safetensors file"
+    )
+    p.add_argument("encoder", help="encoder.pkl")
+    p.add_argument("decoder", help="decoder.pkl")
+    p.add_argument("out", help="output .safetensors")
+    p.set_defaults(func=_tokenizer_convert)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except CimptError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

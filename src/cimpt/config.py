@@ -1,0 +1,354 @@
+"""Typed, layered configuration: defaults <- YAML file <- ``a.b=c`` command-line overrides.
+
+The schema is a tree of dataclasses merged with OmegaConf in struct mode, so an unknown key or
+a value of the wrong type is an error that names the key. ``validate`` then checks the sizes
+that must agree with each other (METHOD.md step 1: the token grid must equal the enhancer's
+patch grid) before any work starts. The merged config is written into each run directory.
+Every key is documented in ``configs/defaults.yaml``; a test keeps that file and this schema
+identical.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from cimpt.errors import ConfigError
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/cim"
+    log_every: int = 10
+    ckpt_every: int = 500
+    keep_last: int = 2
+    vis_every: int = 500
+    tensorboard: bool = True
+    progress: bool = True
+    max_nan_steps: int = 5
+
+
+@dataclass
+class DataConfig:
+    source: str = "auto"
+    path: str = ""
+    val_path: str = ""
+    cache_dir: str = "~/.cache/cimpt/datasets"
+    download: bool = True
+    img_size: int = 32
+    crop_scale: list[float] = field(default_factory=lambda: [0.35, 1.0])
+    crop_ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333333])
+    hflip: float = 0.5
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    num_workers: int = 2
+    max_images: int = 0
+    bundled_samples: int = 2048
+    label_fraction: float = 1.0
+
+
+@dataclass
+class MaskConfig:
+    ratio: float = 0.45
+    min_block: int = 0
+    max_block: int = 0
+    min_aspect: float = 0.3
+
+
+@dataclass
+class TokenizerConfig:
+    kind: str = "vqvae"
+    checkpoint: str = ""
+    vocab_size: int = 1024
+    downsample: int = 4
+    img_size: int = 0
+    width: int = 64
+    res_blocks: int = 2
+    embed_dim: int = 32
+    ema_decay: float = 0.99
+    commitment: float = 0.25
+    dead_code_threshold: float = 0.01
+
+
+@dataclass
+class GeneratorConfig:
+    depth: int = 2
+    embed_dim: int = 128
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    temperature: float = 1.0
+
+
+@dataclass
+class EnhancerConfig:
+    name: str = "vit_tiny_patch16_224"
+    patch_size: int = 4
+    drop_path: float = 0.1
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LossConfig:
+    enh_weight: float = 1.0
+    respix_window: int = 0
+    respix_residual: bool = False
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 64
+    accum_steps: int = 1
+    epochs: int = 10
+    max_steps: int = 0
+    blr: float = 1.5e-3
+    lr: float = 0.0
+    min_lr: float = 1e-6
+    warmup_epochs: float = 1.0
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    clip_grad: float = 3.0
+    amp: str = "auto"
+    compile: bool = False
+    channels_last: bool = False
+    device: str = "auto"
+    deterministic: bool = True
+
+
+@dataclass
+class InitConfig:
+    checkpoint: str = ""
+
+
+@dataclass
+class RootConfig:
+    seed: int = 0
+    objective: str = "respix"
+    resume: str = ""
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    enhancer: EnhancerConfig = field(default_factory=EnhancerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+
+
+# Keys whose value is free-form (passed through to timm), so struct mode must not close them.
+_OPEN_KEYS = ("enhancer.kwargs",)
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "objective": ("respix", "revdet"),
+    "data.source": ("auto", "folder", "tar", "cifar10", "cifar100", "bundled"),
+    "tokenizer.kind": ("vqvae", "dalle"),
+    "train.amp": ("auto", "bf16", "fp16", "none"),
+}
+
+
+def _one_line(exc: OmegaConfBaseException, origin: str) -> str:
+    """Turn an OmegaConf exception into ``<origin>: key 'a.b': reason``."""
+    key = getattr(exc, "full_key", None) or "?"
+    msg = str(getattr(exc, "msg", None) or exc).splitlines()[0].strip()
+    if "not in" in msg or ("Key '" in msg and "not" in msg):
+        msg = "unknown key"
+    return f"{origin}: config key '{key}': {msg}"
+
+
+def _schema() -> DictConfig:
+    cfg = OmegaConf.structured(RootConfig)
+    OmegaConf.set_struct(cfg, True)
+    for key in _OPEN_KEYS:
+        OmegaConf.set_struct(OmegaConf.select(cfg, key), False)
+    return cfg
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' is not of the form key=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override '{item}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(
+            f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}"
+        ) from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file {path} must hold a mapping of keys, not {type(data).__name__}"
+        )
+    # A file may name a base file to build on, relative to itself.
+    base = data.pop("base", None)
+    if base:
+        merged = _read_yaml(path.parent / str(base))
+        return _deep_merge(merged, data)
+    return data
+
+
+def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = (
+            _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        )
+    return out
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> DictConfig:
+    """Build the config: typed defaults, then the YAML file, then ``key=value`` overrides.
+
+    Raises ``ConfigError`` with one line naming the key for unknown keys, wrong types and
+    inconsistent sizes.
+    """
+    cfg = _schema()
+    if path is not None:
+        origin = str(path)
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.create(_read_yaml(Path(path))))
+        except OmegaConfBaseException as exc:
+            raise ConfigError(_one_line(exc, origin)) from None
+    for item in overrides:
+        key, value = _parse_override(item)
+        try:
+            OmegaConf.update(cfg, key, value, merge=True)
+        except OmegaConfBaseException as exc:
+            raise ConfigError(_one_line(exc, "override")) from None
+    validate(cfg)
+    return cfg
+
+
+def _require(ok: bool, key: str, reason: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}': {reason}")
+
+
+def token_grid(cfg: DictConfig) -> int:
+    """Side of the enhancer's patch grid, which the token grid must match (METHOD.md step 1)."""
+    return int(cfg.data.img_size) // int(cfg.enhancer.patch_size)
+
+
+def tokenizer_resolution(cfg: DictConfig) -> int:
+    """Side of the tokenizer view: ``grid * tokenizer.downsample`` unless set explicitly."""
+    return int(cfg.tokenizer.img_size) or token_grid(cfg) * int(cfg.tokenizer.downsample)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check choices, ranges and sizes that must agree; one line per failure."""
+    for key, choices in _CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        _require(value in choices, key, f"'{value}' is not one of {', '.join(choices)}")
+    d, t = cfg.data, cfg.train
+    _require(d.img_size > 0, "data.img_size", "must be positive")
+    _require(cfg.enhancer.patch_size > 0, "enhancer.patch_size", "must be positive")
+    _require(
+        d.img_size % cfg.enhancer.patch_size == 0,
+        "data.img_size",
+        f"{d.img_size} is not divisible by enhancer.patch_size={cfg.enhancer.patch_size}",
+    )
+    _require(
+        len(d.crop_scale) == 2 and 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1,
+        "data.crop_scale",
+        "must be [min, max] with 0 < min <= max <= 1",
+    )
+    _require(
+        len(d.crop_ratio) == 2 and 0 < d.crop_ratio[0] <= d.crop_ratio[1],
+        "data.crop_ratio",
+        "must be [min, max] with 0 < min <= max",
+    )
+    _require(len(d.mean) == 3 and len(d.std) == 3, "data.mean", "mean and std need 3 values")
+    _require(all(s > 0 for s in d.std), "data.std", "must be positive")
+    _require(0.0 <= d.hflip <= 1.0, "data.hflip", "must be in [0, 1]")
+    _require(0.0 < d.label_fraction <= 1.0, "data.label_fraction", "must be in (0, 1]")
+    _require(d.num_workers >= 0, "data.num_workers", "must be >= 0")
+    _require(0.0 < cfg.mask.ratio < 1.0, "mask.ratio", "must be in (0, 1)")
+    _require(cfg.mask.min_aspect > 0, "mask.min_aspect", "must be positive")
+    _require(cfg.tokenizer.vocab_size >= 2, "tokenizer.vocab_size", "must be >= 2")
+    _require(
+        cfg.tokenizer.downsample in (1, 2, 4, 8, 16),
+        "tokenizer.downsample",
+        "must be a power of two from 1 to 16",
+    )
+    tok_size, down, grid = cfg.tokenizer.img_size, cfg.tokenizer.downsample, token_grid(cfg)
+    _require(
+        tok_size == 0 or tok_size == grid * down,
+        "tokenizer.img_size",
+        f"{tok_size} / downsample {down} gives a {tok_size // down}x{tok_size // down} token "
+        f"grid, but the enhancer's patch grid is {grid}x{grid} "
+        "(data.img_size / enhancer.patch_size); use 0 to derive it",
+    )
+    _require(
+        cfg.generator.embed_dim % cfg.generator.num_heads == 0,
+        "generator.embed_dim",
+        f"{cfg.generator.embed_dim} is not divisible by generator.num_heads",
+    )
+    _require(cfg.generator.temperature > 0, "generator.temperature", "must be positive")
+    _require(t.batch_size > 0, "train.batch_size", "must be positive")
+    _require(t.accum_steps > 0, "train.accum_steps", "must be positive")
+    _require(
+        t.batch_size % t.accum_steps == 0,
+        "train.batch_size",
+        f"{t.batch_size} is not divisible by train.accum_steps={t.accum_steps}",
+    )
+    _require(t.epochs > 0 or t.max_steps > 0, "train.epochs", "set train.epochs or train.max_steps")
+    _require(t.max_steps >= 0, "train.max_steps", "must be >= 0")
+    _require(len(t.betas) == 2, "train.betas", "must be [beta1, beta2]")
+    _require(
+        cfg.resume in ("", "auto") or Path(cfg.resume).exists(),
+        "resume",
+        f"'{cfg.resume}' is neither 'auto' nor an existing checkpoint",
+    )
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def save_config(cfg: DictConfig, path: str | Path) -> None:
+    """Write the merged config atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(to_yaml(cfg))
+    tmp.replace(path)
+
+
+def from_dict(data: dict[str, Any]) -> DictConfig:
+    """Rebuild a validated config from a plain dict (as stored with a checkpoint)."""
+    cfg = _schema()
+    try:
+        cfg = OmegaConf.merge(cfg, OmegaConf.create(data))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_one_line(exc, "stored config")) from None
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: DictConfig) -> dict[str, Any]:
+    out = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(out, dict)
+    return out  # type: ignore[return-value]

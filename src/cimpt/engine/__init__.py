@@ -1,0 +1,1 @@
+"""Training engine: loop, schedules, checkpoints, distributed, logging. Knows nothing of CIM."""

@@ -1,0 +1,395 @@
+"""The training loop (DESIGN.md lesson 2: the model returns losses, the loop trains).
+
+Handles device placement, DDP under torchrun, bf16/fp16 autocast, gradient accumulation,
+clipping, the NaN guard, per-step lr schedule, progress bar, JSONL/TensorBoard logs,
+atomic checkpoints, ``resume=auto`` with the exact data position, and SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from tqdm import tqdm
+
+from cimpt.config import save_config, to_dict
+from cimpt.engine import distributed as D
+from cimpt.engine.checkpoint import module_tensors, save_checkpoint
+from cimpt.engine.metrics import MetricsLogger, RunningMeans, peak_memory_mb
+from cimpt.engine.optim import build_adamw
+from cimpt.engine.resume import find_resume_checkpoint, restore
+from cimpt.engine.rng import rng_state, seed_everything
+from cimpt.engine.schedule import scaled_lr, warmup_cosine
+from cimpt.engine.task import Task
+from cimpt.errors import CimptError
+
+
+@dataclass
+class LoopState:
+    """Where the run is; saved with every checkpoint."""
+
+    step: int = 0  # optimizer updates done
+    epoch: int = 0
+    batch_in_epoch: int = 0  # micro-batches of this epoch already consumed
+    skipped_images: int = 0
+    nan_streak: int = 0
+    nan_total: int = 0
+
+
+@dataclass
+class FitResult:
+    state: LoopState
+    run_dir: Path
+    interrupted: bool
+    last_checkpoint: Path | None
+    last_metrics: dict[str, float]
+
+
+class _StopFlag:
+    """Set by SIGTERM/SIGINT; the loop checkpoints and exits after the current step."""
+
+    def __init__(self) -> None:
+        self.set = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(ValueError):  # not the main thread
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.set = True
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[amp]
+
+
+def _micro_batch(cfg: DictConfig, world: int) -> int:
+    t = cfg.train
+    per_step = t.batch_size // world
+    if per_step * world != t.batch_size or per_step % t.accum_steps:
+        raise CimptError(
+            f"train.batch_size={t.batch_size} must divide by world size {world} x "
+            f"train.accum_steps={t.accum_steps}"
+        )
+    return per_step // t.accum_steps
+
+
+class Trainer:
+    """Runs a ``Task`` for ``train.max_steps`` or ``train.epochs``."""
+
+    def __init__(self, task: Task, cfg: DictConfig, dist: D.DistInfo | None = None) -> None:
+        self.task, self.cfg = task, cfg
+        self.dist = dist or D.init_distributed(cfg.train.device)
+        self.device = self.dist.device
+        self.run_dir = Path(cfg.run.dir).expanduser()
+        self.amp_dtype = _amp_dtype(cfg.train.amp, self.device)
+        self.micro = _micro_batch(cfg, self.dist.world_size)
+        self.state = LoopState()
+        seed_everything(cfg.seed + self.dist.rank, cfg.train.deterministic)
+        self._build_data()
+        self.model = task.model.to(self.device)
+        if cfg.train.channels_last and self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.base_lr = scaled_lr(cfg.train.blr, cfg.train.lr, cfg.train.batch_size)
+        self.optimizer = build_adamw(
+            self.model, self.base_lr, cfg.train.weight_decay, tuple(cfg.train.betas)
+        )
+        self.scaler = torch.amp.GradScaler(enabled=self.amp_dtype == torch.float16)
+        self.resumed_from = self._maybe_resume()
+        self.total_steps = self._total_steps()
+        self.warmup_steps = min(
+            self.total_steps, round(cfg.train.warmup_epochs * self.steps_per_epoch_or_total())
+        )
+        self.wrapped = self._wrap(self.model)
+        self.logger = MetricsLogger(self.run_dir, self.dist.is_main, cfg.run.tensorboard)
+        if self.dist.is_main:
+            save_config(cfg, self.run_dir / "config.yaml")
+
+    # ----- set-up -------------------------------------------------------------------------
+    def _build_data(self) -> None:
+        from cimpt.data import ResumableSampler, build_loader
+
+        ds = self.task.dataset
+        self.sized = hasattr(ds, "__len__")
+        self.sampler = None
+        if self.sized:
+            n = len(ds)  # type: ignore[arg-type]
+            if n < self.cfg.train.batch_size:
+                raise CimptError(
+                    f"data: the dataset yields {n} images, fewer than one batch "
+                    f"(train.batch_size={self.cfg.train.batch_size})"
+                )
+            self.sampler = ResumableSampler(
+                n,
+                shuffle=True,
+                seed=self.cfg.seed,
+                rank=self.dist.rank,
+                world=self.dist.world_size,
+                drop_last=True,
+            )
+        elif self.cfg.train.max_steps <= 0:
+            raise CimptError("train.max_steps: a streaming (tar) dataset has no length; set it")
+        self.loader = build_loader(
+            ds,
+            self.micro,
+            self.cfg.data.num_workers,
+            self.task.collate,
+            self.sampler,
+            self.cfg.seed,
+            drop_last=True,
+        )
+
+    def steps_per_epoch(self) -> int:
+        if self.sampler is None:
+            return 0
+        return len(self.sampler) // self.micro // self.cfg.train.accum_steps
+
+    def steps_per_epoch_or_total(self) -> int:
+        return self.steps_per_epoch() or self.total_steps
+
+    def _total_steps(self) -> int:
+        t = self.cfg.train
+        if t.max_steps > 0:
+            return int(t.max_steps)
+        if self.steps_per_epoch() == 0:
+            raise CimptError("data: not enough images for one optimizer step per epoch")
+        return int(t.epochs * self.steps_per_epoch())
+
+    def _maybe_resume(self) -> Path | None:
+        ckpt = find_resume_checkpoint(self.cfg.resume, self.run_dir)
+        if ckpt is None:
+            return None
+        self.state = restore(
+            ckpt, self.task, self.cfg, self.optimizer, self.scaler, LoopState, self.device
+        )
+        if self.dist.is_main:
+            print(f"resumed from {ckpt} at step {self.state.step}")
+        return ckpt
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        wrapped: nn.Module = model
+        if self.dist.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        if self.cfg.train.compile:
+            wrapped = torch.compile(wrapped)  # type: ignore[assignment]
+        return wrapped
+
+    # ----- data ---------------------------------------------------------------------------
+    def _batches(self) -> Iterator[dict[str, Any]]:
+        """Micro-batches forever, epoch after epoch, starting at the saved data position."""
+        while True:
+            skip = self.state.batch_in_epoch
+            if self.sampler is not None:
+                self.sampler.set_epoch(self.state.epoch)
+                self.sampler.set_start(skip * self.micro)
+                skip = 0
+            else:
+                set_epoch = getattr(self.task.dataset, "set_epoch", None)
+                if callable(set_epoch):
+                    set_epoch(self.state.epoch)
+            for i, batch in enumerate(self.loader):
+                if i < skip:  # streaming data cannot seek: fast-forward instead
+                    continue
+                yield batch
+            self.state.epoch += 1
+            self.state.batch_in_epoch = 0
+
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for k, v in batch.items():
+            if isinstance(v, torch.Tensor):
+                v = v.to(self.device, non_blocking=True)
+                if self.cfg.train.channels_last and v.ndim == 4 and self.device.type == "cuda":
+                    v = v.contiguous(memory_format=torch.channels_last)
+            out[k] = v
+        return out
+
+    # ----- one optimizer step ---------------------------------------------------------------
+    def _set_lr(self) -> float:
+        lr = warmup_cosine(
+            self.state.step,
+            self.total_steps,
+            self.warmup_steps,
+            self.base_lr,
+            self.cfg.train.min_lr,
+        )
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        return lr
+
+    def _forward_backward(self, batch: dict[str, Any], sync: bool) -> dict[str, torch.Tensor]:
+        ctx = (
+            self.wrapped.no_sync()
+            if not sync and isinstance(self.wrapped, nn.parallel.DistributedDataParallel)
+            else contextlib.nullcontext()
+        )
+        with ctx:
+            with torch.autocast(
+                self.device.type,
+                dtype=self.amp_dtype or torch.float32,
+                enabled=self.amp_dtype is not None,
+            ):
+                out = self.wrapped(batch)
+            loss = out["loss"] / self.cfg.train.accum_steps
+            self.scaler.scale(loss).backward()
+        return out
+
+    def _optimizer_step(self, finite_local: bool, stop_local: bool) -> tuple[float, bool, bool]:
+        """Clip, check finiteness on every rank, step or skip. Returns (grad norm, ok, stop)."""
+        self.scaler.unscale_(self.optimizer)
+        clip = self.cfg.train.clip_grad if self.cfg.train.clip_grad > 0 else math.inf
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        flags = torch.tensor(
+            [float(finite_local and bool(torch.isfinite(norm))), float(stop_local)],
+            device=self.device,
+        )
+        # One reduction decides for all ranks, so they skip or stop together.
+        flags = D.all_reduce_sum(flags)
+        ok = bool(flags[0] == self.dist.world_size)
+        stop = bool(flags[1] > 0)
+        if ok:
+            self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm), ok, stop
+
+    # ----- the loop -----------------------------------------------------------------------
+    def fit(self) -> FitResult:
+        cfg, st = self.cfg, self.state
+        means = RunningMeans()
+        last_metrics: dict[str, float] = {}
+        last_ckpt = self.resumed_from
+        bar = tqdm(
+            total=self.total_steps,
+            initial=st.step,
+            unit="step",
+            dynamic_ncols=True,
+            disable=not (self.dist.is_main and cfg.run.progress),
+        )
+        batches = self._batches()
+        window_t0, window_images, window_wait = time.perf_counter(), 0, 0.0
+        interrupted = False
+        self.model.train()
+        with _StopFlag() as stop_flag:
+            while st.step < self.total_steps:
+                sched = self.task.on_step(st.step, self.total_steps)
+                lr = self._set_lr()
+                finite, step_vals = True, RunningMeans()
+                batch: dict[str, Any] = {}
+                for micro in range(cfg.train.accum_steps):
+                    t0 = time.perf_counter()
+                    batch = next(batches)
+                    window_wait += time.perf_counter() - t0
+                    st.batch_in_epoch += 1
+                    st.skipped_images += int(batch.get("skipped", 0))
+                    window_images += self.task.batch_size_of(batch) * self.dist.world_size
+                    out = self._forward_backward(
+                        self._to_device(batch), sync=micro == cfg.train.accum_steps - 1
+                    )
+                    vals = {k: float(v.detach()) for k, v in out.items() if v.numel() == 1}
+                    finite = finite and math.isfinite(vals["loss"])
+                    step_vals.add(vals)
+                norm, ok, stop = self._optimizer_step(finite, stop_flag.set)
+                st.step += 1
+                bar.update(1)
+                if ok:
+                    st.nan_streak = 0
+                    means.add({**step_vals.pop(), "grad_norm": norm})
+                else:
+                    st.nan_streak += 1
+                    st.nan_total += 1
+                    self._on_nonfinite()
+                if st.step % cfg.run.log_every == 0 or st.step == self.total_steps:
+                    elapsed = max(time.perf_counter() - window_t0, 1e-9)
+                    last_metrics = {
+                        **means.pop(),
+                        **sched,
+                        "lr": lr,
+                        "epoch": st.epoch,
+                        "img_per_s": window_images / elapsed,
+                        "data_wait_frac": window_wait / elapsed,
+                        "peak_mem_mb": peak_memory_mb(self.device),
+                        "skipped_images": st.skipped_images,
+                        "nan_skipped": st.nan_total,
+                    }
+                    self.logger.log(st.step, last_metrics)
+                    bar.set_postfix(
+                        loss=f"{last_metrics.get('loss', float('nan')):.4f}",
+                        img_s=f"{last_metrics['img_per_s']:.0f}",
+                    )
+                    window_t0, window_images, window_wait = time.perf_counter(), 0, 0.0
+                if self.dist.is_main and cfg.run.vis_every > 0 and st.step % cfg.run.vis_every == 0:
+                    self.task.visualize(st.step, batch, self.run_dir)
+                if stop or st.step % cfg.run.ckpt_every == 0 or st.step == self.total_steps:
+                    last_ckpt = self.save()
+                if stop:
+                    interrupted = True
+                    break
+        bar.close()
+        if self.dist.is_main and not interrupted:
+            self.task.finish(self.run_dir)
+        self.logger.close()
+        return FitResult(st, self.run_dir, interrupted, last_ckpt, last_metrics)
+
+    def _on_nonfinite(self) -> None:
+        st = self.state
+        self.logger.log(st.step, {"nan_skipped": st.nan_total, "nan_streak": st.nan_streak})
+        if st.nan_streak >= self.cfg.run.max_nan_steps:
+            raise CimptError(
+                f"the loss was NaN or inf for {st.nan_streak} steps in a row (up to step "
+                f"{st.step}); no update was applied on those steps. Lower train.blr or "
+                "check the data; resume=auto restarts from the last good checkpoint"
+            )
+
+    def save(self) -> Path | None:
+        """Checkpoint on rank 0 (never one with non-finite weights); others wait."""
+        path = None
+        if self.dist.is_main:
+            tensors_ok = all(torch.isfinite(p).all() for p in self.model.parameters())
+            if not tensors_ok:
+                raise CimptError(
+                    f"weights hold NaN or inf at step {self.state.step}; checkpoint not written"
+                )
+            st = self.state
+            state = {
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": rng_state(),
+                "loop": dict(st.__dict__),
+            }
+            meta = {
+                "kind": self.task.kind,
+                "step": st.step,
+                "epoch": st.epoch,
+                "config": to_dict(self.cfg),
+            }
+            path = save_checkpoint(
+                self.run_dir,
+                st.step,
+                module_tensors(self.task.saved_modules()),
+                state,
+                meta,
+                self.cfg.run.keep_last,
+            )
+        D.barrier()
+        return path

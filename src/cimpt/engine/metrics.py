@@ -1,0 +1,85 @@
+"""Observability: running means of step metrics, JSONL and TensorBoard logs, peak memory.
+
+Only rank 0 writes. ``metrics.jsonl`` gets one JSON object per logged step with a ``step``
+field; TensorBoard (when installed and ``run.tensorboard`` is true) gets the same scalars.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class RunningMeans:
+    """Averages scalars over the steps between two log lines."""
+
+    def __init__(self) -> None:
+        self._sum: dict[str, float] = defaultdict(float)
+        self._n: dict[str, int] = defaultdict(int)
+
+    def add(self, values: dict[str, float]) -> None:
+        for k, v in values.items():
+            self._sum[k] += float(v)
+            self._n[k] += 1
+
+    def pop(self) -> dict[str, float]:
+        out = {k: self._sum[k] / self._n[k] for k in self._sum}
+        self._sum.clear()
+        self._n.clear()
+        return out
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated on ``device``, or this process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports KiB, macOS bytes.
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+
+
+class MetricsLogger:
+    """Appends to ``metrics.jsonl`` and TensorBoard; a no-op on ranks other than 0."""
+
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool) -> None:
+        self.enabled = enabled
+        self._file = None
+        self._tb: Any = None
+        if not enabled:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self._file = open(run_dir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+            except ImportError:
+                print(
+                    "note: tensorboard is not installed; logging to metrics.jsonl only",
+                    file=sys.stderr,
+                )
+
+    def log(self, step: int, values: dict[str, Any]) -> None:
+        if not self.enabled or self._file is None:
+            return
+        record = {"step": step, **values}
+        self._file.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)):
+                    self._tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None

@@ -1,0 +1,43 @@
+"""AdamW with BEiT's weight-decay exclusions (METHOD.md, pre-training recipe).
+
+No decay for norms, biases (every parameter with fewer than 2 dims), position embeddings,
+class and [MASK] tokens (the names a model returns from ``no_weight_decay()``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+
+def no_decay_names(model: nn.Module) -> set[str]:
+    fn = getattr(model, "no_weight_decay", None)
+    names = set(fn()) if callable(fn) else set()
+    return names
+
+
+def param_groups(
+    model: nn.Module, weight_decay: float, skip: Iterable[str] = ()
+) -> list[dict[str, object]]:
+    """Split trainable parameters into a decayed and a non-decayed group."""
+    skip = set(skip) | no_decay_names(model)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim <= 1 or name in skip or any(name.endswith("." + s) for s in skip):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_adamw(
+    model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float]
+) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas)

@@ -1,0 +1,1 @@
+"""Networks: the small BEiT generator, the enhancer wrapper around timm backbones, and heads."""

@@ -1,0 +1,106 @@
+"""``cimpt pretrain``: CIM pre-training as a ``Task`` for the generic engine.
+
+Wires the parts together: the two-view dataset and block masks (``cimpt.data``), the frozen
+tokenizer (``cimpt.tokenizers``), and the CIM module (``cimpt.cim``). At the end the enhancer
+alone is exported to ``run.dir/enhancer.safetensors``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from cimpt.config import token_grid, tokenizer_resolution
+from cimpt.engine.loop import FitResult, Trainer
+from cimpt.engine.task import Task
+from cimpt.errors import CimptError
+from cimpt.tokenizers.base import ImageTokenizer
+
+ENHANCER_FILE = "enhancer.safetensors"
+
+
+class CIMTask(Task):
+    kind = "cim"
+    arch_keys = (
+        "objective",
+        "generator.depth",
+        "generator.embed_dim",
+        "generator.num_heads",
+        "generator.mlp_ratio",
+        "enhancer.name",
+        "enhancer.patch_size",
+        "enhancer.kwargs",
+        "data.img_size",
+        "tokenizer.vocab_size",
+        "tokenizer.downsample",
+        "loss.respix_residual",
+    )
+
+    def __init__(self, model: torch.nn.Module, dataset: Any, collate: Any, cfg: DictConfig):
+        super().__init__(model, dataset, collate)
+        self.cfg = cfg
+
+    def saved_modules(self) -> dict[str, torch.nn.Module]:
+        # generator, enhancer and heads; the frozen tokenizer is not a child (never saved).
+        return dict(self.model.named_children())
+
+    def visualize(self, step: int, batch: dict[str, Any], run_dir: Path) -> None:
+        from cimpt.viz import save_cim_figure
+
+        device = next(self.model.parameters()).device
+        small = {k: (v[:8].to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        panels = self.model.visualize(small)  # type: ignore[operator]
+        save_cim_figure(panels, run_dir / "figures" / f"cim_{step:08d}.png")
+
+    def finish(self, run_dir: Path) -> None:
+        from cimpt.export import save_enhancer
+
+        save_enhancer(self.model.enhancer, self.cfg, run_dir / ENHANCER_FILE)  # type: ignore[arg-type]
+
+
+def load_frozen_tokenizer(cfg: DictConfig) -> ImageTokenizer:
+    from cimpt.tokenizers.load import load_tokenizer
+
+    if not cfg.tokenizer.checkpoint:
+        raise CimptError(
+            "tokenizer.checkpoint is empty: train one with `cimpt tokenizer train "
+            "configs/cifar10_tokenizer.yaml` (or convert the DALL-E files) and pass "
+            "tokenizer.checkpoint=<run dir or .safetensors>"
+        )
+    return load_tokenizer(cfg.tokenizer.checkpoint, expected=cfg.tokenizer).freeze()
+
+
+def build_cim_task(cfg: DictConfig, tokenizer: ImageTokenizer | None = None) -> CIMTask:
+    """Everything ``cimpt pretrain`` trains; ``tokenizer`` overrides ``tokenizer.checkpoint``."""
+    from cimpt.cim import build_cim
+    from cimpt.data import BlockMaskGenerator, CIMCollate, TwoViewTransform, build_dataset
+
+    tok = tokenizer if tokenizer is not None else load_frozen_tokenizer(cfg)
+    model = build_cim(cfg, tok)  # checks the token grid against the patch grid first
+    d = cfg.data
+    transform = TwoViewTransform(
+        d.img_size, tokenizer_resolution(cfg), tuple(d.crop_scale), tuple(d.crop_ratio),
+        d.hflip, tuple(d.mean), tuple(d.std),
+    )
+    masks = BlockMaskGenerator(
+        token_grid(cfg), cfg.mask.ratio, cfg.mask.min_block, cfg.mask.max_block,
+        cfg.mask.min_aspect,
+    )
+    dataset = build_dataset(cfg, "train", transform)
+    return CIMTask(model, dataset, CIMCollate(masks), cfg)
+
+
+def pretrain(cfg: DictConfig, tokenizer: ImageTokenizer | None = None) -> FitResult:
+    task = build_cim_task(cfg, tokenizer)
+    trainer = Trainer(task, cfg)
+    result = trainer.fit()
+    if trainer.dist.is_main:
+        if result.interrupted:
+            print(f"stopped at step {result.state.step}; checkpoint: {result.last_checkpoint}")
+            print(f"continue with: cimpt pretrain <config> run.dir={result.run_dir} resume=auto")
+        else:
+            print(f"pre-training done: {result.run_dir} (enhancer: {result.run_dir / ENHANCER_FILE})")
+    return result

@@ -1,0 +1,1 @@
+"""Image tokenizers: the frozen encoder/decoder of visual tokens that CIM corrupts through."""

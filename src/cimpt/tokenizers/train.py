@@ -1,0 +1,91 @@
+"""``cimpt tokenizer train``: fit a VQ-VAE tokenizer with the shared training engine.
+
+The tokenizer is trained at the resolution CIM will use it at (``grid * downsample``, see
+``cimpt.config.tokenizer_resolution``), on single random-resized crops in [0, 1]. The run
+directory gets checkpoints (resumable with ``resume=auto``), ``metrics.jsonl``, figures and,
+at the end, ``tokenizer.safetensors``: the file ``tokenizer.checkpoint`` points at.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from cimpt.config import tokenizer_resolution
+from cimpt.engine.loop import FitResult, Trainer
+from cimpt.engine.task import Task
+from cimpt.errors import CimptError
+from cimpt.tokenizers.base import ImageTokenizer
+
+TOKENIZER_FILE = "tokenizer.safetensors"
+
+
+class TokenizerTask(Task):
+    kind = "tokenizer"
+    arch_keys = (
+        "tokenizer.kind",
+        "tokenizer.vocab_size",
+        "tokenizer.downsample",
+        "tokenizer.width",
+        "tokenizer.res_blocks",
+        "tokenizer.embed_dim",
+    )
+
+    def saved_modules(self) -> dict[str, torch.nn.Module]:
+        return {"tokenizer": self.model}
+
+    def visualize(self, step: int, batch: dict[str, Any], run_dir: Path) -> None:
+        from cimpt.tokenizers.evaluate import save_reconstruction_figure
+
+        tok = self.model
+        assert isinstance(tok, ImageTokenizer)
+        x = batch["x"][:16].to(next(tok.parameters()).device)
+        was_training = tok.training
+        tok.eval()
+        with torch.no_grad():
+            recon = tok.decode(tok.encode(x))
+        tok.train(was_training)
+        save_reconstruction_figure(x.cpu(), recon.cpu(), run_dir / "figures" / f"recon_{step:08d}.png")
+
+    def finish(self, run_dir: Path) -> None:
+        from cimpt.tokenizers.load import save_tokenizer
+
+        assert isinstance(self.model, ImageTokenizer)
+        save_tokenizer(self.model, run_dir / TOKENIZER_FILE)
+
+
+def build_tokenizer_task(cfg: DictConfig) -> TokenizerTask:
+    from cimpt.data import ImageCollate, SingleViewTransform, build_dataset
+    from cimpt.tokenizers.load import build_tokenizer
+
+    if cfg.tokenizer.kind != "vqvae":
+        raise CimptError(f"tokenizer.kind: only 'vqvae' can be trained, not '{cfg.tokenizer.kind}'")
+    size = tokenizer_resolution(cfg)
+    transform = SingleViewTransform(
+        size, tuple(cfg.data.crop_scale), tuple(cfg.data.crop_ratio), cfg.data.hflip
+    )
+    dataset = build_dataset(cfg, "train", transform)
+    return TokenizerTask(build_tokenizer(cfg.tokenizer), dataset, ImageCollate())
+
+
+def train_tokenizer(cfg: DictConfig) -> FitResult:
+    """Train, then evaluate on ``data.val_path`` when it is set; print where things are."""
+    task = build_tokenizer_task(cfg)
+    trainer = Trainer(task, cfg)
+    result = trainer.fit()
+    if not trainer.dist.is_main:
+        return result
+    out = result.run_dir / TOKENIZER_FILE
+    if result.interrupted:
+        print(f"stopped at step {result.state.step}; checkpoint: {result.last_checkpoint}")
+        print(f"continue with: cimpt tokenizer train <config> run.dir={result.run_dir} resume=auto")
+        return result
+    print(f"tokenizer written to {out}")
+    if cfg.data.val_path or cfg.data.source in ("cifar10", "cifar100"):
+        from cimpt.tokenizers.evaluate import evaluate_tokenizer_command
+
+        evaluate_tokenizer_command(str(out), [f"run.dir={result.run_dir}"])
+    return result
