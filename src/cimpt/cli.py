@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from cimpt.errors import CimptError
 
@@ -36,6 +37,38 @@ def _tokenizer_convert(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+def _pretrain(args: argparse.Namespace) -> None:
+    from cimpt.config import load_config
+    from cimpt.pretrain import pretrain
+
+    pretrain(load_config(args.config, args.overrides))
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from cimpt.demo import run_demo
+
+    run_demo(args.overrides)
+
+
+def _visualize(args: argparse.Namespace) -> None:
+    from cimpt.visualize import visualize_command
+
+    print(f"wrote {visualize_command(args.checkpoint, args.overrides, args.out, args.n)}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from cimpt.export import export_command
+
+    print(f"wrote {export_command(args.checkpoint, args.out)}")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage mistakes are one ``error:`` line too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def _add_config_command(
     sub: argparse._SubParsersAction, name: str, help_: str, fn: Handler
 ) -> None:
@@ -46,11 +79,26 @@ def _add_config_command(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cimpt",
         description="Corrupted Image Modeling pre-training (Fang et al., ICLR 2023).",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("demo", help="offline quick start on bundled photographs (a few minutes)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides for both demo stages")
+    p.set_defaults(func=_demo)
+    _add_config_command(sub, "pretrain", "CIM pre-training", _pretrain)
+    p = sub.add_parser("visualize", help="figure: original | recon | mask | corrupted | output")
+    p.add_argument("checkpoint", help="pre-training checkpoint dir or run dir")
+    p.add_argument("overrides", nargs="*", help="key=value overrides (e.g. data.path=...)")
+    p.add_argument("--out", default="", help="output PNG (default: run.dir/figures/)")
+    p.add_argument("--n", type=int, default=8, help="number of images")
+    p.set_defaults(func=_visualize)
+    p = sub.add_parser("export", help="the enhancer alone, loadable into the timm model")
+    p.add_argument("checkpoint", help="pre-training checkpoint dir or run dir")
+    p.add_argument("out", help="output .safetensors")
+    p.set_defaults(func=_export)
 
     tok = sub.add_parser("tokenizer", help="train, evaluate or convert an image tokenizer")
     tok_sub = tok.add_subparsers(dest="tokenizer_command", required=True)

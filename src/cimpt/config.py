@@ -232,13 +232,19 @@ def load_config(
             cfg = OmegaConf.merge(cfg, OmegaConf.create(_read_yaml(Path(path))))
         except OmegaConfBaseException as exc:
             raise ConfigError(_one_line(exc, origin)) from None
+    cfg = apply_overrides(cfg, overrides)
+    validate(cfg)
+    return cfg
+
+
+def apply_overrides(cfg: DictConfig, overrides: list[str] | tuple[str, ...]) -> DictConfig:
+    """Apply ``key=value`` strings (YAML-typed values) to ``cfg`` in place; no validation."""
     for item in overrides:
         key, value = _parse_override(item)
         try:
             OmegaConf.update(cfg, key, value, merge=True)
         except OmegaConfBaseException as exc:
             raise ConfigError(_one_line(exc, "override")) from None
-    validate(cfg)
     return cfg
 
 
@@ -337,13 +343,14 @@ def save_config(cfg: DictConfig, path: str | Path) -> None:
     tmp.replace(path)
 
 
-def from_dict(data: dict[str, Any]) -> DictConfig:
+def from_dict(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """Rebuild a validated config from a plain dict (as stored with a checkpoint)."""
     cfg = _schema()
     try:
         cfg = OmegaConf.merge(cfg, OmegaConf.create(data))
     except OmegaConfBaseException as exc:
         raise ConfigError(_one_line(exc, "stored config")) from None
+    cfg = apply_overrides(cfg, overrides)
     validate(cfg)
     return cfg
 
