@@ -1,0 +1,400 @@
+"""Corrupted Image Modeling as one module (Fang et al., ICLR 2023, arXiv 2202.03382).
+
+``CIM.forward`` is METHOD.md's "One training step", one short stage method per step:
+
+    z      = golden_tokens(x_tok)              # 3. frozen tokenizer ids, no gradient
+    logits = generator_step(x, mask, z)        # 4. small BEiT, CE on masked positions
+    z_hat  = sample(logits, z, mask)           # 5. sample masked ids, no gradient
+    x_cor  = corrupt(z_hat)                    # 6. decode the WHOLE grid, resize, normalize
+    enh    = enhancer_step(x_cor, x, z, z_hat) # 7. RESPIX or REVDET
+    loss   = gen_loss + enh_weight * enh_loss  # 8. both networks update every step
+
+The model returns a dict of scalar tensors and never calls backward; the training loop owns
+optimisation. The frozen tokenizer is deliberately not a registered submodule: it is neither
+in ``state_dict`` (checkpoints) nor in ``parameters()`` (optimizer, DDP), yet ``.to(device)``
+moves it along (see ``_apply``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from cimpt.config import token_grid, tokenizer_resolution
+from cimpt.errors import CimptError
+from cimpt.losses import (
+    mlm_loss,
+    respix_loss,
+    revdet_loss,
+    sliding_window_normalize,
+    sliding_window_stats,
+)
+from cimpt.models.enhancer import Enhancer
+from cimpt.models.generator import BEiTGenerator
+from cimpt.models.heads import RespixHead, RevdetHead
+from cimpt.tokenizers.base import ImageTokenizer
+
+OBJECTIVES = ("respix", "revdet")
+
+
+class CIM(nn.Module):
+    """Generator + frozen tokenizer + enhancer with its head, trained jointly.
+
+    Args:
+        tokenizer: frozen image tokenizer (kept outside the module tree).
+        generator: predicts token logits ``[B, g, g, V]`` from ``(x, mask)``.
+        enhancer: per-position features ``[B, C, g, g]`` of the corrupted image.
+        head: ``RespixHead`` for "respix", ``RevdetHead`` for "revdet".
+        objective: "respix" or "revdet".
+        mean, std: the dataset normalization of ``x`` (3 values each); ``x_cor`` gets the same.
+        enh_weight: lambda in ``L = L_gen + lambda * L_enh``.
+        respix_window: sliding-window side k for the RESPIX target; 0 means the patch size.
+        respix_residual: RESPIX predicts ``x - x_cor`` (both dataset-normalized) instead of the
+            sliding-window-normalized image (a choice, METHOD.md step 7).
+        temperature: sampling temperature T; an engine schedule may overwrite
+            ``self.temperature`` every step.
+    """
+
+    _tokenizer: ImageTokenizer
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(
+        self,
+        tokenizer: ImageTokenizer,
+        generator: BEiTGenerator,
+        enhancer: Enhancer,
+        head: nn.Module,
+        *,
+        objective: str,
+        mean: list[float] | tuple[float, ...],
+        std: list[float] | tuple[float, ...],
+        enh_weight: float = 1.0,
+        respix_window: int = 0,
+        respix_residual: bool = False,
+        temperature: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if objective not in OBJECTIVES:
+            raise CimptError(f"objective: '{objective}' is not one of {', '.join(OBJECTIVES)}")
+        if respix_window < 0:
+            raise CimptError(f"loss.respix_window: {respix_window} must be >= 0 (0: patch size)")
+        # object.__setattr__ bypasses nn.Module's registration of submodules (see module doc).
+        object.__setattr__(self, "_tokenizer", _frozen(tokenizer))
+        self.generator = generator
+        self.enhancer = enhancer
+        self.head = head
+        self.objective = objective
+        self.enh_weight = float(enh_weight)
+        self.respix_window = int(respix_window) or enhancer.patch_size
+        self.respix_residual = bool(respix_residual)
+        self.temperature = float(temperature)
+        self.img_size = enhancer.grid * enhancer.patch_size
+        # Non-persistent: derived from the config, so kept out of checkpoints.
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def tokenizer(self) -> ImageTokenizer:
+        """The frozen tokenizer (not a submodule: absent from state_dict and parameters)."""
+        return self._tokenizer
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> CIM:
+        # .to()/.cuda()/.float() go through _apply; move the unregistered tokenizer as well.
+        super()._apply(fn, recurse)
+        self._tokenizer._apply(fn)
+        return self
+
+    def no_weight_decay(self) -> set[str]:
+        """Full parameter names without weight decay: position embeddings, [CLS], [MASK]."""
+        names = {f"generator.{n}" for n in self.generator.no_weight_decay()}
+        names |= {f"enhancer.{n}" for n in self.enhancer.no_weight_decay()}
+        present = {n for n, _ in self.named_parameters()}
+        return names & present
+
+    # ---- METHOD.md step 3 -------------------------------------------------------------------
+    @torch.no_grad()
+    def golden_tokens(self, x_tok: torch.Tensor) -> torch.Tensor:
+        """Tokenizer ids of the tokenizer view.
+
+        Args:
+            x_tok: ``[B, 3, T, T]`` in [0, 1].
+
+        Returns:
+            z ``[B, g, g]`` int64.
+        """
+        return self._tokenizer.encode(x_tok).long()
+
+    # ---- step 4 -----------------------------------------------------------------------------
+    def generator_step(
+        self, x: torch.Tensor, mask: torch.Tensor, z: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Generator logits and its masked cross-entropy.
+
+        Args:
+            x: ``[B, 3, R, R]`` normalized.
+            mask: ``[B, g, g]`` bool.
+            z: golden ids ``[B, g, g]``.
+
+        Returns:
+            ``(logits [B, g, g, V], gen_loss, gen_acc)``.
+        """
+        logits = self.generator(x, mask)
+        loss, acc = mlm_loss(logits, z, mask)
+        return logits, loss, acc
+
+    # ---- step 5 -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, logits: torch.Tensor, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Corrupted ids: ``z`` outside the mask, a sample of ``softmax(logits / T)`` inside.
+
+        Uses the Gumbel-max trick, ``argmax(logits + T * G)`` with ``G ~ Gumbel(0, 1)``, which
+        is an exact sample of ``softmax(logits / T)`` for T > 0 and becomes argmax as T -> 0
+        without dividing by T. No gradient flows back to the generator (paper, Sec. 2).
+
+        Args:
+            logits: ``[B, g, g, V]``.
+            z: ``[B, g, g]`` int64.
+            mask: ``[B, g, g]`` bool.
+
+        Returns:
+            z_hat ``[B, g, g]`` int64.
+        """
+        logits = logits.detach().float()
+        if self.temperature > 0:
+            gumbel = -torch.empty_like(logits).exponential_().log()
+            logits = logits + self.temperature * gumbel
+        return torch.where(mask.bool(), logits.argmax(-1), z)
+
+    # ---- step 6 -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def decode_image(self, ids: torch.Tensor) -> torch.Tensor:
+        """Tokenizer reconstruction at the enhancer's resolution.
+
+        Args:
+            ids: ``[B, g, g]``.
+
+        Returns:
+            ``[B, 3, R, R]`` float32 in [0, 1].
+        """
+        img = self._tokenizer.decode(ids).float()
+        if img.shape[-1] != self.img_size or img.shape[-2] != self.img_size:
+            # antialias only matters when shrinking; bicubic can overshoot, hence the clamp.
+            img = F.interpolate(img, size=(self.img_size, self.img_size), mode="bicubic",
+                                align_corners=False, antialias=True)
+        return img.clamp(0.0, 1.0)
+
+    def normalize(self, img: torch.Tensor) -> torch.Tensor:
+        """[0, 1] image -> dataset-normalized, like ``x``. Shapes ``[B, 3, H, W]``."""
+        return (img - self.mean) / self.std
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Inverse of ``normalize``, clamped to [0, 1]. Shapes ``[B, 3, H, W]``."""
+        return (x.float() * self.std + self.mean).clamp(0.0, 1.0)
+
+    def corrupt(self, z_hat: torch.Tensor) -> torch.Tensor:
+        """The corrupted image: the whole grid decoded, so unmasked areas are reconstructions.
+
+        Args:
+            z_hat: ``[B, g, g]``.
+
+        Returns:
+            x_cor ``[B, 3, R, R]`` normalized like ``x``.
+        """
+        return self.normalize(self.decode_image(z_hat))
+
+    # ---- step 7 -----------------------------------------------------------------------------
+    def respix_target(self, x: torch.Tensor, x_cor: torch.Tensor) -> torch.Tensor:
+        """RESPIX regression target ``[B, 3, R, R]``.
+
+        Default: ``x`` normalized by the mean/std of the k x k window around each pixel.
+        With ``respix_residual``: ``x - x_cor`` (what the corruption changed).
+        """
+        if self.respix_residual:
+            return x.float() - x_cor.float()
+        return sliding_window_normalize(x, self.respix_window)
+
+    def enhancer_step(
+        self, x_cor: torch.Tensor, x: torch.Tensor, z: torch.Tensor, z_hat: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Enhancer loss on the corrupted image.
+
+        Args:
+            x_cor: ``[B, 3, R, R]`` normalized corrupted image (no gradient).
+            x: ``[B, 3, R, R]`` normalized original.
+            z, z_hat: ``[B, g, g]`` original and corrupted ids.
+
+        Returns:
+            ``{"enh_loss", "output"}`` plus, for RESPIX, ``"respix_loss"``; for REVDET,
+            ``"revdet_acc"`` and ``"revdet_pos"``. ``"output"`` is the head's raw output:
+            pixels ``[B, 3, R, R]`` (RESPIX) or logits ``[B, g, g]`` (REVDET).
+        """
+        out = self.head(self.enhancer.features(x_cor))
+        if self.objective == "respix":
+            loss = respix_loss(out, self.respix_target(x, x_cor))
+            return {"enh_loss": loss, "respix_loss": loss.detach(), "output": out}
+        # A sampled id equal to the original is "not replaced" (paper; METHOD.md step 7).
+        loss, acc, pos = revdet_loss(out, z_hat != z)
+        return {"enh_loss": loss, "revdet_acc": acc, "revdet_pos": pos, "output": out}
+
+    # ---- step 8 -----------------------------------------------------------------------------
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One CIM training step's losses.
+
+        Args:
+            batch: ``{"x": [B, 3, R, R], "x_tok": [B, 3, T, T], "mask": [B, g, g] bool, ...}``.
+
+        Returns:
+            scalar tensors: "loss", "gen_loss", "enh_loss", "gen_acc", "replaced" (share of all
+            positions whose id changed), "replaced_masked" (same among masked positions), and
+            "respix_loss" or "revdet_acc"/"revdet_pos".
+        """
+        x, mask = batch["x"], batch["mask"].bool()
+        z = self.golden_tokens(batch["x_tok"])
+        _check_grid(z, mask)
+        logits, gen_loss, gen_acc = self.generator_step(x, mask, z)
+        z_hat = self.sample(logits, z, mask)
+        x_cor = self.corrupt(z_hat)
+        enh = self.enhancer_step(x_cor, x, z, z_hat)
+        enh.pop("output")
+        enh_loss = enh.pop("enh_loss")
+        changed = z_hat != z
+        return {
+            "loss": gen_loss + self.enh_weight * enh_loss,
+            "gen_loss": gen_loss.detach(),
+            "enh_loss": enh_loss.detach(),
+            "gen_acc": gen_acc,
+            "replaced": changed.float().mean(),
+            "replaced_masked": (changed & mask).sum().float() / mask.sum().clamp_min(1),
+            **enh,
+        }
+
+    @torch.no_grad()
+    def visualize(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Detached CPU tensors for figures, computed in eval mode (no drop path).
+
+        Returns:
+            "original", "recon" (decode(z)), "corrupted": ``[B, 3, R, R]`` in [0, 1];
+            "mask": ``[B, g, g]`` bool; RESPIX: "prediction" ``[B, 3, R, R]`` in [0, 1];
+            REVDET: "prob" ``[B, g, g]`` (sigmoid) and "replaced" ``[B, g, g]`` bool.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            x, mask = batch["x"], batch["mask"].bool()
+            z = self.golden_tokens(batch["x_tok"])
+            logits, _, _ = self.generator_step(x, mask, z)
+            z_hat = self.sample(logits, z, mask)
+            x_cor = self.corrupt(z_hat)
+            out = self.enhancer_step(x_cor, x, z, z_hat)["output"].float()
+            vis = {
+                "original": self.denormalize(x),
+                "recon": self.decode_image(z),
+                "mask": mask,
+                "corrupted": self.denormalize(x_cor),
+            }
+            if self.objective == "respix":
+                vis["prediction"] = self.denormalize(self._respix_to_image(out, x, x_cor))
+            else:
+                vis["prob"] = torch.sigmoid(out)
+                vis["replaced"] = z_hat != z
+        finally:
+            self.train(was_training)
+        return {k: v.detach().cpu() for k, v in vis.items()}
+
+    def _respix_to_image(
+        self, pred: torch.Tensor, x: torch.Tensor, x_cor: torch.Tensor
+    ) -> torch.Tensor:
+        """Undo the RESPIX target transform: prediction -> dataset-normalized image.
+
+        The sliding-window statistics come from the original ``x`` (the target's own), so the
+        figure shows what the enhancer predicts inside each window's intensity range.
+        """
+        if self.respix_residual:
+            return x_cor.float() + pred
+        mean, std = sliding_window_stats(x, self.respix_window)
+        return pred * std + mean
+
+
+def _frozen(tokenizer: ImageTokenizer) -> ImageTokenizer:
+    """Eval mode, no gradients (METHOD.md: the tokenizer is frozen during CIM)."""
+    tokenizer.eval()
+    for p in tokenizer.parameters():
+        p.requires_grad_(False)
+    return tokenizer
+
+
+def _check_grid(z: torch.Tensor, mask: torch.Tensor) -> None:
+    if z.shape != mask.shape:
+        raise CimptError(
+            f"token grid {tuple(z.shape[1:])} from the tokenizer does not match the mask grid "
+            f"{tuple(mask.shape[1:])}: check tokenizer.downsample and enhancer.patch_size"
+        )
+
+
+def _check_tokenizer(tokenizer: ImageTokenizer, cfg: DictConfig) -> None:
+    """Start-up checks (METHOD.md step 1): token grid == patch grid, vocabularies agree."""
+    grid, res = token_grid(cfg), tokenizer_resolution(cfg)
+    ds = int(tokenizer.downsample)
+    tok_grid = res // ds
+    if res % ds or tok_grid != grid:
+        raise CimptError(
+            f"token grid {tok_grid}x{tok_grid} != enhancer patch grid {grid}x{grid}: the "
+            f"tokenizer view is {res}px with downsample {ds}, the enhancer sees "
+            f"data.img_size={cfg.data.img_size} with enhancer.patch_size={cfg.enhancer.patch_size}"
+        )
+    if int(tokenizer.vocab_size) != int(cfg.tokenizer.vocab_size):
+        raise CimptError(
+            f"tokenizer.vocab_size: the generator would predict {cfg.tokenizer.vocab_size} ids "
+            f"but the tokenizer has {tokenizer.vocab_size}"
+        )
+    # Probe once: a tokenizer whose real stride differs from its declared downsample fails here
+    # rather than deep inside the first training step.
+    device = next((p.device for p in tokenizer.parameters()), torch.device("cpu"))
+    with torch.no_grad():
+        ids = tokenizer.encode(torch.zeros(1, 3, res, res, device=device))
+    if tuple(ids.shape) != (1, grid, grid):
+        raise CimptError(
+            f"token grid {tuple(ids.shape[1:])} from a {res}px image != enhancer patch grid "
+            f"{grid}x{grid}: the tokenizer's downsample attribute ({ds}) is wrong"
+        )
+
+
+def _plain_kwargs(kwargs: object) -> dict:
+    """``enhancer.kwargs`` as plain Python values (timm must not receive OmegaConf nodes)."""
+    if isinstance(kwargs, DictConfig):
+        return dict(OmegaConf.to_container(kwargs, resolve=True))  # type: ignore[arg-type]
+    return dict(kwargs or {})  # type: ignore[call-overload]
+
+
+def build_cim(cfg: DictConfig, tokenizer: ImageTokenizer) -> CIM:
+    """Build the CIM module from the root config and a (loaded) tokenizer.
+
+    The generator sees the enhancer's view ``x`` cut in the enhancer's patches, so both share
+    the token grid; the generator predicts ``cfg.tokenizer.vocab_size`` ids.
+    """
+    _check_tokenizer(tokenizer, cfg)
+    g, e = cfg.generator, cfg.enhancer
+    generator = BEiTGenerator(
+        img_size=int(cfg.data.img_size), patch_size=int(e.patch_size),
+        vocab_size=int(cfg.tokenizer.vocab_size), embed_dim=int(g.embed_dim),
+        depth=int(g.depth), num_heads=int(g.num_heads), mlp_ratio=float(g.mlp_ratio),
+    )
+    enhancer = Enhancer(str(e.name), int(cfg.data.img_size), int(e.patch_size),
+                        float(e.drop_path), _plain_kwargs(e.kwargs))
+    head: nn.Module = (
+        RespixHead(enhancer.out_dim, enhancer.patch_size)
+        if cfg.objective == "respix"
+        else RevdetHead(enhancer.out_dim)
+    )
+    return CIM(
+        tokenizer, generator, enhancer, head,
+        objective=str(cfg.objective), mean=list(cfg.data.mean), std=list(cfg.data.std),
+        enh_weight=float(cfg.loss.enh_weight), respix_window=int(cfg.loss.respix_window),
+        respix_residual=bool(cfg.loss.respix_residual),
+        temperature=float(g.temperature),
+    )

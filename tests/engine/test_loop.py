@@ -1,0 +1,158 @@
+"""The generic loop: logging, accumulation, NaN guard, kill/resume equivalence, SIGTERM, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cimpt.engine.checkpoint import latest_checkpoint, list_checkpoints
+from cimpt.errors import CimptError
+
+sys.path.insert(0, str(Path(__file__).parent))
+from toy_task import ToyData, ToyModel, ToyTask, run_toy, toy_collate, toy_config  # noqa: E402
+
+SCRIPT = Path(__file__).parent / "toy_task.py"
+
+
+def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_fit_logs_and_checkpoints(tmp_path: Path) -> None:
+    result, _ = run_toy(str(tmp_path), 6)
+    lines = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [2, 4, 6]
+    for key in ("loss", "mse", "lr", "grad_norm", "img_per_s", "data_wait_frac", "peak_mem_mb"):
+        assert key in lines[-1], key
+    assert (tmp_path / "config.yaml").is_file()
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000004", "step_00000006"]
+    assert result.state.step == 6 and not result.interrupted
+
+
+def test_accumulation_matches_one_big_batch(tmp_path: Path) -> None:
+    # Without dropout, 2 micro-batches of 4 give the same update as one batch of 8.
+    finals = []
+    for accum in (1, 2):
+        cfg = toy_config(str(tmp_path / f"a{accum}"), 3, [f"train.accum_steps={accum}"])
+        torch.manual_seed(123)
+        model = ToyModel()
+        model.net[2].p = 0.0
+        from cimpt.engine.loop import Trainer
+
+        Trainer(ToyTask(model, ToyData(), toy_collate), cfg).fit()
+        finals.append(_weights(model))
+    for k in finals[0]:
+        torch.testing.assert_close(finals[0][k], finals[1][k], rtol=1e-5, atol=1e-6)
+
+
+def test_nan_step_is_skipped_and_logged(tmp_path: Path) -> None:
+    cfg_extra = ["run.ckpt_every=100"]
+    _, clean = run_toy(str(tmp_path / "clean"), 2, cfg_extra)
+    result, model = run_toy(str(tmp_path / "nan"), 3, cfg_extra, nan_at=(3,))
+    # Steps 1-2 equal the clean run; step 3 was skipped, so weights stay at step 2's.
+    for k, v in _weights(clean).items():
+        assert torch.equal(v, model.state_dict()[k]), k
+    assert result.state.nan_total == 1
+    lines = [json.loads(s) for s in (tmp_path / "nan" / "metrics.jsonl").read_text().splitlines()]
+    assert any(r.get("nan_skipped") == 1 for r in lines)
+
+
+def test_nan_streak_stops_run_without_nan_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(CimptError, match="NaN or inf for 3 steps in a row"):
+        run_toy(str(tmp_path), 10, ["run.max_nan_steps=3"], nan_at=(5, 6, 7))
+    # The step-4 checkpoint exists; nothing was written after the NaNs.
+    assert latest_checkpoint(tmp_path).name == "step_00000004"  # type: ignore[union-attr]
+
+
+def test_dataset_smaller_than_batch(tmp_path: Path) -> None:
+    with pytest.raises(CimptError, match="fewer than one batch"):
+        run_toy(str(tmp_path), 2, n=5)
+
+
+def test_resume_with_other_model_config_fails(tmp_path: Path) -> None:
+    run_toy(str(tmp_path), 4)
+    with pytest.raises(CimptError, match=r"tokenizer\.width: checkpoint 64 vs config 32"):
+        run_toy(str(tmp_path), 8, ["resume=auto", "tokenizer.width=32"])
+
+
+def _python() -> list[str]:
+    return [sys.executable, str(SCRIPT)]
+
+
+def _wait_for_checkpoint(run: Path, proc: subprocess.Popen[bytes], step: int) -> None:
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        ck = latest_checkpoint(run)
+        if ck is not None and int(ck.name.split("_")[1]) >= step:
+            return
+        if proc.poll() is not None:
+            raise AssertionError("run ended before the checkpoint appeared")
+        time.sleep(0.02)
+    raise AssertionError("no checkpoint in time")
+
+
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    steps = 16
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    subprocess.run([*_python(), str(full), str(steps)], check=True, capture_output=True)
+    proc = subprocess.Popen([*_python(), str(killed), str(steps), "0.02"])
+    _wait_for_checkpoint(killed, proc, 8)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "final.pt").exists()  # it really died mid-run
+    out = subprocess.run(
+        [*_python(), str(killed), str(steps), "0", "resume=auto"], check=True, capture_output=True
+    )
+    assert b"resumed from" in out.stdout
+    a = torch.load(full / "final.pt", weights_only=True)
+    b = torch.load(killed / "final.pt", weights_only=True)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_sigterm_writes_checkpoint_and_exits_cleanly(tmp_path: Path) -> None:
+    proc = subprocess.Popen([*_python(), str(tmp_path), "400", "0.02"], stdout=subprocess.PIPE)
+    _wait_for_checkpoint(tmp_path, proc, 4)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert out.decode().strip().startswith("interrupted")
+    step = int(out.decode().split()[-1])
+    assert 4 <= step < 400
+    assert latest_checkpoint(tmp_path).name == f"step_{step:08d}"  # type: ignore[union-attr]
+
+
+_DDP_WORKER = """
+import os, sys, torch
+sys.path.insert(0, {here!r})
+from toy_task import run_toy
+result, model = run_toy({run!r}, 4, ["train.batch_size=8"])
+torch.save(model.state_dict(), os.path.join({run!r}, f"rank{{os.environ['RANK']}}.pt"))
+"""
+
+
+def test_two_process_gloo_ranks_stay_identical(tmp_path: Path) -> None:
+    script = tmp_path / "worker.py"
+    script.write_text(_DDP_WORKER.format(here=str(Path(__file__).parent), run=str(tmp_path)))
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29533", "WORLD_SIZE": "2"}
+    procs = [
+        subprocess.Popen([sys.executable, str(script)], env={**env, "RANK": str(r),
+                                                              "LOCAL_RANK": str(r)})
+        for r in range(2)
+    ]
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    w0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    w1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    torch.manual_seed(123)
+    init = ToyModel().state_dict()
+    for k in w0:
+        assert torch.equal(w0[k], w1[k]), k
+    assert any(not torch.equal(w0[k], init[k]) for k in w0)  # it did train
