@@ -13,7 +13,6 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from cimpt.config import token_grid, tokenizer_resolution
 from cimpt.engine.loop import FitResult, Trainer
 from cimpt.engine.task import Task
 from cimpt.errors import CimptError
@@ -51,7 +50,9 @@ class CIMTask(Task):
         from cimpt.viz import save_cim_figure
 
         device = next(self.model.parameters()).device
-        small = {k: (v[:8].to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        small = {
+            k: (v[:8].to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()
+        }
         panels = self.model.visualize(small)  # type: ignore[operator]
         save_cim_figure(panels, run_dir / "figures" / f"cim_{step:08d}.png")
 
@@ -76,20 +77,17 @@ def load_frozen_tokenizer(cfg: DictConfig) -> ImageTokenizer:
 def build_cim_task(cfg: DictConfig, tokenizer: ImageTokenizer | None = None) -> CIMTask:
     """Everything ``cimpt pretrain`` trains; ``tokenizer`` overrides ``tokenizer.checkpoint``."""
     from cimpt.cim import build_cim
-    from cimpt.data import BlockMaskGenerator, CIMCollate, TwoViewTransform, build_dataset
+    from cimpt.data import (
+        CIMCollate,
+        build_dataset,
+        build_mask_generator,
+        build_two_view_transform,
+    )
 
     tok = tokenizer if tokenizer is not None else load_frozen_tokenizer(cfg)
     model = build_cim(cfg, tok)  # checks the token grid against the patch grid first
-    d = cfg.data
-    transform = TwoViewTransform(
-        d.img_size, tokenizer_resolution(cfg), tuple(d.crop_scale), tuple(d.crop_ratio),
-        d.hflip, tuple(d.mean), tuple(d.std),
-    )
-    masks = BlockMaskGenerator(
-        token_grid(cfg), cfg.mask.ratio, cfg.mask.min_block, cfg.mask.max_block,
-        cfg.mask.min_aspect,
-    )
-    dataset = build_dataset(cfg, "train", transform)
+    dataset = build_dataset(cfg, "train", build_two_view_transform(cfg))
+    masks = build_mask_generator(cfg)
     return CIMTask(model, dataset, CIMCollate(masks), cfg)
 
 
@@ -102,5 +100,7 @@ def pretrain(cfg: DictConfig, tokenizer: ImageTokenizer | None = None) -> FitRes
             print(f"stopped at step {result.state.step}; checkpoint: {result.last_checkpoint}")
             print(f"continue with: cimpt pretrain <config> run.dir={result.run_dir} resume=auto")
         else:
-            print(f"pre-training done: {result.run_dir} (enhancer: {result.run_dir / ENHANCER_FILE})")
+            print(
+                f"pre-training done: {result.run_dir} (enhancer: {result.run_dir / ENHANCER_FILE})"
+            )
     return result

@@ -99,17 +99,21 @@ def _wait_for_checkpoint(run: Path, proc: subprocess.Popen[bytes], step: int) ->
     raise AssertionError("no checkpoint in time")
 
 
-def test_sigkill_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
-    steps = 16
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path: Path, workers: int) -> None:
+    # 16 steps of 8 over 96 samples = 1.33 epochs, so the kill and resume cross an epoch.
+    steps, w = 16, f"data.num_workers={workers}"
     full, killed = tmp_path / "full", tmp_path / "killed"
-    subprocess.run([*_python(), str(full), str(steps)], check=True, capture_output=True)
-    proc = subprocess.Popen([*_python(), str(killed), str(steps), "0.02"])
+    subprocess.run([*_python(), str(full), str(steps), "0", w], check=True, capture_output=True)
+    proc = subprocess.Popen([*_python(), str(killed), str(steps), "0.02", w])
     _wait_for_checkpoint(killed, proc, 8)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "final.pt").exists()  # it really died mid-run
     out = subprocess.run(
-        [*_python(), str(killed), str(steps), "0", "resume=auto"], check=True, capture_output=True
+        [*_python(), str(killed), str(steps), "0", "resume=auto", w],
+        check=True,
+        capture_output=True,
     )
     assert b"resumed from" in out.stdout
     a = torch.load(full / "final.pt", weights_only=True)

@@ -126,17 +126,19 @@ class Trainer:
     # ----- set-up -------------------------------------------------------------------------
     def _build_data(self) -> None:
         from cimpt.data import ResumableSampler, build_loader
+        from cimpt.data.seeded import SeededCollate, SeededSamples
 
-        ds = self.task.dataset
-        self.sized = hasattr(ds, "__len__")
+        ds, collate = self.task.dataset, self.task.collate
         self.sampler = None
-        if self.sized:
-            n = len(ds)  # type: ignore[arg-type]
+        if hasattr(ds, "__len__"):
+            n = len(ds)
             if n < self.cfg.train.batch_size:
                 raise CimptError(
                     f"data: the dataset yields {n} images, fewer than one batch "
                     f"(train.batch_size={self.cfg.train.batch_size})"
                 )
+            # Per-sample seeds make crops and masks independent of workers and of restarts.
+            ds, collate = SeededSamples(ds, self.cfg.seed), SeededCollate(collate)
             self.sampler = ResumableSampler(
                 n,
                 shuffle=True,
@@ -144,6 +146,7 @@ class Trainer:
                 rank=self.dist.rank,
                 world=self.dist.world_size,
                 drop_last=True,
+                encode_epoch=True,
             )
         elif self.cfg.train.max_steps <= 0:
             raise CimptError("train.max_steps: a streaming (tar) dataset has no length; set it")
@@ -151,7 +154,7 @@ class Trainer:
             ds,
             self.micro,
             self.cfg.data.num_workers,
-            self.task.collate,
+            collate,
             self.sampler,
             self.cfg.seed,
             drop_last=True,
@@ -209,6 +212,10 @@ class Trainer:
             for i, batch in enumerate(self.loader):
                 if i < skip:  # streaming data cannot seek: fast-forward instead
                     continue
+                self.state.batch_in_epoch += 1
+                self.state.skipped_images += int(batch.get("skipped", 0))
+                if "x" in batch and self.task.batch_size_of(batch) == 0:
+                    continue  # every image of this batch was unreadable
                 yield batch
             self.state.epoch += 1
             self.state.batch_in_epoch = 0
@@ -300,8 +307,6 @@ class Trainer:
                     t0 = time.perf_counter()
                     batch = next(batches)
                     window_wait += time.perf_counter() - t0
-                    st.batch_in_epoch += 1
-                    st.skipped_images += int(batch.get("skipped", 0))
                     window_images += self.task.batch_size_of(batch) * self.dist.world_size
                     out = self._forward_backward(
                         self._to_device(batch), sync=micro == cfg.train.accum_steps - 1

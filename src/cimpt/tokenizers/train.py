@@ -48,7 +48,9 @@ class TokenizerTask(Task):
         with torch.no_grad():
             recon = tok.decode(tok.encode(x))
         tok.train(was_training)
-        save_reconstruction_figure(x.cpu(), recon.cpu(), run_dir / "figures" / f"recon_{step:08d}.png")
+        save_reconstruction_figure(
+            x.cpu(), recon.cpu(), run_dir / "figures" / f"recon_{step:08d}.png"
+        )
 
     def finish(self, run_dir: Path) -> None:
         from cimpt.tokenizers.load import save_tokenizer
@@ -58,15 +60,12 @@ class TokenizerTask(Task):
 
 
 def build_tokenizer_task(cfg: DictConfig) -> TokenizerTask:
-    from cimpt.data import ImageCollate, SingleViewTransform, build_dataset
+    from cimpt.data import ImageCollate, build_dataset, build_single_view_transform
     from cimpt.tokenizers.load import build_tokenizer
 
     if cfg.tokenizer.kind != "vqvae":
         raise CimptError(f"tokenizer.kind: only 'vqvae' can be trained, not '{cfg.tokenizer.kind}'")
-    size = tokenizer_resolution(cfg)
-    transform = SingleViewTransform(
-        size, tuple(cfg.data.crop_scale), tuple(cfg.data.crop_ratio), cfg.data.hflip
-    )
+    transform = build_single_view_transform(cfg, tokenizer_resolution(cfg))
     dataset = build_dataset(cfg, "train", transform)
     return TokenizerTask(build_tokenizer(cfg.tokenizer), dataset, ImageCollate())
 
