@@ -63,6 +63,12 @@ class CIMTask(Task):
 
 
 def load_frozen_tokenizer(cfg: DictConfig) -> ImageTokenizer:
+    """Load ``tokenizer.checkpoint``; its architecture overrides the config's tokenizer keys.
+
+    The checkpoint is the truth about the tokenizer (a user should not have to repeat its
+    widths); the adopted values are written into ``cfg`` so that ``config.yaml`` and the
+    grid/vocabulary checks of ``build_cim`` see the real ones.
+    """
     from cimpt.tokenizers.load import load_tokenizer
 
     if not cfg.tokenizer.checkpoint:
@@ -71,7 +77,14 @@ def load_frozen_tokenizer(cfg: DictConfig) -> ImageTokenizer:
             "configs/cifar10_tokenizer.yaml` (or convert the DALL-E files) and pass "
             "tokenizer.checkpoint=<run dir or .safetensors>"
         )
-    return load_tokenizer(cfg.tokenizer.checkpoint, expected=cfg.tokenizer).freeze()
+    tok = load_tokenizer(cfg.tokenizer.checkpoint)
+    arch = {**tok.arch_config(), "vocab_size": tok.vocab_size, "downsample": tok.downsample}
+    for key, value in arch.items():
+        if key in cfg.tokenizer and key not in ("kind", "checkpoint", "img_size"):
+            if cfg.tokenizer[key] != value:
+                print(f"note: tokenizer.{key}={value} (from {cfg.tokenizer.checkpoint})")
+            cfg.tokenizer[key] = value
+    return tok.freeze()
 
 
 def build_cim_task(cfg: DictConfig, tokenizer: ImageTokenizer | None = None) -> CIMTask:

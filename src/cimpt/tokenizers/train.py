@@ -23,6 +23,17 @@ from cimpt.tokenizers.base import ImageTokenizer
 TOKENIZER_FILE = "tokenizer.safetensors"
 
 
+class _OnImages(torch.nn.Module):
+    """Adapts the tokenizer's ``forward(x)`` to the engine's ``forward(batch)``."""
+
+    def __init__(self, tokenizer: ImageTokenizer) -> None:
+        super().__init__()
+        self.tokenizer = tokenizer
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return self.tokenizer(batch["x"])
+
+
 class TokenizerTask(Task):
     kind = "tokenizer"
     arch_keys = (
@@ -34,14 +45,17 @@ class TokenizerTask(Task):
         "tokenizer.embed_dim",
     )
 
+    def __init__(self, tokenizer: ImageTokenizer, dataset: Any, collate: Any) -> None:
+        super().__init__(_OnImages(tokenizer), dataset, collate)
+        self.tokenizer = tokenizer
+
     def saved_modules(self) -> dict[str, torch.nn.Module]:
-        return {"tokenizer": self.model}
+        return {"tokenizer": self.tokenizer}
 
     def visualize(self, step: int, batch: dict[str, Any], run_dir: Path) -> None:
         from cimpt.tokenizers.evaluate import save_reconstruction_figure
 
-        tok = self.model
-        assert isinstance(tok, ImageTokenizer)
+        tok = self.tokenizer
         x = batch["x"][:16].to(next(tok.parameters()).device)
         was_training = tok.training
         tok.eval()
@@ -55,8 +69,7 @@ class TokenizerTask(Task):
     def finish(self, run_dir: Path) -> None:
         from cimpt.tokenizers.load import save_tokenizer
 
-        assert isinstance(self.model, ImageTokenizer)
-        save_tokenizer(self.model, run_dir / TOKENIZER_FILE)
+        save_tokenizer(self.tokenizer, run_dir / TOKENIZER_FILE)
 
 
 def build_tokenizer_task(cfg: DictConfig) -> TokenizerTask:

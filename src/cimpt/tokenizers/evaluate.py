@@ -1,0 +1,210 @@
+"""Tokenizer evaluation: reconstruction PSNR and codebook usage on held-out images.
+
+A CIM tokenizer must reconstruct well (the corrupted image is a decoded token grid, METHOD.md
+step 6, so its reconstruction error bounds how clean an "unreplaced" region can look) and use
+much of its vocabulary (the generator classifies over it, step 4). This module measures both:
+PSNR per image averaged over images, and the perplexity and usage of the code histogram over
+the whole held-out set. ``cimpt tokenizer eval CHECKPOINT [key=value ...]`` calls
+:func:`evaluate_tokenizer_command`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torchvision.utils import make_grid
+
+from cimpt.errors import CimptError
+from cimpt.tokenizers.base import ImageTokenizer
+
+# PSNR of a perfect reconstruction would be infinite; clamping the MSE caps it at 100 dB.
+_MIN_MSE = 1e-10
+
+
+def batch_psnr(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB for images in [0, 1]: ``[B, C, H, W]`` x2 -> ``[B]``.
+
+    ``10 log10(1 / MSE)`` with the MSE over all pixels and channels of each image.
+    """
+    mse = (recon.float() - target.float()).pow(2).flatten(1).mean(1)
+    return 10.0 * torch.log10(1.0 / mse.clamp_min(_MIN_MSE))
+
+
+def codebook_stats(counts: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Code histogram ``[K]`` -> {"perplexity": exp(entropy), "usage": share of codes used}.
+
+    Perplexity is the effective number of codes in use (K for a uniform histogram); an empty
+    histogram gives perplexity 1 and usage 0. Both are scalar tensors.
+    """
+    counts = counts.float()
+    p = counts / counts.sum().clamp_min(1.0)
+    # 0 * log 0 = 0: xlogy handles the unused codes.
+    entropy = -torch.special.xlogy(p, p).sum()
+    return {"perplexity": entropy.exp(), "usage": (counts > 0).float().mean()}
+
+
+def _skipped(batch: dict[str, Any]) -> int:
+    skipped = batch.get("skipped", 0)
+    if isinstance(skipped, (list, tuple)):
+        return len(skipped)
+    return int(torch.as_tensor(skipped).sum())
+
+
+@torch.no_grad()
+def evaluate_tokenizer(
+    tok: ImageTokenizer, loader: Iterable[dict[str, Any]], device: torch.device | str
+) -> dict[str, float]:
+    """PSNR (mean over images), perplexity and usage (histogram over the whole set).
+
+    ``loader`` yields dicts with "x" ``[B, 3, H, W]`` in [0, 1] and "skipped" (images that
+    could not be read). Returns {"psnr", "perplexity", "usage", "n_images", "skipped"}.
+    """
+    was_training = tok.training
+    tok.eval()
+    counts = torch.zeros(tok.vocab_size, dtype=torch.long, device=device)
+    psnr_sum, n_images, n_skipped = 0.0, 0, 0
+    for batch in loader:
+        n_skipped += _skipped(batch)
+        x = batch["x"].to(device, non_blocking=True)
+        if x.shape[0] == 0:
+            continue
+        ids = tok.encode(x)
+        recon = tok.decode(ids)
+        psnr_sum += float(batch_psnr(recon, x).sum())
+        n_images += x.shape[0]
+        counts += torch.bincount(ids.flatten(), minlength=tok.vocab_size)
+    tok.train(was_training)
+    if n_images == 0:
+        raise CimptError("tokenizer evaluation found no images in the held-out set")
+    stats = codebook_stats(counts)
+    return {
+        "psnr": psnr_sum / n_images,
+        "perplexity": float(stats["perplexity"]),
+        "usage": float(stats["usage"]),
+        "n_images": n_images,
+        "skipped": n_skipped,
+    }
+
+
+def _atomic_target(path: Path) -> tuple[int, str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+
+
+def save_reconstruction_figure(
+    images: torch.Tensor, recons: torch.Tensor, path: str | Path, n: int = 16
+) -> Path:
+    """Write a PNG grid of pairs original | reconstruction (4 pairs per row).
+
+    ``images`` and ``recons``: ``[B, 3, H, W]`` in [0, 1]; the first ``min(n, B)`` are shown.
+    The file is written atomically (temporary file in the same folder, then rename).
+    """
+    path = Path(path)
+    k = min(n, images.shape[0])
+    if k == 0:
+        raise CimptError("no images to draw in the reconstruction figure")
+    pairs = torch.stack([images[:k].float().cpu(), recons[:k].float().cpu()], 1)  # [k,2,3,H,W]
+    grid = make_grid(pairs.flatten(0, 1).clamp(0, 1), nrow=min(8, 2 * k), padding=2, pad_value=1)
+    array = (grid * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    fd, tmp = _atomic_target(path)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            Image.fromarray(array).save(fh, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _write_json(data: dict[str, Any], path: Path) -> None:
+    fd, tmp = _atomic_target(path)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _find_run_config(checkpoint: Path) -> Path | None:
+    """The ``config.yaml`` of the run the checkpoint belongs to, if any.
+
+    Looked for in the checkpoint itself (a run dir), its folder (``run/tokenizer.safetensors``
+    or ``run/checkpoints``) and two levels up (``run/checkpoints/step_N``).
+    """
+    base = checkpoint if checkpoint.is_dir() else checkpoint.parent
+    for folder in (base, base.parent, base.parent.parent):
+        if (folder / "config.yaml").is_file():
+            return folder / "config.yaml"
+    return None
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _overrides_key(overrides: Sequence[str], key: str) -> bool:
+    return any(item.split("=", 1)[0].strip() == key for item in overrides)
+
+
+def _print_table(results: dict[str, Any]) -> None:
+    rows = [
+        ("PSNR", f"{results['psnr']:.2f} dB"),
+        ("perplexity", f"{results['perplexity']:.1f} / {results['vocab_size']}"),
+        ("usage", f"{100 * results['usage']:.1f} %"),
+        ("images", str(results["n_images"])),
+    ]
+    for name, value in rows:
+        print(f"{name:<12}{value:>16}")
+
+
+def evaluate_tokenizer_command(checkpoint: str, overrides: list[str]) -> dict[str, Any]:
+    """``cimpt tokenizer eval CHECKPOINT [key=value ...]``.
+
+    Loads the tokenizer, rebuilds the run config (the run's ``config.yaml`` when there is one,
+    else the defaults) with the overrides, evaluates on the ``val`` split at the tokenizer
+    resolution, prints a table and writes ``tokenizer_eval.json`` and ``tokenizer_recon.png``
+    into ``run.dir`` when an override sets it, else next to the checkpoint.
+    """
+    from cimpt.config import load_config, token_grid
+    from cimpt.data import EvalTransform, ImageCollate, build_dataset, build_loader
+    from cimpt.tokenizers.load import load_tokenizer
+
+    ckpt = Path(checkpoint).expanduser()
+    tok = load_tokenizer(ckpt)
+    cfg = load_config(_find_run_config(ckpt), overrides)
+    device = _resolve_device(str(cfg.train.device))
+    tok.to(device)
+    # The loaded tokenizer, not the config, decides pixels per token.
+    size = int(cfg.tokenizer.img_size) or token_grid(cfg) * tok.downsample
+    dataset = build_dataset(cfg, "val", EvalTransform(size))
+    loader = build_loader(
+        dataset, batch_size=int(cfg.train.batch_size), num_workers=int(cfg.data.num_workers),
+        collate_fn=ImageCollate(), sampler=None, seed=int(cfg.seed), drop_last=False,
+        shuffle=False,  # a fixed order gives the same figure every time
+    )
+    results: dict[str, Any] = evaluate_tokenizer(tok, loader, device)
+    results.update(checkpoint=str(ckpt), img_size=size, vocab_size=tok.vocab_size)
+    if _overrides_key(overrides, "run.dir"):
+        out_dir = Path(str(cfg.run.dir)).expanduser()
+    else:
+        out_dir = ckpt if ckpt.is_dir() else ckpt.parent
+    first = next(iter(loader))["x"][:16].to(device)
+    with torch.no_grad():
+        recon = tok.decode(tok.encode(first))
+    save_reconstruction_figure(first, recon, out_dir / "tokenizer_recon.png")
+    _write_json(results, out_dir / "tokenizer_eval.json")
+    _print_table(results)
+    print(f"wrote {out_dir / 'tokenizer_eval.json'} and {out_dir / 'tokenizer_recon.png'}")
+    return results

@@ -1,0 +1,217 @@
+"""Build, save and load image tokenizers as plain safetensors files.
+
+A tokenizer file is one safetensors file whose metadata holds ``"cimpt_tokenizer"`` (the kind:
+``vqvae`` or ``dalle``) and ``"arch"`` (JSON of ``arch_config()``), so any checkpoint can be
+rebuilt and loaded later without the config of the run that made it (DESIGN.md, items 7, 11).
+Nothing is ever unpickled. ``load_tokenizer`` also accepts an engine checkpoint directory
+(``model.safetensors`` with keys prefixed ``tokenizer.``) and a run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from cimpt.errors import CimptError
+from cimpt.tokenizers.base import ImageTokenizer
+
+KINDS = ("vqvae", "dalle")
+# Fields of arch_config() that change the module; a config asking for other values is an error.
+_ARCH_FIELDS = {
+    "vqvae": ("vocab_size", "downsample", "width", "res_blocks", "embed_dim"),
+    "dalle": ("vocab_size", "downsample"),
+}
+_PREFIX = "tokenizer."
+
+
+def build_tokenizer(tok_cfg: Any) -> ImageTokenizer:
+    """A fresh, trainable tokenizer from the ``tokenizer`` config section."""
+    from cimpt.tokenizers.vqvae import VQVAE
+
+    kind = str(tok_cfg.kind)
+    if kind == "dalle":
+        raise CimptError(
+            "a dalle tokenizer cannot be trained here; it needs tokenizer.checkpoint "
+            "(a converted DALL-E dVAE .safetensors file)"
+        )
+    if kind != "vqvae":
+        raise CimptError(f"tokenizer.kind '{kind}' is not one of {', '.join(KINDS)}")
+    return VQVAE(
+        vocab_size=int(tok_cfg.vocab_size),
+        downsample=int(tok_cfg.downsample),
+        width=int(tok_cfg.width),
+        res_blocks=int(tok_cfg.res_blocks),
+        embed_dim=int(tok_cfg.embed_dim),
+        ema_decay=float(tok_cfg.ema_decay),
+        commitment=float(tok_cfg.commitment),
+        dead_code_threshold=float(tok_cfg.dead_code_threshold),
+    )
+
+
+def save_tokenizer(tok: ImageTokenizer, path: str | Path) -> Path:
+    """Write weights and buffers to one safetensors file, atomically; parents are created."""
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arch = tok.arch_config()
+    kind = str(arch.get("kind", "vqvae"))
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tok.state_dict().items()}
+    metadata = {"cimpt_tokenizer": kind, "arch": json.dumps(arch)}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _step_number(folder: Path) -> int:
+    match = re.fullmatch(r"step_(\d+)", folder.name)
+    return int(match.group(1)) if match else -1
+
+
+def _resolve_file(path: Path) -> tuple[Path, str]:
+    """A path given by the user -> (safetensors file, key prefix to strip)."""
+    if path.is_file():
+        return path, ""
+    if (path / "tokenizer.safetensors").is_file():  # a run dir: the exported tokenizer
+        return path / "tokenizer.safetensors", ""
+    if (path / "model.safetensors").is_file():  # an engine checkpoint dir
+        return path / "model.safetensors", _PREFIX
+    steps = [p for p in (path / "checkpoints").glob("step_*") if _step_number(p) >= 0]
+    steps = [p for p in steps if (p / "model.safetensors").is_file()]
+    if steps:
+        newest = max(steps, key=_step_number)
+        return newest / "model.safetensors", _PREFIX
+    raise CimptError(
+        f"{path} holds no tokenizer checkpoint (looked for tokenizer.safetensors, "
+        "model.safetensors and checkpoints/step_*/model.safetensors)"
+    )
+
+
+def _read_header(file: Path) -> tuple[str, dict[str, Any]]:
+    """-> (kind, arch) from the safetensors metadata, or a one-line CimptError."""
+    try:
+        with safe_open(str(file), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except Exception as exc:  # safetensors raises several types for a foreign file
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CimptError(
+            f"{file} is not a cimpt tokenizer checkpoint (not a safetensors file: {reason})"
+        ) from None
+    if "cimpt_tokenizer" not in meta or "arch" not in meta:
+        raise CimptError(
+            f"{file} is not a cimpt tokenizer checkpoint (no 'cimpt_tokenizer'/'arch' metadata)"
+        )
+    try:
+        arch = json.loads(meta["arch"])
+    except json.JSONDecodeError:
+        arch = None
+    if not isinstance(arch, dict):
+        raise CimptError(f"{file} is not a cimpt tokenizer checkpoint (unreadable 'arch')")
+    kind = meta["cimpt_tokenizer"]
+    if kind not in KINDS:
+        raise CimptError(f"{file} holds an unknown tokenizer kind '{kind}' (known: "
+                         f"{', '.join(KINDS)})")
+    return kind, arch
+
+
+def _check_expected(file: Path, kind: str, arch: dict[str, Any], expected: Any) -> None:
+    """Fail with every field where the config section and the checkpoint disagree."""
+    diffs = []
+    exp_kind = str(getattr(expected, "kind", kind))
+    if exp_kind != kind:
+        diffs.append(f"kind: config {exp_kind} vs checkpoint {kind}")
+    for name in _ARCH_FIELDS[kind]:
+        want = getattr(expected, name, None)
+        have = arch.get(name)
+        if want is not None and have is not None and want != have:
+            diffs.append(f"{name}: config {want} vs checkpoint {have}")
+    if diffs:
+        raise CimptError(f"tokenizer config does not match {file}: {'; '.join(diffs)}")
+
+
+def _shorten(items: list[str], keep: int = 3) -> str:
+    more = f" (+{len(items) - keep} more)" if len(items) > keep else ""
+    return ", ".join(items[:keep]) + more
+
+
+def _load_weights(tok: ImageTokenizer, file: Path, prefix: str) -> None:
+    """Load the tensors of ``file`` into ``tok``, listing any key or shape that differs."""
+    tensors = load_file(str(file))
+    if prefix and any(k.startswith(prefix) for k in tensors):
+        tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    own = tok.state_dict()
+    problems = []
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    shapes = [
+        f"{k} {list(tensors[k].shape)} vs {list(own[k].shape)}"
+        for k in sorted(set(own) & set(tensors))
+        if tensors[k].shape != own[k].shape
+    ]
+    if missing:
+        problems.append(f"missing {_shorten(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {_shorten(unexpected)}")
+    if shapes:
+        problems.append(f"shape (file vs arch) {_shorten(shapes)}")
+    if problems:
+        raise CimptError(f"{file}: weights do not match the architecture: {'; '.join(problems)}")
+    with torch.no_grad():
+        tok.load_state_dict(tensors, strict=True)
+
+
+def _load_dalle(path: Path) -> ImageTokenizer:
+    from cimpt.tokenizers.dalle_io import load_dalle_tokenizer
+
+    return load_dalle_tokenizer(path).freeze()
+
+
+def load_tokenizer(path: str | Path, expected: Any = None) -> ImageTokenizer:
+    """Load a frozen tokenizer from a safetensors file, checkpoint dir or run dir.
+
+    Args:
+        path: a tokenizer ``.safetensors`` file; a checkpoint dir with ``model.safetensors``
+            (keys prefixed ``tokenizer.``); or a run dir with ``tokenizer.safetensors``
+            (preferred) or ``checkpoints/step_*/`` (the newest is used); or a folder with
+            the released DALL-E ``encoder.pkl`` and ``decoder.pkl``.
+        expected: a ``tokenizer`` config section; any architecture field that differs from
+            the checkpoint is an error.
+
+    Returns the tokenizer in eval mode with gradients off (``freeze()``), on the CPU.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise CimptError(f"tokenizer checkpoint not found: {path}")
+    if path.is_dir() and all((path / n).is_file() for n in ("encoder.pkl", "decoder.pkl")):
+        # The released DALL-E pickles: dalle_io reads them with its restricted unpickler.
+        if expected is not None:
+            _check_expected(path, "dalle", {}, expected)
+        return _load_dalle(path)
+    file, prefix = _resolve_file(path)
+    kind, arch = _read_header(file)
+    if expected is not None:
+        _check_expected(file, kind, arch, expected)
+    if kind == "dalle":
+        return _load_dalle(file)
+
+    from cimpt.tokenizers.vqvae import VQVAE
+
+    kwargs = {k: v for k, v in arch.items() if k != "kind"}
+    try:
+        tok = VQVAE(**kwargs)
+    except TypeError as exc:
+        raise CimptError(f"{file} has an invalid vqvae 'arch' metadata: {exc}") from None
+    _load_weights(tok, file, prefix)
+    return tok.freeze()
