@@ -27,9 +27,11 @@ from cimpt.data import (
     BlockMaskGenerator,
     CIMCollate,
     ImageFolderDataset,
+    ResumableSampler,
     TwoViewTransform,
     build_loader,
 )
+from cimpt.data.seeded import SeededCollate, SeededSamples
 from cimpt.errors import CimptError
 
 DEFAULT_PATH = "~/.cache/cimpt/data/CIFAR-10-images/train"
@@ -50,7 +52,10 @@ def measure(path: str, workers: int, batch_size: int, seconds: float,
     """Run the loader; return images/s and batch statistics over the measured window."""
     dataset = ImageFolderDataset(path, TwoViewTransform(32, 32))
     collate = CIMCollate(BlockMaskGenerator(grid=8, ratio=0.45, rng=0))
-    loader = build_loader(dataset, batch_size, workers, collate, seed=0)
+    # Exactly what the training engine builds: per-sample seeds (cimpt.data.seeded).
+    sampler = ResumableSampler(len(dataset), seed=0, encode_epoch=True)
+    loader = build_loader(SeededSamples(dataset, 0), batch_size, workers, SeededCollate(collate),
+                          sampler, seed=0)
     images = batches = skipped = 0
     it = iter(loader)
     for _ in range(warmup_batches):  # worker start-up and first-batch latency excluded
@@ -92,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "benchmark": "data_throughput",
         "pipeline": "ImageFolder JPEG decode + TwoViewTransform(32, 32) + "
-                    "BlockMaskGenerator(grid=8, ratio=0.45) + CIMCollate",
+                    "BlockMaskGenerator(grid=8, ratio=0.45) + CIMCollate, with the engine's "
+                    "per-sample seeding (SeededSamples/SeededCollate)",
         "path": path,
         "workers": args.workers,
         "batch_size": args.batch_size,

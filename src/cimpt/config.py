@@ -229,9 +229,11 @@ def load_config(
     if path is not None:
         origin = str(path)
         try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.create(_read_yaml(Path(path))))
+            merged = OmegaConf.merge(cfg, OmegaConf.create(_read_yaml(Path(path))))
         except OmegaConfBaseException as exc:
             raise ConfigError(_one_line(exc, origin)) from None
+        assert isinstance(merged, DictConfig)
+        cfg = merged
     cfg = apply_overrides(cfg, overrides)
     validate(cfg)
     return cfg
@@ -347,9 +349,11 @@ def from_dict(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = ())
     """Rebuild a validated config from a plain dict (as stored with a checkpoint)."""
     cfg = _schema()
     try:
-        cfg = OmegaConf.merge(cfg, OmegaConf.create(data))
+        merged = OmegaConf.merge(cfg, OmegaConf.create(data))
     except OmegaConfBaseException as exc:
         raise ConfigError(_one_line(exc, "stored config")) from None
+    assert isinstance(merged, DictConfig)
+    cfg = merged
     cfg = apply_overrides(cfg, overrides)
     validate(cfg)
     return cfg

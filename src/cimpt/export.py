@@ -48,7 +48,7 @@ def save_enhancer(enhancer: nn.Module, cfg: DictConfig, path: str | Path) -> Pat
     """Write ``enhancer.backbone``'s weights atomically with the rebuild arguments."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    backbone = enhancer.backbone
+    backbone = enhancer.get_submodule("backbone")
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in backbone.state_dict().items()}
     meta = {
         "cimpt_timm_args": json.dumps(timm_args(cfg)),

@@ -21,7 +21,7 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
 
 def rng_state() -> dict[str, Any]:
     """Every RNG state as tensors and plain Python values (loadable with weights_only=True)."""
-    np_state = np.random.get_state()
+    np_state: tuple[Any, ...] = tuple(np.random.get_state())
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),
