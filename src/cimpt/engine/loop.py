@@ -343,8 +343,9 @@ class Trainer:
                         img_s=f"{last_metrics['img_per_s']:.0f}",
                     )
                     window_t0, window_images, window_wait = time.perf_counter(), 0, 0.0
-                vis_now = st.step % cfg.run.vis_every == 0 or st.step == self.total_steps
-                if self.dist.is_main and cfg.run.vis_every > 0 and vis_now:
+                every = cfg.run.vis_every
+                vis_now = every > 0 and (st.step % every == 0 or st.step == self.total_steps)
+                if self.dist.is_main and vis_now:
                     self.task.visualize(st.step, batch, self.run_dir)
                 if stop or st.step % cfg.run.ckpt_every == 0 or st.step == self.total_steps:
                     last_ckpt = self.save()
