@@ -315,6 +315,15 @@ def validate(cfg: DictConfig) -> None:
         f"{cfg.generator.embed_dim} is not divisible by generator.num_heads",
     )
     _require(cfg.generator.temperature > 0, "generator.temperature", "must be positive")
+    _require(cfg.run.log_every > 0, "run.log_every", "must be positive")
+    _require(
+        cfg.run.ckpt_every > 0,
+        "run.ckpt_every",
+        "must be positive (a checkpoint is always written at the end too)",
+    )
+    _require(cfg.run.vis_every >= 0, "run.vis_every", "must be >= 0 (0: no figures)")
+    _require(cfg.run.keep_last >= 1, "run.keep_last", "must keep at least 1 checkpoint")
+    _require(cfg.run.max_nan_steps >= 1, "run.max_nan_steps", "must be >= 1")
     _require(t.batch_size > 0, "train.batch_size", "must be positive")
     _require(t.accum_steps > 0, "train.accum_steps", "must be positive")
     _require(

@@ -20,6 +20,8 @@ def visualize_command(checkpoint: str, overrides: list[str], out: str = "", n: i
     from cimpt.pretrain import build_cim_task
     from cimpt.viz import save_cim_figure
 
+    if n < 1:
+        raise CimptError(f"--n: the number of images must be at least 1, got {n}")
     ckpt = resolve_checkpoint(checkpoint)
     meta = load_meta(ckpt)
     if meta.get("kind") != "cim":
