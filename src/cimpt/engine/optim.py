@@ -40,4 +40,8 @@ def param_groups(
 def build_adamw(
     model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float]
 ) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas)
+    """AdamW; the fused kernel on CPU and CUDA (one kernel per tensor instead of ~10 small
+    ops per parameter, which on a busy 2-core CPU made the step swing from 0.1 to 2 s)."""
+    devices = {p.device.type for p in model.parameters()}
+    fused = devices <= {"cpu", "cuda"}
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, fused=fused)
