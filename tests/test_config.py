@@ -79,7 +79,9 @@ def test_missing_file_and_not_a_mapping(tmp_path: Path) -> None:
 
 
 def test_grid_arithmetic() -> None:
-    cfg = load_config(None, ["data.img_size=224", "enhancer.patch_size=16", "tokenizer.downsample=8"])
+    cfg = load_config(
+        None, ["data.img_size=224", "enhancer.patch_size=16", "tokenizer.downsample=8"]
+    )
     assert token_grid(cfg) == 14 and tokenizer_resolution(cfg) == 112
 
 

@@ -19,8 +19,15 @@ def test_demo_runs_offline_and_reports(
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
     root = tmp_path / "demo"
-    code = main(["demo", f"run.dir={root}", "train.max_steps=3", "run.progress=false",
-                 "data.bundled_samples=96"])
+    code = main(
+        [
+            "demo",
+            f"run.dir={root}",
+            "train.max_steps=3",
+            "run.progress=false",
+            "data.bundled_samples=96",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "figure:" in out and "next, on your own images" in out

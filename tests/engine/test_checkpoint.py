@@ -39,14 +39,16 @@ def test_keep_last_k_and_latest(tmp_path: Path) -> None:
     assert C.resolve_checkpoint(tmp_path).name == "step_00000040"
 
 
-def test_full_disk_keeps_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_full_disk_keeps_previous_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     good = _save(tmp_path, 10, 1.0)
 
     def no_space(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(C.torch, "save", no_space)
-    with pytest.raises(CimptError, match="No space left.*intact"):
+    with pytest.raises(CimptError, match=r"No space left.*intact"):
         _save(tmp_path, 20, 2.0)
     # The earlier checkpoint is complete and still the newest; no temporary debris is left.
     assert C.latest_checkpoint(tmp_path) == good
@@ -85,4 +87,4 @@ def test_load_into_lists_differences() -> None:
     with pytest.raises(CimptError) as info:
         C.load_into(model, tensors, "net")
     msg = str(info.value)
-    assert "weight: (4, 3) vs (2, 3)" in msg and "missing bias" in msg and "unexpected extra" in msg
+    assert "weight [4, 3] vs [2, 3]" in msg and "missing bias" in msg and "unexpected extra" in msg

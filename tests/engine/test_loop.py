@@ -17,7 +17,7 @@ from cimpt.engine.checkpoint import latest_checkpoint, list_checkpoints
 from cimpt.errors import CimptError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from toy_task import ToyData, ToyModel, ToyTask, run_toy, toy_collate, toy_config  # noqa: E402
+from toy_task import ToyData, ToyModel, ToyTask, run_toy, toy_collate, toy_config
 
 SCRIPT = Path(__file__).parent / "toy_task.py"
 
@@ -148,8 +148,9 @@ def test_two_process_gloo_ranks_stay_identical(tmp_path: Path) -> None:
     script.write_text(_DDP_WORKER.format(here=str(Path(__file__).parent), run=str(tmp_path)))
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29533", "WORLD_SIZE": "2"}
     procs = [
-        subprocess.Popen([sys.executable, str(script)], env={**env, "RANK": str(r),
-                                                              "LOCAL_RANK": str(r)})
+        subprocess.Popen(
+            [sys.executable, str(script)], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}
+        )
         for r in range(2)
     ]
     assert all(p.wait(timeout=120) == 0 for p in procs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
@@ -22,7 +23,7 @@ def test_warmup_then_cosine() -> None:
     assert vals[10] == pytest.approx(1.0)
     # Halfway through the cosine part the value is the midpoint.
     assert vals[55] == pytest.approx(0.5 * (1 + math.cos(math.pi * 45 / 90)))
-    assert all(a >= b for a, b in zip(vals[10:], vals[11:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(vals[10:]))
 
 
 def test_lr_scaling_rule() -> None:
@@ -47,7 +48,10 @@ def test_no_decay_for_norms_biases_and_named() -> None:
     names = {id(p): n for n, p in model.named_parameters()}
     assert {names[id(p)] for p in decay["params"]} == {"lin.weight"}  # type: ignore[union-attr]
     assert {names[id(p)] for p in no_decay["params"]} == {  # type: ignore[union-attr]
-        "lin.bias", "norm.weight", "norm.bias", "pos_embed"
+        "lin.bias",
+        "norm.weight",
+        "norm.bias",
+        "pos_embed",
     }
     assert no_decay["weight_decay"] == 0.0
 

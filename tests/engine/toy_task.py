@@ -1,6 +1,6 @@
 """A tiny task for engine tests, runnable as a script for kill/resume tests.
 
-    python toy_task.py RUN_DIR MAX_STEPS [SLEEP_S] [key=value ...]
+python toy_task.py RUN_DIR MAX_STEPS [SLEEP_S] [key=value ...]
 """
 
 from __future__ import annotations
@@ -66,17 +66,33 @@ class ToyTask(Task):
 
 
 def toy_config(run_dir: str, max_steps: int, extra: list[str] | tuple[str, ...] = ()) -> Any:
-    return load_config(None, [
-        f"run.dir={run_dir}", f"train.max_steps={max_steps}", "train.batch_size=8",
-        "data.num_workers=0", "run.log_every=2", "run.ckpt_every=4", "run.vis_every=0",
-        "run.progress=false", "run.tensorboard=false", "train.lr=0.05", "train.clip_grad=1.0",
-        "train.warmup_epochs=0.2", *extra,
-    ])
+    return load_config(
+        None,
+        [
+            f"run.dir={run_dir}",
+            f"train.max_steps={max_steps}",
+            "train.batch_size=8",
+            "data.num_workers=0",
+            "run.log_every=2",
+            "run.ckpt_every=4",
+            "run.vis_every=0",
+            "run.progress=false",
+            "run.tensorboard=false",
+            "train.lr=0.05",
+            "train.clip_grad=1.0",
+            "train.warmup_epochs=0.2",
+            *extra,
+        ],
+    )
 
 
 def run_toy(
-    run_dir: str, max_steps: int, extra: list[str] | tuple[str, ...] = (), sleep: float = 0.0,
-    nan_at: tuple[int, ...] = (), n: int = 96,
+    run_dir: str,
+    max_steps: int,
+    extra: list[str] | tuple[str, ...] = (),
+    sleep: float = 0.0,
+    nan_at: tuple[int, ...] = (),
+    n: int = 96,
 ) -> tuple[FitResult, ToyModel]:
     cfg = toy_config(run_dir, max_steps, extra)
     torch.manual_seed(123)  # same initial weights for every run

@@ -171,24 +171,42 @@ def read_safetensors_metadata(path: Path) -> dict[str, str]:
         raise CimptError(f"{path} is not a safetensors file ({exc})") from exc
 
 
+def _shorten(items: list[str], keep: int = 3) -> str:
+    more = f" (+{len(items) - keep} more)" if len(items) > keep else ""
+    return ", ".join(items[:keep]) + more
+
+
+def state_dict_differences(
+    own: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]
+) -> list[str]:
+    """What keeps ``given`` from loading into a module whose state dict is ``own``.
+
+    Returns short phrases ("missing a, b", "unexpected c", "shape (file vs model) k [..] vs
+    [..]"), long lists shortened; empty when the two fit.
+    """
+    missing = sorted(set(own) - set(given))
+    unexpected = sorted(set(given) - set(own))
+    shapes = [
+        f"{k} {list(given[k].shape)} vs {list(own[k].shape)}"
+        for k in sorted(set(own) & set(given))
+        if given[k].shape != own[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing {_shorten(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {_shorten(unexpected)}")
+    if shapes:
+        problems.append(f"shape (file vs model) {_shorten(shapes)}")
+    return problems
+
+
 def load_into(module: nn.Module, tensors: Mapping[str, torch.Tensor], prefix: str) -> None:
     """Load the ``prefix.``-keyed tensors into ``module``; mismatches name what differs."""
     sub = {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
-    own = module.state_dict()
-    missing = sorted(set(own) - set(sub))
-    unexpected = sorted(set(sub) - set(own))
-    shapes = [
-        f"{k}: {tuple(sub[k].shape)} vs {tuple(own[k].shape)}"
-        for k in sorted(set(sub) & set(own))
-        if sub[k].shape != own[k].shape
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        if shapes:
-            parts.append("shape checkpoint vs model " + "; ".join(shapes[:4]))
-        if missing:
-            parts.append(f"missing {', '.join(missing[:4])}")
-        if unexpected:
-            parts.append(f"unexpected {', '.join(unexpected[:4])}")
-        raise CimptError(f"checkpoint weights do not fit the '{prefix}' model: {' | '.join(parts)}")
+    problems = state_dict_differences(module.state_dict(), sub)
+    if problems:
+        raise CimptError(
+            f"checkpoint weights do not fit the '{prefix}' model: {'; '.join(problems)}"
+        )
     module.load_state_dict(sub, strict=True)

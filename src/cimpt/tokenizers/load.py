@@ -20,6 +20,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from cimpt.engine.checkpoint import state_dict_differences
 from cimpt.errors import CimptError
 from cimpt.tokenizers.base import ImageTokenizer
 
@@ -141,31 +142,12 @@ def _check_expected(file: Path, kind: str, arch: dict[str, Any], expected: Any) 
         raise CimptError(f"tokenizer config does not match {file}: {'; '.join(diffs)}")
 
 
-def _shorten(items: list[str], keep: int = 3) -> str:
-    more = f" (+{len(items) - keep} more)" if len(items) > keep else ""
-    return ", ".join(items[:keep]) + more
-
-
 def _load_weights(tok: ImageTokenizer, file: Path, prefix: str) -> None:
     """Load the tensors of ``file`` into ``tok``, listing any key or shape that differs."""
     tensors = load_file(str(file))
     if prefix and any(k.startswith(prefix) for k in tensors):
         tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-    own = tok.state_dict()
-    problems = []
-    missing = sorted(set(own) - set(tensors))
-    unexpected = sorted(set(tensors) - set(own))
-    shapes = [
-        f"{k} {list(tensors[k].shape)} vs {list(own[k].shape)}"
-        for k in sorted(set(own) & set(tensors))
-        if tensors[k].shape != own[k].shape
-    ]
-    if missing:
-        problems.append(f"missing {_shorten(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {_shorten(unexpected)}")
-    if shapes:
-        problems.append(f"shape (file vs arch) {_shorten(shapes)}")
+    problems = state_dict_differences(tok.state_dict(), tensors)
     if problems:
         raise CimptError(f"{file}: weights do not match the architecture: {'; '.join(problems)}")
     with torch.no_grad():
