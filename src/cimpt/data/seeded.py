@@ -8,8 +8,8 @@ independent of ``data.num_workers``), every sample is drawn under its own seed:
 - the sampler yields ``epoch * n + index`` (``ResumableSampler(encode_epoch=True)``), so a
   worker knows the epoch even with persistent workers;
 - ``SeededSamples`` decodes it and runs the wrapped dataset (and its transform) under
-  ``torch.manual_seed(sample_seed(seed, epoch, index))`` inside ``fork_rng``, leaving the
-  caller's stream untouched;
+  the CPU generator seeded with ``sample_seed(seed, epoch, index)``, restoring the
+  caller's stream afterwards;
 - ``SeededCollate`` reseeds the batch's mask generator from its first sample's seed.
 """
 
@@ -50,9 +50,16 @@ class SeededSamples(Dataset[Any]):
     def __getitem__(self, key: int) -> tuple[Any, int]:
         epoch, index = divmod(int(key), self.n)
         s = sample_seed(self.seed, epoch, index)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(s)
+        # Seed only the CPU default generator and restore it afterwards: torch.fork_rng and
+        # torch.manual_seed also touch every accelerator backend, ~300 us per sample here,
+        # against ~5 us for this.
+        gen = torch.default_generator
+        saved = gen.get_state()
+        gen.manual_seed(s)
+        try:
             item = self.dataset[index]
+        finally:
+            gen.set_state(saved)
         return item, s
 
 
