@@ -98,6 +98,21 @@ def tokenizer_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tokenizer(tmp_path_factory.mktemp("tokenizer") / "tokenizer.safetensors")
 
 
+def _tiny_schedule(steps: int) -> list[str]:
+    """Batch, steps and logging shared by every tiny run: log, checkpoint, draw each run end."""
+    return [
+        "train.batch_size=4",
+        f"train.max_steps={steps}",
+        "train.warmup_epochs=0.1",
+        "data.num_workers=0",
+        "run.log_every=1",
+        f"run.ckpt_every={steps}",
+        f"run.vis_every={steps}",
+        "run.progress=false",
+        "run.tensorboard=false",
+    ]
+
+
 def tiny_cim_overrides(
     run_dir: Path,
     data_path: Path,
@@ -121,15 +136,7 @@ def tiny_cim_overrides(
         "generator.depth=1",
         "generator.embed_dim=32",
         "generator.num_heads=2",
-        "train.batch_size=4",
-        f"train.max_steps={steps}",
-        "train.warmup_epochs=0.1",
-        "data.num_workers=0",
-        "run.log_every=1",
-        f"run.ckpt_every={steps}",
-        f"run.vis_every={steps}",
-        "run.progress=false",
-        "run.tensorboard=false",
+        *_tiny_schedule(steps),
         *extra,
     ]
 
@@ -211,15 +218,7 @@ def tiny_tokenizer_overrides(run_dir: Path, data_path: Path, steps: int = 2) -> 
         f"data.path={data_path}",
         "data.val_path=",  # the config points at CIFAR-10; tests never depend on it
         *(f"tokenizer.{k}={v}" for k, v in TOKENIZER_ARCH.items()),
-        "train.batch_size=4",
-        f"train.max_steps={steps}",
-        "train.warmup_epochs=0.1",
-        "data.num_workers=0",
-        "run.log_every=1",
-        f"run.ckpt_every={steps}",
-        f"run.vis_every={steps}",
-        "run.progress=false",
-        "run.tensorboard=false",
+        *_tiny_schedule(steps),
     ]
 
 
