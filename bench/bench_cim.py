@@ -19,8 +19,8 @@ batch size, this measures in one run:
      ``_set_lr``, ``_forward_backward``, the loss scalars read back, ``_optimizer_step``),
      by calling the Trainer's own methods;
    * diagnostics, not part of the sum: the Gumbel sampling of step 5 alone, and the full
-     step with ``torch.utils.deterministic.fill_uninitialized_memory`` off (the Trainer's
-     ``train.deterministic=true`` turns it on, which fills every new tensor with NaN);
+     step with ``torch.utils.deterministic.fill_uninitialized_memory`` off (the engine now
+     turns it off itself, so the two should agree; the row guards against a regression);
    * a plain supervised step of the same enhancer backbone (timm model, 10-class head,
      cross-entropy on labels, clip, AdamW with the same parameter groups).
 
@@ -78,6 +78,7 @@ from cimpt.errors import CimptError
 from cimpt.pretrain import CIMTask, build_cim_task, load_frozen_tokenizer
 from cimpt.tokenizers.base import ImageTokenizer
 from cimpt.tokenizers.load import build_tokenizer
+from records import git, git_commit, write_record
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = "configs/cifar10_vit.yaml"
@@ -364,14 +365,6 @@ def e2e_in_child(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 # ---- report -------------------------------------------------------------------------------
-def _git(*cmd: str) -> str:
-    try:
-        out = subprocess.run(["git", *cmd], capture_output=True, text=True, cwd=ROOT, timeout=10)
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
 def _busiest_processes(n: int = 4) -> list[str]:
     """Top CPU users (name and %CPU) so a concurrent job is on record."""
     try:
@@ -497,8 +490,8 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> int:
         "busiest_processes_end": _busiest_processes(),
         "date_utc": started.isoformat(timespec="seconds"),
         "wall_s": time.perf_counter() - t0,
-        "git_commit": _git("rev-parse", "HEAD") or "unknown",
-        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "git_commit": git_commit(),
+        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
         "command": shlex.join(["python", "bench/bench_cim.py", *argv]),
     }
     print(markdown_table(res))
@@ -509,12 +502,7 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> int:
         for row in components["profile_full_step"]:
             ms, calls = row["self_ms_per_step"], row["calls_per_step"]
             print(f"  {ms:8.1f} ms  x{calls:<5.0f} {row['op']}")
-    out = Path(args.out)
-    if not out.is_absolute():
-        out = ROOT / out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_record(res, args.out)
     return 0
 
 

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,18 +31,10 @@ from cimpt.data import (
 )
 from cimpt.data.seeded import SeededCollate, SeededSamples
 from cimpt.errors import CimptError
+from records import git_commit, write_record
 
 DEFAULT_PATH = "~/.cache/cimpt/data/CIFAR-10-images/train"
 RESULTS = Path(__file__).resolve().parent / "results" / "data_throughput.json"
-
-
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parent, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def measure(path: str, workers: int, batch_size: int, seconds: float,
@@ -107,16 +97,13 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
     }
     print(f"{'metric':<14} {'value':>12}")
     for key in ("workers", "batch_size", "batches", "images", "skipped", "seconds",
                 "images_per_s"):
         print(f"{key:<14} {record[key]:>12}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_record(record, args.out)
     return 0
 
 

@@ -84,7 +84,7 @@ class CIM(nn.Module):
         if respix_window < 0:
             raise CimptError(f"loss.respix_window: {respix_window} must be >= 0 (0: patch size)")
         # object.__setattr__ bypasses nn.Module's registration of submodules (see module doc).
-        object.__setattr__(self, "_tokenizer", _frozen(tokenizer))
+        object.__setattr__(self, "_tokenizer", tokenizer.freeze())
         self.generator = generator
         self.enhancer = enhancer
         self.head = head
@@ -323,14 +323,6 @@ class CIM(nn.Module):
             return x_cor.float() + pred
         mean, std = sliding_window_stats(x, self.respix_window)
         return pred * std + mean
-
-
-def _frozen(tokenizer: ImageTokenizer) -> ImageTokenizer:
-    """Eval mode, no gradients (METHOD.md: the tokenizer is frozen during CIM)."""
-    tokenizer.eval()
-    for p in tokenizer.parameters():
-        p.requires_grad_(False)
-    return tokenizer
 
 
 def _check_grid(z: torch.Tensor, mask: torch.Tensor) -> None:

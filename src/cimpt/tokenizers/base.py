@@ -45,10 +45,7 @@ class ImageTokenizer(nn.Module, ABC):
 
     def train(self, mode: bool = True) -> ImageTokenizer:
         # A frozen tokenizer stays in eval mode even when a parent module calls .train().
-        if (
-            mode
-            and any(not p.requires_grad for p in self.parameters())
-            and not any(p.requires_grad for p in self.parameters())
-        ):
+        params = list(self.parameters())
+        if mode and params and not any(p.requires_grad for p in params):
             mode = False
         return super().train(mode)

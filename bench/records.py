@@ -1,0 +1,34 @@
+"""What every benchmark record shares: the git state it was measured at, and writing it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def git(*cmd: str) -> str:
+    """Output of ``git <cmd>`` in the repository, or "" when git is unavailable."""
+    try:
+        out = subprocess.run(["git", *cmd], capture_output=True, text=True, cwd=ROOT, timeout=10)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def git_commit() -> str:
+    return git("rev-parse", "HEAD") or "unknown"
+
+
+def write_record(record: dict[str, Any], out: str | Path) -> Path:
+    """Write ``record`` as indented JSON (relative paths are under the repository root)."""
+    path = Path(out)
+    if not path.is_absolute():
+        path = ROOT / path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {path}")
+    return path
