@@ -128,6 +128,28 @@ class InitConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    layer_decay: float = 0.75
+    global_pool: str = "avg"
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    mixup_prob: float = 1.0
+    smoothing: float = 0.1
+    randaug: str = "rand-m9-mstd0.5-inc1"
+    crop_scale: list[float] = field(default_factory=lambda: [0.35, 1.0])
+    ema: bool = False
+    ema_decay: float = 0.999
+
+
+@dataclass
+class EvalConfig:
+    every_epochs: int = 1
+    batch_size: int = 256
+    knn_k: list[int] = field(default_factory=lambda: [20, 200])
+    knn_temperature: float = 0.07
+
+
+@dataclass
 class RootConfig:
     seed: int = 0
     objective: str = "respix"
@@ -141,6 +163,8 @@ class RootConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     init: InitConfig = field(default_factory=InitConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 # Keys whose value is free-form (passed through to timm), so struct mode must not close them.
@@ -151,6 +175,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "data.source": ("auto", "folder", "tar", "cifar10", "cifar100", "bundled"),
     "tokenizer.kind": ("vqvae", "dalle"),
     "train.amp": ("auto", "bf16", "fp16", "none"),
+    "finetune.global_pool": ("avg", "token"),
 }
 
 
@@ -334,11 +359,33 @@ def validate(cfg: DictConfig) -> None:
     _require(t.epochs > 0 or t.max_steps > 0, "train.epochs", "set train.epochs or train.max_steps")
     _require(t.max_steps >= 0, "train.max_steps", "must be >= 0")
     _require(len(t.betas) == 2, "train.betas", "must be [beta1, beta2]")
+    _validate_eval(cfg)
     _require(
         cfg.resume in ("", "auto") or Path(cfg.resume).exists(),
         "resume",
         f"'{cfg.resume}' is neither 'auto' nor an existing checkpoint",
     )
+
+
+def _validate_eval(cfg: DictConfig) -> None:
+    """Ranges of the fine-tuning and evaluation keys (``finetune.*``, ``eval.*``)."""
+    f, e = cfg.finetune, cfg.eval
+    _require(0.0 < f.layer_decay <= 1.0, "finetune.layer_decay", "must be in (0, 1]")
+    for key in ("mixup", "cutmix"):
+        _require(f[key] >= 0.0, f"finetune.{key}", "must be >= 0 (0 = off)")
+    _require(0.0 <= f.mixup_prob <= 1.0, "finetune.mixup_prob", "must be in [0, 1]")
+    _require(0.0 <= f.smoothing < 1.0, "finetune.smoothing", "must be in [0, 1)")
+    _require(
+        len(f.crop_scale) == 2 and 0 < f.crop_scale[0] <= f.crop_scale[1] <= 1,
+        "finetune.crop_scale",
+        "must be [min, max] with 0 < min <= max <= 1",
+    )
+    _require(0.0 < f.ema_decay < 1.0, "finetune.ema_decay", "must be in (0, 1)")
+    _require(e.every_epochs >= 1, "eval.every_epochs", "must be >= 1")
+    _require(e.batch_size >= 1, "eval.batch_size", "must be positive")
+    _require(len(e.knn_k) >= 1 and all(k >= 1 for k in e.knn_k), "eval.knn_k",
+             "must be a non-empty list of positive integers")
+    _require(e.knn_temperature > 0, "eval.knn_temperature", "must be positive")
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -108,9 +108,14 @@ class Trainer:
         self.model = task.model.to(self.device)
         if cfg.train.channels_last and self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
+        task.on_device(self.device)
         self.base_lr = scaled_lr(cfg.train.blr, cfg.train.lr, cfg.train.batch_size)
         self.optimizer = build_adamw(
-            self.model, self.base_lr, cfg.train.weight_decay, tuple(cfg.train.betas)
+            self.model,
+            self.base_lr,
+            cfg.train.weight_decay,
+            tuple(cfg.train.betas),
+            task.param_groups(cfg.train.weight_decay),
         )
         self.scaler = torch.amp.GradScaler(enabled=self.amp_dtype == torch.float16)
         self.resumed_from = self._maybe_resume()
@@ -240,7 +245,7 @@ class Trainer:
             self.cfg.train.min_lr,
         )
         for g in self.optimizer.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_scale", 1.0)  # layer-wise lr decay, when the task asks
         return lr
 
     def _forward_backward(self, batch: dict[str, Any], sync: bool) -> dict[str, torch.Tensor]:
@@ -320,6 +325,7 @@ class Trainer:
                 if ok:
                     st.nan_streak = 0
                     means.add({**step_vals.pop(), "grad_norm": norm})
+                    self.task.after_optimizer_step(st.step)
                 else:
                     st.nan_streak += 1
                     st.nan_total += 1
@@ -343,6 +349,8 @@ class Trainer:
                         img_s=f"{last_metrics['img_per_s']:.0f}",
                     )
                     window_t0, window_images, window_wait = time.perf_counter(), 0, 0.0
+                if self._eval_due():
+                    self._evaluate()
                 every = cfg.run.vis_every
                 vis_now = every > 0 and (st.step % every == 0 or st.step == self.total_steps)
                 if self.dist.is_main and vis_now:
@@ -357,6 +365,29 @@ class Trainer:
             self.task.finish(self.run_dir)
         self.logger.close()
         return FitResult(st, self.run_dir, interrupted, last_ckpt, last_metrics)
+
+    def _eval_due(self) -> bool:
+        """At the end of every ``task.eval_every_epochs``-th epoch, and after the last step."""
+        every = self.task.eval_every_epochs
+        if every <= 0:
+            return False
+        spe = self.steps_per_epoch()
+        at_end = self.state.step == self.total_steps
+        return at_end or (spe > 0 and self.state.step % (spe * every) == 0)
+
+    def _evaluate(self) -> None:
+        self.model.eval()
+        try:
+            vals = self.task.evaluate(self.model, self.state.step)
+        finally:
+            self.model.train()
+        if vals:
+            spe = self.steps_per_epoch()
+            epochs = self.state.step / spe if spe else float(self.state.epoch)
+            self.logger.log(self.state.step, {**vals, "epochs_done": epochs})
+            if self.dist.is_main:
+                shown = ", ".join(f"{k}={v:.4g}" for k, v in vals.items())
+                tqdm.write(f"step {self.state.step} (epoch {epochs:.2f}): {shown}")
 
     def _on_nonfinite(self) -> None:
         st = self.state
@@ -383,6 +414,7 @@ class Trainer:
                 "scaler": self.scaler.state_dict(),
                 "rng": rng_state(),
                 "loop": dict(st.__dict__),
+                "task": self.task.extra_state(),
             }
             meta = {
                 "kind": self.task.kind,

@@ -87,6 +87,7 @@ def restore(
     optimizer.load_state_dict(state["optimizer"])
     scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
+    task.load_extra_state(dict(state.get("task", {})))
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         # Rank 0's RNG was saved; give the other ranks streams of their own again.
         rank = torch.distributed.get_rank()

@@ -2,7 +2,10 @@
 
 A ``Task`` bundles a model whose ``forward(batch)`` returns a dict of scalar tensors with a
 ``"loss"`` key (DESIGN.md lesson 2), the dataset and collate function that feed it, the
-modules whose weights go into checkpoints, and optional per-step hooks.
+modules whose weights go into checkpoints, and optional hooks: per-step schedules, optimizer
+parameter groups (e.g. layer-wise lr decay), an update after each optimizer step (e.g. an
+EMA of the weights), periodic evaluation, and a little state of its own that is checkpointed
+(e.g. the best accuracy so far).
 """
 
 from __future__ import annotations
@@ -41,6 +44,34 @@ class Task:
     def on_step(self, step: int, total_steps: int) -> dict[str, float]:
         """Called before optimizer update ``step``; returns schedule values to log."""
         return {}
+
+    def on_device(self, device: torch.device) -> None:
+        """Called once the model is on ``device`` (move helpers such as an EMA copy)."""
+
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]] | None:
+        """Optimizer parameter groups; ``None`` = the default decay/no-decay split.
+
+        A group may carry ``lr_scale``: the loop multiplies the scheduled lr by it.
+        """
+        return None
+
+    def after_optimizer_step(self, step: int) -> None:
+        """Called after every applied optimizer update (``step`` counts updates done)."""
+
+    #: Evaluate every this many epochs (and after the last step); 0 = never.
+    eval_every_epochs: int = 0
+
+    def evaluate(self, model: nn.Module, step: int) -> dict[str, float]:
+        """Held-out metrics after update ``step``, called on every rank (shard and reduce
+        inside), with ``model`` in eval mode."""
+        return {}
+
+    def extra_state(self) -> dict[str, Any]:
+        """Small plain state of the task to checkpoint (numbers, strings, lists)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what ``extra_state`` returned."""
 
     def visualize(self, step: int, batch: dict[str, Any], run_dir: Path) -> None:
         """Write figures for ``batch`` (rank 0 only, every ``run.vis_every`` steps)."""

@@ -1,0 +1,256 @@
+"""Does CIM pre-training help? The small-scale evidence table on CIFAR-10 (issue 4).
+
+Runs, with the user-facing ``cimpt`` commands and nothing else:
+
+1. ``cimpt tokenizer train`` (VQ-VAE, 4x downsampling, 8x8 grid at 32 px);
+2. ``cimpt pretrain`` with RESPIX and with REVDET, the same budget each;
+3. ``cimpt finetune`` at each label fraction (10 % and 100 %) from each CIM enhancer and from
+   scratch, with the identical fine-tuning recipe and budget;
+
+and writes one row per fine-tuning run to ``<out>/cifar10_evidence.json`` (``backbone``,
+``init``, ``label_fraction``, ``top1``, ``wallclock_s``, the config used, ...) and a markdown
+table to ``<out>/cifar10_evidence.md``. Jobs already finished in ``--work`` are reused and an
+interrupted job resumes (``resume=auto``), so rerunning the command continues the study.
+
+Presets (``--preset``):
+
+- ``full`` (default): tokenizer 3 epochs, pre-training 4 epochs per objective, fine-tuning 4
+  epochs at 100 % labels and 30 epochs at 10 %; about 2.5 h on 2 CPU cores.
+- ``short``: the same models, about half the epochs (about 1.2 h on 2 cores).
+- ``quick``: a tiny model and a few steps per job on a tiny subset, minutes; for CI and smoke
+  tests (its numbers mean nothing).
+
+Models (``full``/``short``): enhancer ViT (timm ``vit_tiny_patch16_224`` built with embed 128,
+depth 6, 4 heads, patch 4 at 32 px: 1.2 M parameters), generator BEiT depth 2, width 128;
+tokenizer 1,024 codes. Fine-tuning recipe for every row: ``configs/cifar10_finetune.yaml``
+(mixup 0.8, cutmix 1.0, label smoothing 0.1, RandAugment m9, drop path 0.1, AdamW, warm-up +
+cosine) with ``finetune.layer_decay=1.0``: layer-wise lr decay is meant for pre-trained
+weights, and applied to the scratch baseline it would slow its lower layers and widen the gap
+in CIM's favour, so it is off for every row.
+
+    python bench/cifar10_evidence.py [--preset full|short|quick] [--parallel 2] \
+        [--data DIR --val-data DIR] [--work runs/evidence] [--out docs/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from records import ROOT, git_commit
+
+CIFAR = Path("~/.cache/cimpt/data/CIFAR-10-images").expanduser()
+ENHANCER = "{embed_dim: 128, depth: 6, num_heads: 4}"
+TINY_ENHANCER = "{embed_dim: 32, depth: 1, num_heads: 2}"
+INITS = ("scratch", "cim-respix", "cim-revdet")
+
+
+@dataclass
+class Preset:
+    """Budgets of one preset; ``*_epochs`` or, when ``max_steps`` is set, steps per job."""
+
+    tokenizer_epochs: float
+    pretrain_epochs: float
+    ft_epochs: dict[float, int]
+    eval_every: dict[float, int]
+    enhancer: str = ENHANCER
+    max_steps: int = 0
+    extra: list[str] = field(default_factory=list)
+
+
+PRESETS = {
+    "full": Preset(3, 4, {1.0: 4, 0.1: 30}, {1.0: 1, 0.1: 5}),
+    "short": Preset(1.5, 1.6, {1.0: 2, 0.1: 12}, {1.0: 1, 0.1: 4}),
+    "quick": Preset(1, 1, {1.0: 1, 0.1: 1}, {1.0: 1, 0.1: 1}, enhancer=TINY_ENHANCER,
+                    max_steps=3, extra=["train.batch_size=8", "generator.depth=1",
+                                        "generator.embed_dim=32", "generator.num_heads=2",
+                                        "tokenizer.vocab_size=16", "tokenizer.width=8",
+                                        "tokenizer.res_blocks=1", "tokenizer.embed_dim=8"]),
+}
+
+
+@dataclass
+class Job:
+    name: str
+    argv: list[str]
+    run_dir: Path
+    done_file: str
+    wallclock_s: float = 0.0
+    reused: bool = False
+
+
+def count_images(root: Path) -> int:
+    from cimpt.data.folder import scan_images
+
+    return len(scan_images(root))
+
+
+def budget(preset: Preset, epochs: float, n_images: int, batch: int) -> list[str]:
+    """``train.max_steps`` for ``epochs`` passes over ``n_images`` (fractions allowed)."""
+    steps = preset.max_steps or max(1, round(epochs * (n_images // batch)))
+    return [f"train.max_steps={steps}"]
+
+
+def run_job(job: Job, threads: int, log_dir: Path) -> Job:
+    """Run one ``cimpt`` command (resuming a partial run) unless its output exists."""
+    timing = job.run_dir / "evidence_job.json"
+    if (job.run_dir / job.done_file).exists():
+        job.reused = True
+        if timing.exists():  # the wall time of the run that made it
+            job.wallclock_s = float(json.loads(timing.read_text())["wallclock_s"])
+        print(f"[evidence] {job.name}: reusing {job.run_dir}", flush=True)
+        return job
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    log = log_dir / f"{job.name}.log"
+    print(f"[evidence] {job.name}: started ({log})", flush=True)
+    t0 = time.time()
+    with open(log, "a") as f:
+        code = subprocess.run([sys.executable, "-m", "cimpt.cli", *job.argv, "resume=auto"],
+                              stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
+    job.wallclock_s = time.time() - t0
+    if code != 0:
+        raise SystemExit(f"error: evidence job {job.name} failed (exit {code}); see {log}")
+    timing.write_text(json.dumps({"wallclock_s": job.wallclock_s, "threads": threads}))
+    print(f"[evidence] {job.name}: done in {job.wallclock_s / 60:.1f} min", flush=True)
+    return job
+
+
+def tokenizer_job(a: argparse.Namespace, p: Preset, n_train: int, work: Path) -> Job:
+    run = work / "tokenizer"
+    argv = ["tokenizer", "train", "configs/cifar10_tokenizer.yaml", f"run.dir={run}",
+            f"data.path={a.data}", f"data.val_path={a.val_data}", "run.progress=false",
+            "data.num_workers=1", *p.extra, *budget(p, p.tokenizer_epochs, n_train, 128)]
+    return Job("tokenizer", argv, run, "tokenizer.safetensors")
+
+
+def pretrain_job(a: argparse.Namespace, p: Preset, n_train: int, work: Path,
+                 objective: str) -> Job:
+    run = work / f"pretrain_{objective}"
+    argv = ["pretrain", "configs/cifar10_vit.yaml", f"run.dir={run}", f"objective={objective}",
+            f"data.path={a.data}", f"tokenizer.checkpoint={work / 'tokenizer'}",
+            f"enhancer.kwargs={p.enhancer}", "run.progress=false", "data.num_workers=1",
+            "run.ckpt_every=200", "run.vis_every=200", "train.warmup_epochs=0.25", *p.extra,
+            *budget(p, p.pretrain_epochs, n_train, 128)]
+    return Job(f"pretrain_{objective}", argv, run, "enhancer.safetensors")
+
+
+def finetune_job(a: argparse.Namespace, p: Preset, n_train: int, work: Path, init: str,
+                 fraction: float) -> Job:
+    run = work / f"finetune_{init}_{round(fraction * 100)}pct"
+    ckpt = "" if init == "scratch" else str(work / f"pretrain_{init.split('-')[1]}")
+    n_labelled = round(n_train * fraction)
+    # quick: batches small enough for a tiny labelled subset (even, for mixup's pairs)
+    batch = max(2, min(8, n_labelled // 2 * 2)) if p.max_steps else 128
+    argv = ["finetune", "configs/cifar10_finetune.yaml", f"run.dir={run}",
+            f"init.checkpoint={ckpt}", f"data.path={a.data}", f"data.val_path={a.val_data}",
+            f"data.label_fraction={fraction}", f"enhancer.kwargs={p.enhancer}",
+            "finetune.layer_decay=1.0", f"eval.every_epochs={p.eval_every[fraction]}",
+            "run.progress=false", "data.num_workers=1", "run.ckpt_every=500",
+            f"train.batch_size={batch}", "train.warmup_epochs=1.0",
+            *budget(p, p.ft_epochs[fraction], n_labelled, batch)]
+    return Job(run.name, argv, run, "results.json")
+
+
+def backbone_label(enhancer: str) -> str:
+    kw = yaml.safe_load(enhancer)
+    return f"ViT e{kw['embed_dim']}-d{kw['depth']}-h{kw['num_heads']}/p4"
+
+
+def make_row(job: Job, init: str, fraction: float, enhancer: str,
+             pretrain: Job | None) -> dict[str, Any]:
+    res = json.loads((job.run_dir / "results.json").read_text())
+    cfg = yaml.safe_load((job.run_dir / "config.yaml").read_text())
+    row: dict[str, Any] = {
+        "backbone": backbone_label(enhancer), "init": init, "label_fraction": fraction,
+        "top1": res["last"]["top1"], "top5": res["last"]["top5"],
+        "best_top1": res["best"]["top1"], "train_images": res["train_images"],
+        "wallclock_s": round(job.wallclock_s, 1), "steps": cfg["train"]["max_steps"],
+        "reused": job.reused, "config": cfg,
+    }
+    if pretrain is not None:
+        pcfg = yaml.safe_load((pretrain.run_dir / "config.yaml").read_text())
+        row["pretrain"] = {"objective": pcfg["objective"], "steps": pcfg["train"]["max_steps"],
+                           "wallclock_s": round(pretrain.wallclock_s, 1), "config": pcfg}
+    return row
+
+
+def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = [f"CIFAR-10 (JPEG copy), preset `{meta['preset']}`, commit {meta['commit'][:7]}, "
+             f"{meta['date']}", "",
+             "| backbone | init | labels | top-1 (last) | best top-1 | top-5 | fine-tune steps "
+             "| fine-tune wall | gain vs scratch |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    scratch = {r["label_fraction"]: r["top1"] for r in rows if r["init"] == "scratch"}
+    for r in rows:
+        gain = r["top1"] - scratch.get(r["label_fraction"], float("nan"))
+        lines.append(
+            f"| {r['backbone']} | {r['init']} | {r['label_fraction']:.0%} | {r['top1']:.2f} | "
+            f"{r['best_top1']:.2f} | {r['top5']:.2f} | {r['steps']} | "
+            f"{r['wallclock_s'] / 60:.1f} min | "
+            f"{'' if r['init'] == 'scratch' else f'{gain:+.2f}'} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_study(a: argparse.Namespace) -> list[dict[str, Any]]:
+    p = PRESETS[a.preset]
+    work = Path(a.work).expanduser().resolve()
+    log_dir = work / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    n_train = count_images(Path(a.data).expanduser())
+    threads = max(1, (os.cpu_count() or 2) // a.parallel)
+    run_job(tokenizer_job(a, p, n_train, work), threads * a.parallel, log_dir)
+    with ThreadPoolExecutor(a.parallel) as pool:
+        pre = dict(zip(("respix", "revdet"), pool.map(
+            lambda o: run_job(pretrain_job(a, p, n_train, work, o), threads, log_dir),
+            ("respix", "revdet")), strict=True))
+        plan = [(i, f) for f in (0.1, 1.0) for i in INITS]
+        jobs = list(pool.map(lambda jf: run_job(
+            finetune_job(a, p, n_train, work, jf[0], jf[1]), threads, log_dir), plan))
+    return [make_row(job, init, f, p.enhancer, pre.get(init.split("-")[-1]))
+            for job, (init, f) in zip(jobs, plan, strict=True)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="full")
+    ap.add_argument("--data", default=str(CIFAR / "train"))
+    ap.add_argument("--val-data", default=str(CIFAR / "test"))
+    ap.add_argument("--work", default="runs/evidence")
+    ap.add_argument("--out", default="docs/results")
+    ap.add_argument("--parallel", type=int, default=2, help="jobs at a time (threads split)")
+    a = ap.parse_args(argv)
+    for key in ("data", "val_data"):
+        if not Path(getattr(a, key)).expanduser().is_dir():
+            print(f"error: --{key.replace('_', '-')}: {getattr(a, key)} is not a folder "
+                  "(unpack ../shared/data/CIFAR-10-images.tar.gz, see docs/BENCHMARKS.md)",
+                  file=sys.stderr)
+            return 2
+    t0 = time.time()
+    rows = run_study(a)
+    meta = {"preset": a.preset, "commit": git_commit(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "total_wallclock_s": round(time.time() - t0, 1), "parallel": a.parallel,
+            "cpu_count": os.cpu_count(), "command": " ".join(sys.argv)}
+    out = Path(a.out)
+    out = out if out.is_absolute() else ROOT / out
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cifar10_evidence.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (out / "cifar10_evidence_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    table = markdown(rows, meta)
+    (out / "cifar10_evidence.md").write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

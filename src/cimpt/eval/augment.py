@@ -1,0 +1,102 @@
+"""Fine-tuning augmentation (METHOD.md, fine-tuning recipe): timm's RandAugment and mixup.
+
+``FinetuneTransform``: random-resized crop, horizontal flip, RandAugment, normalization.
+RandAugment draws from Python's ``random``; it is seeded here from torch's generator so
+each sample's augmentation follows the engine's per-sample seed (exact resume).
+
+Pillow 13 rejects ``ImageOps.posterize`` with 0 bits, which timm's increasing-posterize op
+reaches at high magnitudes (m9 with a magnitude std). Those ops keep 1 bit instead, the
+strongest posterize Pillow still allows (older Pillow turned 0 bits into a black image).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from PIL import Image, ImageOps
+from timm.data import Mixup, rand_augment_transform
+from torchvision.transforms import InterpolationMode, RandomResizedCrop
+from torchvision.transforms import functional as F
+
+from cimpt.data.transforms import to_unit_tensor
+from cimpt.errors import CimptError
+
+
+def posterize_at_least_one_bit(img: Image.Image, bits: int, **_: Any) -> Image.Image:
+    """timm's posterize op, with ``bits`` clamped to [1, 8] (see module docstring)."""
+    bits = max(1, int(bits))
+    return img if bits >= 8 else ImageOps.posterize(img, bits)
+
+
+def build_randaugment(spec: str, size: int, mean: Sequence[float]) -> Any:
+    """timm's RandAugment from a string like ``rand-m9-mstd0.5-inc1`` (posterize made safe)."""
+    hparams = {"translate_const": int(size * 0.45),
+               "img_mean": tuple(round(255 * m) for m in mean)}
+    try:
+        ra = rand_augment_transform(spec, hparams)
+    except (AssertionError, ValueError, KeyError) as exc:
+        raise CimptError(f"finetune.randaug: '{spec}' is not a timm RandAugment string "
+                         f"such as rand-m9-mstd0.5-inc1 ({exc})") from None
+    for op in ra.ops:
+        if "Posterize" in op.name:
+            op.aug_fn = posterize_at_least_one_bit
+    return ra
+
+
+class FinetuneTransform:
+    """PIL image -> normalized ``[3, size, size]``: crop, flip, RandAugment (optional)."""
+
+    def __init__(self, size: int, scale: Sequence[float], ratio: Sequence[float], hflip: float,
+                 randaug: str, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.crop = RandomResizedCrop(size, scale=tuple(scale), ratio=tuple(ratio),
+                                      interpolation=InterpolationMode.BICUBIC, antialias=True)
+        self.hflip = float(hflip)
+        self.randaug = build_randaugment(randaug, size, mean) if randaug else None
+        self.mean, self.std = list(mean), list(std)
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        img = self.crop(img)
+        if float(torch.rand(())) < self.hflip:
+            img = F.hflip(img)
+        if self.randaug is not None:
+            saved = random.getstate()
+            random.seed(int(torch.randint(0, 2**62, ())))
+            try:
+                img = self.randaug(img)
+            finally:
+                random.setstate(saved)
+        return F.normalize(to_unit_tensor(img), self.mean, self.std)
+
+
+class NormalizedEval:
+    """Held-out view: ``EvalTransform`` (resize + center crop) then normalization."""
+
+    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float]) -> None:
+        from cimpt.data import EvalTransform
+
+        self.view = EvalTransform(size)
+        self.mean, self.std = list(mean), list(std)
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        return F.normalize(self.view(img), self.mean, self.std)
+
+
+def build_finetune_transforms(cfg: DictConfig) -> tuple[FinetuneTransform, NormalizedEval]:
+    d, f = cfg.data, cfg.finetune
+    train = FinetuneTransform(int(d.img_size), list(f.crop_scale), list(d.crop_ratio),
+                              float(d.hflip), str(f.randaug), list(d.mean), list(d.std))
+    return train, NormalizedEval(int(d.img_size), list(d.mean), list(d.std))
+
+
+def build_mixup(cfg: DictConfig, num_classes: int) -> Mixup | None:
+    """timm ``Mixup`` (mixup/cutmix with label smoothing), or None when both are off."""
+    f = cfg.finetune
+    if (f.mixup <= 0 and f.cutmix <= 0) or f.mixup_prob <= 0:
+        return None
+    return Mixup(mixup_alpha=float(f.mixup), cutmix_alpha=float(f.cutmix),
+                 prob=float(f.mixup_prob), label_smoothing=float(f.smoothing),
+                 num_classes=num_classes)

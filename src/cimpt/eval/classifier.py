@@ -1,0 +1,92 @@
+"""The enhancer as a classifier: a timm backbone with a linear head.
+
+Fine-tuning keeps the backbone exactly as pre-trained and adds timm's own classifier. For a
+ViT the image feature is the mean of the final (normed) patch tokens by default
+(``finetune.global_pool=avg``; BEiT's choice, because CIM never trains the [CLS] token: both
+objectives read patch tokens only), or the [CLS] token (``token``). timm's ``fc_norm`` is
+turned off so the pre-trained final LayerNorm is kept rather than replaced by a new one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from cimpt.engine.checkpoint import state_dict_differences
+from cimpt.errors import CimptError
+
+
+def is_vit_args(args: dict[str, Any]) -> bool:
+    """Whether timm arguments describe a patch-token ViT (its builder takes ``patch_size``)."""
+    return "patch_size" in args
+
+
+def classifier_args(
+    backbone_args: dict[str, Any], num_classes: int, drop_path: float, global_pool: str
+) -> dict[str, Any]:
+    """``timm.create_model`` arguments of the backbone with an ``num_classes``-way head."""
+    args = {**backbone_args, "num_classes": num_classes, "drop_path_rate": drop_path}
+    if is_vit_args(args):
+        args.update(global_pool=global_pool, fc_norm=False)
+    return args
+
+
+class Classifier(nn.Module):
+    """``backbone``: a timm model with a head; ``forward`` gives logits ``[B, num_classes]``.
+
+    Args:
+        args: ``timm.create_model`` keyword arguments (see ``classifier_args``).
+    """
+
+    backbone: Any  # timm models expose forward_features / forward_head / get_classifier
+
+    def __init__(self, args: dict[str, Any]) -> None:
+        super().__init__()
+        self.args = dict(args)
+        self.backbone = timm.create_model(pretrained=False, **self.args)
+        self.num_classes = int(self.args.get("num_classes", 0))
+
+    def no_weight_decay(self) -> set[str]:
+        own: set[str] = getattr(self.backbone, "no_weight_decay", lambda: set())()
+        return {f"backbone.{n}" for n in own}
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled image features ``[B, 3, R, R] -> [B, C]`` (what the head reads)."""
+        return self.backbone.forward_head(self.backbone.forward_features(x), pre_logits=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, R, R] -> [B, num_classes]`` logits."""
+        return self.backbone(x)
+
+
+def _head_keys(backbone: Any) -> set[str]:
+    """State-dict keys of a timm model's classifier head (empty when it has none)."""
+    head = backbone.get_classifier()
+    for name, module in backbone.named_modules():
+        if module is head:
+            return {f"{name}.{k}" for k in head.state_dict()}
+    return set()
+
+
+def load_backbone_into(backbone: Any, state: dict[str, torch.Tensor], origin: str) -> None:
+    """Load pre-trained weights into a timm model; only its head may be missing (new).
+
+    Head weights present in ``state`` (a fine-tuning checkpoint) are dropped, since the
+    number of classes may differ. Any other mismatch is an error naming ``origin``.
+    """
+    head = _head_keys(backbone)
+    own = {k: v for k, v in backbone.state_dict().items() if k not in head}
+    given = {k: v for k, v in state.items() if k not in head}
+    problems = state_dict_differences(own, given)
+    if problems:
+        raise CimptError(f"init.checkpoint: {origin} does not fit the model: {'; '.join(problems)}")
+    missing, unexpected = backbone.load_state_dict(given, strict=False)
+    assert not unexpected and set(missing) <= head, (missing, unexpected)
+
+
+def load_backbone(model: Classifier, state: dict[str, torch.Tensor], origin: str) -> None:
+    """``load_backbone_into`` for a ``Classifier``."""
+    load_backbone_into(model.backbone, state, origin)

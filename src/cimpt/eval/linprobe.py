@@ -1,0 +1,79 @@
+"""``cimpt linprobe``: a linear classifier on frozen enhancer features (MAE's protocol).
+
+As in MAE (He et al. 2022, linear probing): the backbone is frozen and kept in eval mode, its
+pooled feature goes through a BatchNorm without affine parameters (it only normalizes
+feature scales, so it is itself linear at test time) and a linear layer, the only part that
+trains. MAE used LARS at large batch; here AdamW with the engine's schedule (our choice,
+``configs/cifar10_linprobe.yaml`` sets weight decay 0 and no mixup/RandAugment).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import timm
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from cimpt.engine.loop import FitResult
+from cimpt.eval.augment import build_finetune_transforms, build_mixup
+from cimpt.eval.classifier import classifier_args, load_backbone_into
+from cimpt.eval.finetune import SupervisedModel, SupervisedTask, run_supervised
+from cimpt.eval.labelled import build_labelled_data
+from cimpt.eval.source import adopt_architecture, load_backbone_source
+from cimpt.export import timm_args
+
+
+class LinearProbe(nn.Module):
+    """Frozen ``backbone`` (timm, headless) -> ``head`` = BatchNorm1d(affine=False) + Linear.
+
+    Args:
+        backbone_args: ``timm.create_model`` arguments of the headless backbone.
+        num_classes: classes of the linear layer.
+        global_pool: ViT pooling (``avg`` or ``token``).
+    """
+
+    backbone: Any
+
+    def __init__(self, backbone_args: dict[str, Any], num_classes: int, global_pool: str) -> None:
+        super().__init__()
+        self.backbone = timm.create_model(
+            pretrained=False, **classifier_args(backbone_args, 0, 0.0, global_pool))
+        self.backbone.requires_grad_(False)
+        dim = int(self.backbone.num_features)
+        self.head = nn.Sequential(nn.BatchNorm1d(dim, affine=False, eps=1e-6),
+                                  nn.Linear(dim, num_classes))
+        nn.init.trunc_normal_(self.head[1].weight, std=0.01)  # MAE's head initialization
+        nn.init.zeros_(self.head[1].bias)
+
+    def train(self, mode: bool = True) -> LinearProbe:
+        super().train(mode)
+        self.backbone.eval()  # frozen: no dropout/drop path, BatchNorm statistics fixed
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, R, R] -> [B, num_classes]``."""
+        with torch.no_grad():
+            feats = self.backbone(x)  # pooled features, [B, C]
+        return self.head(feats)
+
+
+def build_linprobe_task(cfg: DictConfig) -> SupervisedTask:
+    source = None
+    if cfg.init.checkpoint:
+        source = load_backbone_source(str(cfg.init.checkpoint))
+        adopt_architecture(cfg, source)
+    else:
+        print("note: init.checkpoint is empty; probing a randomly initialized backbone")
+    train_tf, val_tf = build_finetune_transforms(cfg)
+    data = build_labelled_data(cfg, train_tf, val_tf)
+    net = LinearProbe(timm_args(cfg), data.num_classes, str(cfg.finetune.global_pool))
+    if source is not None:
+        load_backbone_into(net.backbone, source.state, str(source.path))
+    model = SupervisedModel(net, build_mixup(cfg, data.num_classes), cfg.finetune.smoothing)
+    return SupervisedTask("linprobe", model, data, cfg, source, layer_decay=None)
+
+
+def linprobe(cfg: DictConfig) -> FitResult:
+    return run_supervised(build_linprobe_task(cfg), cfg)
