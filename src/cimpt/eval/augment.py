@@ -1,8 +1,9 @@
 """Fine-tuning augmentation (METHOD.md, fine-tuning recipe): timm's RandAugment and mixup.
 
 ``FinetuneTransform``: random-resized crop, horizontal flip, RandAugment, normalization.
-RandAugment draws from Python's ``random``; it is seeded here from torch's generator so
-each sample's augmentation follows the engine's per-sample seed (exact resume).
+timm's RandAugment draws from Python's ``random`` and NumPy's global generator; both are
+seeded here from torch's generator (and restored after), so each sample's augmentation
+follows the engine's per-sample seed (exact resume).
 
 Pillow 13 rejects ``ImageOps.posterize`` with 0 bits, which timm's increasing-posterize op
 reaches at high magnitudes (m9 with a magnitude std). Those ops keep 1 bit instead, the
@@ -15,6 +16,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 from PIL import Image, ImageOps
@@ -63,13 +65,19 @@ class FinetuneTransform:
         if float(torch.rand(())) < self.hflip:
             img = F.hflip(img)
         if self.randaug is not None:
-            saved = random.getstate()
-            random.seed(int(torch.randint(0, 2**62, ())))
-            try:
-                img = self.randaug(img)
-            finally:
-                random.setstate(saved)
+            img = self._randaug_seeded(img, int(torch.randint(0, 2**62, ())))
         return F.normalize(to_unit_tensor(img), self.mean, self.std)
+
+    def _randaug_seeded(self, img: Image.Image, seed: int) -> Image.Image:
+        assert self.randaug is not None
+        saved_py, saved_np = random.getstate(), np.random.get_state()
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            return self.randaug(img)
+        finally:
+            random.setstate(saved_py)
+            np.random.set_state(saved_np)
 
 
 class NormalizedEval:

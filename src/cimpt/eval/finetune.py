@@ -119,7 +119,7 @@ class SupervisedTask(Task):
         if self.layer_decay is None:
             return None
         backbone = self.sup.net.get_submodule("backbone")
-        nwd = getattr(backbone, "no_weight_decay", lambda: set())()
+        nwd: set[str] = getattr(backbone, "no_weight_decay", lambda: set())()
         # timm assigns each parameter a layer id from the model's group matcher (embeddings
         # 0, block i -> i + 1, head last) and scales its lr by layer_decay ** (last - id).
         return param_groups_layer_decay(backbone, weight_decay, no_weight_decay_list=nwd,

@@ -42,10 +42,10 @@ class LinearProbe(nn.Module):
             pretrained=False, **classifier_args(backbone_args, 0, 0.0, global_pool))
         self.backbone.requires_grad_(False)
         dim = int(self.backbone.num_features)
-        self.head = nn.Sequential(nn.BatchNorm1d(dim, affine=False, eps=1e-6),
-                                  nn.Linear(dim, num_classes))
-        nn.init.trunc_normal_(self.head[1].weight, std=0.01)  # MAE's head initialization
-        nn.init.zeros_(self.head[1].bias)
+        linear = nn.Linear(dim, num_classes)
+        nn.init.trunc_normal_(linear.weight, std=0.01)  # MAE's head initialization
+        nn.init.zeros_(linear.bias)
+        self.head = nn.Sequential(nn.BatchNorm1d(dim, affine=False, eps=1e-6), linear)
 
     def train(self, mode: bool = True) -> LinearProbe:
         super().train(mode)

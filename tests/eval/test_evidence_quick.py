@@ -1,0 +1,35 @@
+"""The evidence benchmark's quick pass runs end to end on tiny folders (bench/cifar10_evidence.py)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+@pytest.mark.timeout(600)
+def test_quick_pass_writes_one_row_per_init_and_fraction(
+    image_folder: Path, val_folder: Path, tmp_path: Path
+) -> None:
+    sys.path.insert(0, str(BENCH))
+    try:
+        import cifar10_evidence
+    finally:
+        sys.path.remove(str(BENCH))
+    out = tmp_path / "out"
+    code = cifar10_evidence.main(["--preset", "quick", "--data", str(image_folder),
+                                  "--val-data", str(val_folder), "--work", str(tmp_path / "w"),
+                                  "--out", str(out), "--parallel", "1"])
+    assert code == 0
+    rows = json.loads((out / "cifar10_evidence.json").read_text())
+    assert {(r["init"], r["label_fraction"]) for r in rows} == {
+        (i, f) for i in ("scratch", "cim-respix", "cim-revdet") for f in (0.1, 1.0)}
+    for r in rows:
+        assert {"backbone", "init", "label_fraction", "top1", "wallclock_s", "config"} <= set(r)
+        assert r["config"]["data"]["label_fraction"] == r["label_fraction"]
+        assert (r["config"]["init"]["checkpoint"] == "") == (r["init"] == "scratch")
+    assert "| scratch |" in (out / "cifar10_evidence.md").read_text()
