@@ -1,4 +1,4 @@
-"""The evidence benchmark's quick pass runs end to end on tiny folders (bench/cifar10_evidence.py)."""
+"""The quick pass of bench/cifar10_evidence.py runs end to end on tiny folders."""
 
 from __future__ import annotations
 
