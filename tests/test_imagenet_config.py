@@ -96,3 +96,43 @@ def test_one_step_of_the_vit_b_config(tmp_path, e2e, monkeypatch) -> None:
     finally:
         # The 330 MB export: do not leave it in pytest's kept temp dirs.
         shutil.rmtree(run, ignore_errors=True)
+
+
+def test_one_step_of_the_resnet50_config(tmp_path, e2e, monkeypatch) -> None:
+    """The paper's ResNet-50 setting: 224 px, stride-16 stage = the 14x14 DALL-E grid."""
+    folder = e2e.write_image_folder(tmp_path / "images", n_per_class=2, size=256)
+    run = tmp_path / "run"
+    cfg = load_config(
+        e2e.IMAGENET_CONFIG.with_name("imagenet_resnet50.yaml"),
+        [f"data.path={folder}", "train.batch_size=2", "train.max_steps=1",
+         "data.num_workers=0", f"run.dir={run}", "run.progress=false",
+         "run.tensorboard=false"],
+    )
+    assert cfg.enhancer.name == "resnet50" and dict(cfg.enhancer.kwargs) == {}
+    assert token_grid(cfg) == 14 and tokenizer_resolution(cfg) == 112
+    built: list[Any] = []
+    real_build = cimpt.pretrain.build_cim_task
+
+    def build_and_keep(*args: Any, **kwargs: Any) -> Any:
+        built.append(real_build(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(cimpt.pretrain, "build_cim_task", build_and_keep)
+    monkeypatch.setattr(Trainer, "save", lambda self: None)
+    torch.manual_seed(0)
+    tok = RecordingDalle(vocab_size=8192, encoder_hid=32, encoder_blocks=1, decoder_init=16,
+                         decoder_hid=32, decoder_blocks=1)
+    try:
+        result = pretrain(cfg, tokenizer=tok)
+        assert result.state.step == 1 and math.isfinite(result.last_metrics["respix_loss"])
+        enhancer = built[0].model.enhancer
+        # ResNet-50's strides are 2, 4, 8, 16, 32: stages 3 (14x14) and 4 (7x7) feed the neck.
+        assert enhancer.kind == "cnn" and enhancer.stages == [3, 4]
+        with torch.no_grad():
+            assert enhancer.features(torch.randn(1, 3, 224, 224)).shape == (1, 256, 14, 14)
+        with safe_open(str(run / "enhancer.safetensors"), framework="pt") as f:
+            assert f.get_slice("conv1.weight").get_shape() == [64, 3, 7, 7]
+            assert f.get_slice("layer4.2.conv3.weight").get_shape() == [2048, 512, 1, 1]
+            assert not any(k.startswith("neck") for k in f.keys())  # noqa: SIM118
+    finally:
+        shutil.rmtree(run, ignore_errors=True)

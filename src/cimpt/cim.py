@@ -382,7 +382,7 @@ def build_cim(cfg: DictConfig, tokenizer: ImageTokenizer) -> CIM:
         depth=int(g.depth), num_heads=int(g.num_heads), mlp_ratio=float(g.mlp_ratio),
     )
     enhancer = Enhancer(str(e.name), int(cfg.data.img_size), int(e.patch_size),
-                        float(e.drop_path), _plain_kwargs(e.kwargs))
+                        float(e.drop_path), _plain_kwargs(e.kwargs), int(e.neck_dim))
     head: nn.Module = (
         RespixHead(enhancer.out_dim, enhancer.patch_size)
         if cfg.objective == "respix"

@@ -93,6 +93,7 @@ class EnhancerConfig:
     patch_size: int = 4
     drop_path: float = 0.1
     kwargs: dict[str, Any] = field(default_factory=dict)
+    neck_dim: int = 256
 
 
 @dataclass
@@ -233,12 +234,14 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+def _deep_merge(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``b`` over ``a``; free-form keys (``enhancer.kwargs``) are replaced, not merged, so a
+    ResNet config built on a ViT file does not inherit the ViT's ``embed_dim``."""
     out = dict(a)
     for k, v in b.items():
-        out[k] = (
-            _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-        )
+        path = f"{prefix}{k}"
+        merge = isinstance(v, dict) and isinstance(out.get(k), dict) and path not in _OPEN_KEYS
+        out[k] = _deep_merge(out[k], v, path + ".") if merge else v
     return out
 
 
@@ -269,7 +272,8 @@ def apply_overrides(cfg: DictConfig, overrides: list[str] | tuple[str, ...]) -> 
     for item in overrides:
         key, value = _parse_override(item)
         try:
-            OmegaConf.update(cfg, key, value, merge=True)
+            # A free-form mapping given on the command line replaces the old one entirely.
+            OmegaConf.update(cfg, key, value, merge=key not in _OPEN_KEYS)
         except OmegaConfBaseException as exc:
             raise ConfigError(_one_line(exc, "override")) from None
     return cfg
@@ -298,6 +302,7 @@ def validate(cfg: DictConfig) -> None:
     d, t = cfg.data, cfg.train
     _require(d.img_size > 0, "data.img_size", "must be positive")
     _require(cfg.enhancer.patch_size > 0, "enhancer.patch_size", "must be positive")
+    _require(cfg.enhancer.neck_dim > 0, "enhancer.neck_dim", "must be positive")
     _require(
         d.img_size % cfg.enhancer.patch_size == 0,
         "data.img_size",

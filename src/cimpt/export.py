@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import timm
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -34,14 +34,18 @@ from cimpt.errors import CimptError
 
 
 def timm_args(cfg: DictConfig) -> dict[str, Any]:
-    """Arguments that rebuild the enhancer backbone with ``timm.create_model``."""
-    return {
-        "model_name": cfg.enhancer.name,
-        "num_classes": 0,
-        "img_size": int(cfg.data.img_size),
-        "patch_size": int(cfg.enhancer.patch_size),
-        **dict(cfg.enhancer.kwargs),
-    }
+    """Arguments that rebuild the enhancer backbone with ``timm.create_model``.
+
+    A ViT also gets ``img_size`` and ``patch_size`` (its position embeddings depend on
+    them); a CNN is the plain timm model of that name.
+    """
+    from cimpt.models.enhancer import is_vit
+
+    kwargs = dict(OmegaConf.to_container(cfg.enhancer.kwargs, resolve=True))  # type: ignore[arg-type]
+    args: dict[str, Any] = {"model_name": str(cfg.enhancer.name), "num_classes": 0, **kwargs}
+    if is_vit(str(cfg.enhancer.name), kwargs):
+        args.update(img_size=int(cfg.data.img_size), patch_size=int(cfg.enhancer.patch_size))
+    return args
 
 
 def save_enhancer(enhancer: nn.Module, cfg: DictConfig, path: str | Path) -> Path:
@@ -89,6 +93,7 @@ def export_command(checkpoint: str, out: str) -> Path:
         )
     cfg = from_dict(meta["config"])
     e = cfg.enhancer
-    enhancer = Enhancer(e.name, cfg.data.img_size, e.patch_size, 0.0, dict(e.kwargs))
+    enhancer = Enhancer(e.name, cfg.data.img_size, e.patch_size, 0.0, dict(e.kwargs),
+                        int(e.neck_dim))
     load_into(enhancer, load_tensors(ckpt), "enhancer")
     return save_enhancer(enhancer, cfg, out)

@@ -38,8 +38,35 @@ def test_unknown_name_is_a_clear_error() -> None:
         Enhancer("foo", 32, 4, 0.0, {})
 
 
-def test_cnn_and_bad_kwargs_are_clear_errors() -> None:
-    with pytest.raises(CimptError, match="only ViT enhancers"):
-        Enhancer("resnet18", 32, 4, 0.0, {})
+def test_bad_kwargs_and_unreachable_grid_are_clear_errors() -> None:
     with pytest.raises(CimptError, match="embeddim"):
         Enhancer("vit_tiny_patch16_224", 32, 4, 0.0, {"embeddim": 32})
+    # resnet18's strides are 2, 4, 8, 16, 32: a 12-pixel grid cell is none of them.
+    with pytest.raises(CimptError, match=r"^enhancer.patch_size: 12 is not a feature stride of "
+                       r"'resnet18' \(strides 2, 4, 8, 16, 32\)"):
+        Enhancer("resnet18", 48, 12, 0.0, {})
+
+
+def test_cnn_features_merge_every_stage_from_the_grid_down() -> None:
+    torch.manual_seed(0)
+    enh = Enhancer("resnet18", 64, 8, 0.0, {}, neck_dim=16).eval()
+    # strides 2, 4, 8, 16, 32: the grid stride 8 is stage 2; stages 2..4 feed the neck.
+    assert enh.kind == "cnn" and enh.stages == [2, 3, 4] and enh.out_dim == 16 and enh.grid == 8
+    x = torch.randn(2, 3, 64, 64)
+    feats = enh.features(x)
+    assert feats.shape == (2, 16, 8, 8)
+    # Independent recomputation of the top-down merge from timm's own stage outputs.
+    b = enh.backbone
+    x1 = b.maxpool(b.act1(b.bn1(b.conv1(x))))
+    s2 = b.layer2(b.layer1(x1))
+    s3 = b.layer3(s2)
+    s4 = b.layer4(s3)
+    lat = enh.neck.lateral
+    top = lat[2](s4)
+    top = lat[1](s3) + torch.nn.functional.interpolate(top, size=(4, 4), mode="nearest")
+    top = lat[0](s2) + torch.nn.functional.interpolate(top, size=(8, 8), mode="nearest")
+    torch.testing.assert_close(feats, enh.neck.smooth(top))
+    # The deepest stage gets gradient from the grid features (it is pre-trained too).
+    feats.sum().backward()
+    # (timm zero-initializes each block's last BatchNorm, so look at the shortcut conv.)
+    assert b.layer4[0].downsample[0].weight.grad.abs().sum() > 0

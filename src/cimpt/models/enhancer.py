@@ -5,14 +5,17 @@ is the network kept after pre-training; it can be a ViT or a CNN and sees only t
 image. Both objectives (RESPIX, REVDET) need one feature vector per token-grid position, so
 the heads read ``Enhancer.features(x) -> [B, C, g, g]`` and never touch the backbone.
 
-Extension point for CNNs (separate issue): add a branch to ``_backbone_kind`` that recognises
-a CNN, build it with timm ``features_only=True`` (or ``forward_intermediates``) plus a small
-upsampling decoder to the g x g grid, and implement ``_cnn_features`` with the same output
-shape. Nothing outside this module has to change.
+ViTs give their final patch tokens. CNNs (any timm model with a feature pyramid: ResNet,
+ConvNeXt, EfficientNet, ...) give their stages from stride ``patch_size`` (the token grid)
+to the deepest, merged top-down to the grid by a light FPN neck (``cimpt.models.neck``),
+because the paper's claim is that CIM is architecture-agnostic: the enhancer only ever sees
+a normal-looking image, so a CNN can be pre-trained like a ViT.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 from typing import Any
 
 import timm
@@ -20,6 +23,7 @@ import torch
 from torch import nn
 
 from cimpt.errors import CimptError
+from cimpt.models.neck import GridFPN
 
 
 def _check_timm_name(name: str) -> None:
@@ -29,49 +33,78 @@ def _check_timm_name(name: str) -> None:
         raise CimptError(f"enhancer.name: '{name}' is not a timm model")
 
 
-def _create_vit(
-    name: str, img_size: int, patch_size: int, drop_path: float, kwargs: dict[str, Any]
-) -> Any:
-    """``timm.create_model`` for a ViT sized for this image and patch, without a classifier."""
+def is_vit(name: str, kwargs: dict[str, Any] | None = None) -> bool:
+    """Whether timm's ``name`` is a patch-token ViT (else it is treated as a CNN).
+
+    Built on the meta device: no memory, no weights, only the class's attributes.
+    """
+    return _is_vit_cached(name, json.dumps(dict(kwargs or {}), sort_keys=True))
+
+
+@functools.lru_cache(maxsize=64)
+def _is_vit_cached(name: str, kwargs_json: str) -> bool:
+    kwargs = json.loads(kwargs_json)
     try:
-        return timm.create_model(
-            name, pretrained=False, num_classes=0, img_size=img_size, patch_size=patch_size,
-            drop_path_rate=drop_path, **kwargs,
-        )
+        with torch.device("meta"):
+            model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+    except TypeError:
+        return False  # e.g. ViT-only kwargs given to a CNN: the real build reports it
+    return hasattr(model, "patch_embed") and hasattr(model, "num_prefix_tokens")
+
+
+def _create(name: str, drop_path: float, kwargs: dict[str, Any], vit_size: dict[str, Any]) -> Any:
+    """``timm.create_model`` without a classifier (ViTs also get img_size/patch_size)."""
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=0,
+                                 drop_path_rate=drop_path, **vit_size, **kwargs)
     except TypeError as exc:
         # timm passes unknown keyword arguments to the model class, which raises TypeError
-        # (a CNN does not take img_size/patch_size; a typo in enhancer.kwargs neither).
+        # (a typo in enhancer.kwargs, or a model without drop path).
         first = str(exc).splitlines()[0]
         raise CimptError(
-            f"enhancer.name: timm could not build '{name}' as a ViT with img_size={img_size}, "
-            f"patch_size={patch_size}, kwargs={dict(kwargs)} ({first}); only ViT enhancers are "
-            "supported so far"
+            f"enhancer.name: timm could not build '{name}' with {dict(vit_size)} and "
+            f"enhancer.kwargs={dict(kwargs)} ({first})"
         ) from None
 
 
-def _backbone_kind(model: nn.Module) -> str:
-    """'vit' for a patch-token transformer; the CNN path will add 'cnn' here."""
-    if hasattr(model, "patch_embed") and hasattr(model, "num_prefix_tokens"):
-        return "vit"
-    raise CimptError(
-        f"enhancer.name: {type(model).__name__} is not a ViT with patch tokens; "
-        "only ViT enhancers are supported so far"
-    )
+def grid_stages(name: str, backbone: Any, patch_size: int) -> list[int]:
+    """Indices of the CNN stages from stride ``patch_size`` (the grid) to the deepest.
+
+    Raises ``CimptError`` naming the backbone and its strides when none equals the grid's.
+    """
+    info = getattr(backbone, "feature_info", None)
+    if not info or not hasattr(backbone, "forward_intermediates"):
+        raise CimptError(f"enhancer.name: '{name}' exposes no feature pyramid "
+                         "(timm feature_info / forward_intermediates); use a ViT or a CNN "
+                         "that timm can run with features_only")
+    strides = [int(f["reduction"]) for f in info]
+    if patch_size not in strides:
+        raise CimptError(
+            f"enhancer.patch_size: {patch_size} is not a feature stride of '{name}' "
+            f"(strides {', '.join(map(str, strides))}); the token grid is data.img_size / "
+            "enhancer.patch_size, so patch_size must be one of those strides"
+        )
+    first = strides.index(patch_size)
+    return list(range(first, len(strides)))
 
 
 class Enhancer(nn.Module):
     """A timm backbone with per-position features on the token grid.
 
     Args:
-        name: timm model name (e.g. ``vit_tiny_patch16_224``; only the architecture is used,
-            never downloaded weights).
+        name: timm model name (e.g. ``vit_tiny_patch16_224``, ``resnet50``; only the
+            architecture is used, never downloaded weights).
         img_size: side R of the input image.
-        patch_size: patch side; the grid is ``g = R / patch_size``.
+        patch_size: pixels per grid cell; the grid is ``g = R / patch_size``. For a CNN it
+            must be one of its feature strides.
         drop_path: stochastic depth rate.
         kwargs: extra timm keyword arguments (e.g. ``embed_dim``, ``depth``, ``num_heads``).
+        neck_dim: channels of a CNN's FPN neck output (unused for ViTs).
 
     Attributes:
         backbone: the timm model (what is exported and fine-tuned).
+        kind: ``vit`` or ``cnn``.
+        neck: the CNN's ``GridFPN`` (None for a ViT); discarded after pre-training.
         patch_size: pixels per grid cell along each side.
         out_dim: channels C of ``features``.
         grid: side g of the feature grid.
@@ -87,14 +120,25 @@ class Enhancer(nn.Module):
         patch_size: int,
         drop_path: float,
         kwargs: dict[str, Any] | None = None,
+        neck_dim: int = 256,
     ) -> None:
         super().__init__()
         _check_timm_name(name)
+        kwargs = dict(kwargs or {})
         self.name = name
-        self.backbone = _create_vit(name, img_size, patch_size, drop_path, dict(kwargs or {}))
-        self.kind = _backbone_kind(self.backbone)
+        self.kind = "vit" if is_vit(name, kwargs) else "cnn"
         self.patch_size = patch_size
         self.grid = img_size // patch_size
+        self.neck: GridFPN | None = None
+        if self.kind == "cnn":
+            self.backbone = _create(name, drop_path, kwargs, {})
+            self.stages = grid_stages(name, self.backbone, patch_size)
+            chans = [int(self.backbone.feature_info[i]["num_chs"]) for i in self.stages]
+            self.neck = GridFPN(chans, neck_dim)
+            self.out_dim = neck_dim
+            return
+        vit_size = {"img_size": img_size, "patch_size": patch_size}
+        self.backbone = _create(name, drop_path, kwargs, vit_size)
         self.out_dim = int(self.backbone.num_features)
         built = tuple(self.backbone.patch_embed.grid_size)
         if built != (self.grid, self.grid):
@@ -120,7 +164,20 @@ class Enhancer(nn.Module):
         """
         if self.kind == "vit":
             return self._vit_features(x)
-        raise NotImplementedError(self.kind)  # the CNN path plugs in here
+        return self._cnn_features(x)
+
+    def _cnn_features(self, x: torch.Tensor) -> torch.Tensor:
+        """CNN: stages from the grid stride to the deepest, merged top-down by the neck."""
+        assert self.neck is not None
+        maps = self.backbone.forward_intermediates(x, indices=self.stages,
+                                                   intermediates_only=True)
+        feats = self.neck(maps)  # [B, D, H, W] at the grid stride
+        if feats.shape[-2:] != (self.grid, self.grid):
+            raise CimptError(
+                f"enhancer: '{self.name}' gave a {feats.shape[-2]}x{feats.shape[-1]} map at "
+                f"stride {self.patch_size}, expected {self.grid}x{self.grid} "
+                "(data.img_size / enhancer.patch_size)")
+        return feats
 
     def _vit_features(self, x: torch.Tensor) -> torch.Tensor:
         """ViT: final (normed) patch tokens, prefix tokens ([CLS], registers) dropped."""
