@@ -15,21 +15,28 @@ interrupted job resumes (``resume=auto``), so rerunning the command continues th
 Presets (``--preset``):
 
 - ``full`` (default): tokenizer 3 epochs, pre-training 4 epochs per objective, fine-tuning 4
-  epochs at 100 % labels and 30 epochs at 10 %; about 2.5 h on 2 CPU cores.
-- ``short``: the same models, about half the epochs (about 1.2 h on 2 cores).
+  epochs at 100 % labels and 30 epochs at 10 %; about 2.5 h on 2 CPU cores per backbone.
+- ``short``: the same models, about half the epochs (about 1.2 h per backbone).
 - ``quick``: a tiny model and a few steps per job on a tiny subset, minutes; for CI and smoke
   tests (its numbers mean nothing).
 
-Models (``full``/``short``): enhancer ViT (timm ``vit_tiny_patch16_224`` built with embed 128,
-depth 6, 4 heads, patch 4 at 32 px: 1.2 M parameters), generator BEiT depth 2, width 128;
-tokenizer 1,024 codes. Fine-tuning recipe for every row: ``configs/cifar10_finetune.yaml``
-(mixup 0.8, cutmix 1.0, label smoothing 0.1, RandAugment m9, drop path 0.1, AdamW, warm-up +
-cosine) with ``finetune.layer_decay=1.0``: layer-wise lr decay is meant for pre-trained
-weights, and applied to the scratch baseline it would slow its lower layers and widen the gap
+Models (``full``/``short``), one set of six rows each (``--backbones vit,resnet``):
+
+- ViT: timm ``vit_tiny_patch16_224`` built with embed 128, depth 6, 4 heads, patch 4 at
+  32 px (1.2 M parameters);
+- ResNet: timm ``resnet10t`` (4.9 M) on the images upsampled to 64 px, its stride-8 stage
+  on the 8x8 token grid, FPN neck of width 128 (``configs/cifar10_resnet.yaml``);
+
+generator BEiT depth 2, width 128; one tokenizer (1,024 codes) for both. Fine-tuning recipe
+for every row: ``configs/cifar10_finetune.yaml`` (mixup 0.8, cutmix 1.0, label smoothing
+0.1, RandAugment m9, drop path 0.1, AdamW, warm-up + cosine) with
+``finetune.layer_decay=1.0``: layer-wise lr decay is meant for pre-trained weights, and
+applied to the scratch baseline it would slow its lower layers and widen the gap
 in CIM's favour, so it is off for every row.
 
     python bench/cifar10_evidence.py [--preset full|short|quick] [--parallel 2] \
-        [--data DIR --val-data DIR] [--work runs/evidence] [--out docs/results]
+        [--backbones vit,resnet] [--data DIR --val-data DIR] [--work runs/evidence] \
+        [--out docs/results]
 """
 
 from __future__ import annotations
@@ -51,9 +58,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from records import ROOT, git_commit
 
 CIFAR = Path("~/.cache/cimpt/data/CIFAR-10-images").expanduser()
-ENHANCER = "{embed_dim: 128, depth: 6, num_heads: 4}"
-TINY_ENHANCER = "{embed_dim: 32, depth: 1, num_heads: 2}"
 INITS = ("scratch", "cim-respix", "cim-revdet")
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """One enhancer architecture of the study: its pre-training config and the overrides
+    that pin the architecture in every job (pre-training and fine-tuning alike)."""
+
+    key: str
+    label: str
+    config: str
+    arch: tuple[str, ...]
+    run_prefix: str  # "" for the ViT, whose run names predate the ResNet rows
+
+
+VIT = Backbone("vit", "ViT e128-d6-h4, patch 4 @32px (1.2 M)", "configs/cifar10_vit.yaml",
+               ("enhancer.name=vit_tiny_patch16_224", "enhancer.patch_size=4",
+                "data.img_size=32", "enhancer.kwargs={embed_dim: 128, depth: 6, num_heads: 4}"),
+               "")
+RESNET = Backbone("resnet", "ResNet-10t @64px, grid stride 8 (4.9 M)",
+                  "configs/cifar10_resnet.yaml",
+                  ("enhancer.name=resnet10t", "enhancer.patch_size=8", "data.img_size=64",
+                   "enhancer.kwargs={}", "enhancer.neck_dim=128"), "resnet_")
+TINY_VIT = Backbone("vit", "tiny ViT (quick)", VIT.config,
+                    (*VIT.arch[:3], "enhancer.kwargs={embed_dim: 32, depth: 1, num_heads: 2}"),
+                    "")
+BACKBONES = {"vit": VIT, "resnet": RESNET}
 
 
 @dataclass
@@ -64,7 +95,6 @@ class Preset:
     pretrain_epochs: float
     ft_epochs: dict[float, int]
     eval_every: dict[float, int]
-    enhancer: str = ENHANCER
     max_steps: int = 0
     extra: list[str] = field(default_factory=list)
 
@@ -72,11 +102,11 @@ class Preset:
 PRESETS = {
     "full": Preset(3, 4, {1.0: 4, 0.1: 30}, {1.0: 1, 0.1: 5}),
     "short": Preset(1.5, 1.6, {1.0: 2, 0.1: 12}, {1.0: 1, 0.1: 4}),
-    "quick": Preset(1, 1, {1.0: 1, 0.1: 1}, {1.0: 1, 0.1: 1}, enhancer=TINY_ENHANCER,
-                    max_steps=3, extra=["train.batch_size=8", "generator.depth=1",
-                                        "generator.embed_dim=32", "generator.num_heads=2",
-                                        "tokenizer.vocab_size=16", "tokenizer.width=8",
-                                        "tokenizer.res_blocks=1", "tokenizer.embed_dim=8"]),
+    "quick": Preset(1, 1, {1.0: 1, 0.1: 1}, {1.0: 1, 0.1: 1}, max_steps=3,
+                    extra=["train.batch_size=8", "generator.depth=1", "generator.embed_dim=32",
+                           "generator.num_heads=2", "tokenizer.vocab_size=16",
+                           "tokenizer.width=8", "tokenizer.res_blocks=1",
+                           "tokenizer.embed_dim=8"]),
 }
 
 
@@ -134,27 +164,27 @@ def tokenizer_job(a: argparse.Namespace, p: Preset, n_train: int, work: Path) ->
     return Job("tokenizer", argv, run, "tokenizer.safetensors")
 
 
-def pretrain_job(a: argparse.Namespace, p: Preset, n_train: int, work: Path,
+def pretrain_job(a: argparse.Namespace, p: Preset, n_train: int, work: Path, b: Backbone,
                  objective: str) -> Job:
-    run = work / f"pretrain_{objective}"
-    argv = ["pretrain", "configs/cifar10_vit.yaml", f"run.dir={run}", f"objective={objective}",
+    run = work / f"{b.run_prefix}pretrain_{objective}"
+    argv = ["pretrain", b.config, f"run.dir={run}", f"objective={objective}",
             f"data.path={a.data}", f"tokenizer.checkpoint={work / 'tokenizer'}",
-            f"enhancer.kwargs={p.enhancer}", "run.progress=false", "data.num_workers=1",
+            *b.arch, "run.progress=false", "data.num_workers=1",
             "run.ckpt_every=200", "run.vis_every=200", "train.warmup_epochs=0.25", *p.extra,
             *budget(p, p.pretrain_epochs, n_train, 128)]
-    return Job(f"pretrain_{objective}", argv, run, "enhancer.safetensors")
+    return Job(run.name, argv, run, "enhancer.safetensors")
 
 
-def finetune_job(a: argparse.Namespace, p: Preset, n_train: int, work: Path, init: str,
-                 fraction: float) -> Job:
-    run = work / f"finetune_{init}_{round(fraction * 100)}pct"
-    ckpt = "" if init == "scratch" else str(work / f"pretrain_{init.split('-')[1]}")
+def finetune_job(a: argparse.Namespace, p: Preset, n_train: int, work: Path, b: Backbone,
+                 init: str, fraction: float) -> Job:
+    run = work / f"{b.run_prefix}finetune_{init}_{round(fraction * 100)}pct"
+    ckpt = "" if init == "scratch" else str(work / f"{b.run_prefix}pretrain_{init.split('-')[1]}")
     n_labelled = round(n_train * fraction)
     # quick: batches small enough for a tiny labelled subset (even, for mixup's pairs)
     batch = max(2, min(8, n_labelled // 2 * 2)) if p.max_steps else 128
     argv = ["finetune", "configs/cifar10_finetune.yaml", f"run.dir={run}",
             f"init.checkpoint={ckpt}", f"data.path={a.data}", f"data.val_path={a.val_data}",
-            f"data.label_fraction={fraction}", f"enhancer.kwargs={p.enhancer}",
+            f"data.label_fraction={fraction}", *b.arch,
             "finetune.layer_decay=1.0", f"eval.every_epochs={p.eval_every[fraction]}",
             "run.progress=false", "data.num_workers=1", "run.ckpt_every=500",
             f"train.batch_size={batch}", "train.warmup_epochs=1.0",
@@ -162,17 +192,12 @@ def finetune_job(a: argparse.Namespace, p: Preset, n_train: int, work: Path, ini
     return Job(run.name, argv, run, "results.json")
 
 
-def backbone_label(enhancer: str) -> str:
-    kw = yaml.safe_load(enhancer)
-    return f"ViT e{kw['embed_dim']}-d{kw['depth']}-h{kw['num_heads']}/p4"
-
-
-def make_row(job: Job, init: str, fraction: float, enhancer: str,
+def make_row(job: Job, init: str, fraction: float, b: Backbone,
              pretrain: Job | None) -> dict[str, Any]:
     res = json.loads((job.run_dir / "results.json").read_text())
     cfg = yaml.safe_load((job.run_dir / "config.yaml").read_text())
     row: dict[str, Any] = {
-        "backbone": backbone_label(enhancer), "init": init, "label_fraction": fraction,
+        "backbone": b.label, "init": init, "label_fraction": fraction,
         "top1": res["last"]["top1"], "top5": res["last"]["top5"],
         "best_top1": res["best"]["top1"], "train_images": res["train_images"],
         "wallclock_s": round(job.wallclock_s, 1), "steps": cfg["train"]["max_steps"],
@@ -190,9 +215,10 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
              f"{meta['date']}", "",
              "| backbone | init | labels | top-1 (last) | best top-1 | top-5 | fine-tune steps "
              "| fine-tune wall | gain vs scratch |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    scratch = {r["label_fraction"]: r["top1"] for r in rows if r["init"] == "scratch"}
+    scratch = {(r["backbone"], r["label_fraction"]): r["top1"] for r in rows
+               if r["init"] == "scratch"}
     for r in rows:
-        gain = r["top1"] - scratch.get(r["label_fraction"], float("nan"))
+        gain = r["top1"] - scratch.get((r["backbone"], r["label_fraction"]), float("nan"))
         lines.append(
             f"| {r['backbone']} | {r['init']} | {r['label_fraction']:.0%} | {r['top1']:.2f} | "
             f"{r['best_top1']:.2f} | {r['top5']:.2f} | {r['steps']} | "
@@ -209,15 +235,19 @@ def run_study(a: argparse.Namespace) -> list[dict[str, Any]]:
     n_train = count_images(Path(a.data).expanduser())
     threads = max(1, (os.cpu_count() or 2) // a.parallel)
     run_job(tokenizer_job(a, p, n_train, work), threads * a.parallel, log_dir)
-    with ThreadPoolExecutor(a.parallel) as pool:
-        pre = dict(zip(("respix", "revdet"), pool.map(
-            lambda o: run_job(pretrain_job(a, p, n_train, work, o), threads, log_dir),
-            ("respix", "revdet")), strict=True))
-        plan = [(i, f) for f in (0.1, 1.0) for i in INITS]
-        jobs = list(pool.map(lambda jf: run_job(
-            finetune_job(a, p, n_train, work, jf[0], jf[1]), threads, log_dir), plan))
-    return [make_row(job, init, f, p.enhancer, pre.get(init.split("-")[-1]))
-            for job, (init, f) in zip(jobs, plan, strict=True)]
+    rows = []
+    for key in a.backbones.split(","):
+        b = TINY_VIT if (p.max_steps and key == "vit") else BACKBONES[key]
+        with ThreadPoolExecutor(a.parallel) as pool:
+            pre = dict(zip(("respix", "revdet"), pool.map(
+                lambda o, b=b: run_job(pretrain_job(a, p, n_train, work, b, o), threads,
+                                       log_dir), ("respix", "revdet")), strict=True))
+            plan = [(i, f) for f in (0.1, 1.0) for i in INITS]
+            jobs = list(pool.map(lambda jf, b=b: run_job(
+                finetune_job(a, p, n_train, work, b, jf[0], jf[1]), threads, log_dir), plan))
+        rows += [make_row(job, init, f, b, pre.get(init.split("-")[-1]))
+                 for job, (init, f) in zip(jobs, plan, strict=True)]
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,7 +258,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default="runs/evidence")
     ap.add_argument("--out", default="docs/results")
     ap.add_argument("--parallel", type=int, default=2, help="jobs at a time (threads split)")
+    ap.add_argument("--backbones", default="vit,resnet",
+                    help="comma-separated: vit, resnet (each gets all six rows)")
     a = ap.parse_args(argv)
+    unknown = set(a.backbones.split(",")) - set(BACKBONES)
+    if unknown:
+        print(f"error: --backbones: unknown {', '.join(sorted(unknown))} (use vit, resnet)",
+              file=sys.stderr)
+        return 2
     for key in ("data", "val_data"):
         if not Path(getattr(a, key)).expanduser().is_dir():
             print(f"error: --{key.replace('_', '-')}: {getattr(a, key)} is not a folder "
