@@ -17,6 +17,8 @@ Presets (``--preset``):
 - ``full`` (default): tokenizer 3 epochs, pre-training 4 epochs per objective, fine-tuning 4
   epochs at 100 % labels and 30 epochs at 10 %; about 2.5 h on 2 CPU cores per backbone.
 - ``short``: the same models, about half the epochs (about 1.2 h per backbone).
+- ``mini``: the same models, pre-training 0.5 epoch, fine-tuning 1 epoch (100 %) and 5
+  epochs (10 %), about 35 min per backbone.
 - ``quick``: a tiny model and a few steps per job on a tiny subset, minutes; for CI and smoke
   tests (its numbers mean nothing).
 
@@ -102,6 +104,7 @@ class Preset:
 PRESETS = {
     "full": Preset(3, 4, {1.0: 4, 0.1: 30}, {1.0: 1, 0.1: 5}),
     "short": Preset(1.5, 1.6, {1.0: 2, 0.1: 12}, {1.0: 1, 0.1: 4}),
+    "mini": Preset(1.5, 0.5, {1.0: 1, 0.1: 5}, {1.0: 1, 0.1: 5}),
     "quick": Preset(1, 1, {1.0: 1, 0.1: 1}, {1.0: 1, 0.1: 1}, max_steps=3,
                     extra=["train.batch_size=8", "generator.depth=1", "generator.embed_dim=32",
                            "generator.num_heads=2", "tokenizer.vocab_size=16",
@@ -192,12 +195,12 @@ def finetune_job(a: argparse.Namespace, p: Preset, n_train: int, work: Path, b: 
     return Job(run.name, argv, run, "results.json")
 
 
-def make_row(job: Job, init: str, fraction: float, b: Backbone,
-             pretrain: Job | None) -> dict[str, Any]:
+def make_row(job: Job, init: str, fraction: float, b: Backbone, pretrain: Job | None,
+             preset: str) -> dict[str, Any]:
     res = json.loads((job.run_dir / "results.json").read_text())
     cfg = yaml.safe_load((job.run_dir / "config.yaml").read_text())
     row: dict[str, Any] = {
-        "backbone": b.label, "init": init, "label_fraction": fraction,
+        "backbone": b.label, "init": init, "preset": preset, "label_fraction": fraction,
         "top1": res["last"]["top1"], "top5": res["last"]["top5"],
         "best_top1": res["best"]["top1"], "train_images": res["train_images"],
         "wallclock_s": round(job.wallclock_s, 1), "steps": cfg["train"]["max_steps"],
@@ -245,7 +248,7 @@ def run_study(a: argparse.Namespace) -> list[dict[str, Any]]:
             plan = [(i, f) for f in (0.1, 1.0) for i in INITS]
             jobs = list(pool.map(lambda jf, b=b: run_job(
                 finetune_job(a, p, n_train, work, b, jf[0], jf[1]), threads, log_dir), plan))
-        rows += [make_row(job, init, f, b, pre.get(init.split("-")[-1]))
+        rows += [make_row(job, init, f, b, pre.get(init.split("-")[-1]), a.preset)
                  for job, (init, f) in zip(jobs, plan, strict=True)]
     return rows
 

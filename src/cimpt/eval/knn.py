@@ -27,7 +27,7 @@ from cimpt.engine.distributed import pick_device
 from cimpt.eval.augment import NormalizedEval
 from cimpt.eval.classifier import classifier_args, load_backbone_into
 from cimpt.eval.labelled import build_labelled_data
-from cimpt.eval.source import adopt_architecture, load_backbone_source
+from cimpt.eval.source import adopt_from_init
 from cimpt.export import timm_args
 
 KNN_FILE = "knn.json"
@@ -68,12 +68,7 @@ def knn_predict(train_f: torch.Tensor, train_y: torch.Tensor, query_f: torch.Ten
 
 def knn_command(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate kNN accuracy; writes ``run.dir/knn.json`` and ``config.yaml``."""
-    source = None
-    if cfg.init.checkpoint:
-        source = load_backbone_source(str(cfg.init.checkpoint))
-        adopt_architecture(cfg, source)
-    else:
-        print("note: init.checkpoint is empty; kNN on a randomly initialized backbone")
+    source = adopt_from_init(cfg, "kNN on")
     view = NormalizedEval(int(cfg.data.img_size), list(cfg.data.mean), list(cfg.data.std))
     data = build_labelled_data(cfg, view, view)
     torch.manual_seed(int(cfg.seed))  # the random-init baseline is reproducible

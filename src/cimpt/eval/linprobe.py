@@ -21,7 +21,7 @@ from cimpt.eval.augment import build_finetune_transforms, build_mixup
 from cimpt.eval.classifier import classifier_args, load_backbone_into
 from cimpt.eval.finetune import SupervisedModel, SupervisedTask, run_supervised
 from cimpt.eval.labelled import build_labelled_data
-from cimpt.eval.source import adopt_architecture, load_backbone_source
+from cimpt.eval.source import adopt_from_init
 from cimpt.export import timm_args
 
 
@@ -60,12 +60,7 @@ class LinearProbe(nn.Module):
 
 
 def build_linprobe_task(cfg: DictConfig) -> SupervisedTask:
-    source = None
-    if cfg.init.checkpoint:
-        source = load_backbone_source(str(cfg.init.checkpoint))
-        adopt_architecture(cfg, source)
-    else:
-        print("note: init.checkpoint is empty; probing a randomly initialized backbone")
+    source = adopt_from_init(cfg, "probing")
     train_tf, val_tf = build_finetune_transforms(cfg)
     data = build_labelled_data(cfg, train_tf, val_tf)
     net = LinearProbe(timm_args(cfg), data.num_classes, str(cfg.finetune.global_pool))

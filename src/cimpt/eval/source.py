@@ -140,3 +140,14 @@ def adopt_architecture(cfg: DictConfig, source: BackboneSource) -> None:
     for key in ("name", "patch_size", "kwargs"):
         cfg.enhancer[key] = src.enhancer[key]
     cfg.data.img_size = src.data.img_size
+
+
+def adopt_from_init(cfg: DictConfig, what: str) -> BackboneSource | None:
+    """``init.checkpoint`` read and adopted into ``cfg`` (linear probe, kNN), or None with a
+    note that ``what`` runs on a randomly initialized backbone."""
+    if not cfg.init.checkpoint:
+        print(f"note: init.checkpoint is empty; {what} a randomly initialized backbone")
+        return None
+    source = load_backbone_source(str(cfg.init.checkpoint))
+    adopt_architecture(cfg, source)
+    return source
