@@ -214,20 +214,29 @@ def make_row(job: Job, init: str, fraction: float, b: Backbone, pretrain: Job | 
 
 
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
-    lines = [f"CIFAR-10 (JPEG copy), preset `{meta['preset']}`, commit {meta['commit'][:7]}, "
-             f"{meta['date']}", "",
-             "| backbone | init | labels | top-1 (last) | best top-1 | top-5 | fine-tune steps "
-             "| fine-tune wall | gain vs scratch |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    head = ("| backbone | preset | init | labels | top-1 (last) | best top-1 | top-5 "
+            "| fine-tune steps | fine-tune wall | gain vs scratch |")
+    lines = [f"CIFAR-10 (JPEG copy), commit {meta['commit'][:7]}, {meta['date']}", "", head,
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     scratch = {(r["backbone"], r["label_fraction"]): r["top1"] for r in rows
                if r["init"] == "scratch"}
     for r in rows:
         gain = r["top1"] - scratch.get((r["backbone"], r["label_fraction"]), float("nan"))
         lines.append(
-            f"| {r['backbone']} | {r['init']} | {r['label_fraction']:.0%} | {r['top1']:.2f} | "
-            f"{r['best_top1']:.2f} | {r['top5']:.2f} | {r['steps']} | "
-            f"{r['wallclock_s'] / 60:.1f} min | "
+            f"| {r['backbone']} | {r.get('preset', '')} | {r['init']} | "
+            f"{r['label_fraction']:.0%} | {r['top1']:.2f} | {r['best_top1']:.2f} | "
+            f"{r['top5']:.2f} | {r['steps']} | {r['wallclock_s'] / 60:.1f} min | "
             f"{'' if r['init'] == 'scratch' else f'{gain:+.2f}'} |")
     return "\n".join(lines) + "\n"
+
+
+def merge_rows(path: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of ``path`` for backbones not in ``rows`` (kept, e.g. from another preset's run),
+    then ``rows``: one file collects the table of every backbone."""
+    if not path.exists():
+        return rows
+    now = {r["backbone"] for r in rows}
+    return [r for r in json.loads(path.read_text()) if r["backbone"] not in now] + rows
 
 
 def run_study(a: argparse.Namespace) -> list[dict[str, Any]]:
@@ -284,8 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     out = out if out.is_absolute() else ROOT / out
     out.mkdir(parents=True, exist_ok=True)
+    rows = merge_rows(out / "cifar10_evidence.json", rows)
     (out / "cifar10_evidence.json").write_text(json.dumps(rows, indent=2) + "\n")
-    (out / "cifar10_evidence_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (out / f"cifar10_evidence_meta_{a.backbones.replace(',', '_')}.json").write_text(
+        json.dumps(meta, indent=2) + "\n")
     table = markdown(rows, meta)
     (out / "cifar10_evidence.md").write_text(table)
     print(table)

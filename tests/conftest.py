@@ -153,6 +153,26 @@ def cim_overrides(
     return make
 
 
+def run_two_ranks(argv: Sequence[str], timeout: float = 240) -> None:
+    """Run ``python argv...`` as ranks 0 and 1 of a gloo job on this machine; both must exit 0."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+           "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, *argv],
+                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for r in range(2)]
+    outs = [p.communicate(timeout=timeout) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err.decode()[-2000:]
+
+
 def run_cli(argv: Sequence[str]) -> int:
     """``cimpt.cli.main`` with argparse's ``SystemExit`` turned into the exit code."""
     from cimpt.cli import main
@@ -180,6 +200,7 @@ def e2e() -> SimpleNamespace:
         TOKENIZER_ARCH=dict(TOKENIZER_ARCH),
         IMAGENET_CONFIG=REPO / "configs" / "imagenet_vit_b.yaml",
         run_cli=run_cli,
+        run_two_ranks=run_two_ranks,
         error_line=error_line,
         write_image_folder=write_image_folder,
         write_tokenizer=write_tokenizer,

@@ -3,11 +3,8 @@ and the frozen tokenizer is never part of the DDP module."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -34,12 +31,6 @@ torch.save({{"steps": result.state.step, "weights": task.model.state_dict(),
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _images(root: Path, n: int = 16) -> None:
     rng = np.random.default_rng(0)
     for i in range(n):
@@ -49,7 +40,7 @@ def _images(root: Path, n: int = 16) -> None:
         Image.fromarray(img).save(root / f"{i:03d}.png")
 
 
-def test_two_process_cim_ranks_identical(tmp_path: Path) -> None:
+def test_two_process_cim_ranks_identical(tmp_path: Path, e2e: SimpleNamespace) -> None:
     data = tmp_path / "imgs"
     data.mkdir()
     _images(data)
@@ -76,25 +67,7 @@ def test_two_process_cim_ranks_identical(tmp_path: Path) -> None:
     ]
     script = tmp_path / "worker.py"
     script.write_text(_WORKER.format(out=str(tmp_path)))
-    env = {
-        **os.environ,
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(_free_port()),
-        "WORLD_SIZE": "2",
-        "OMP_NUM_THREADS": "1",
-    }
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(script), "x", *overrides],
-            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        for r in range(2)
-    ]
-    outs = [p.communicate(timeout=240) for p in procs]
-    for p, (_, err) in zip(procs, outs, strict=True):
-        assert p.returncode == 0, err.decode()[-2000:]
+    e2e.run_two_ranks([str(script), "x", *overrides])
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert r0["steps"] == r1["steps"] == 3

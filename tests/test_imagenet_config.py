@@ -40,7 +40,26 @@ class RecordingDalle(DalleTokenizer):
         return ids
 
 
-def test_one_step_of_the_vit_b_config(tmp_path, e2e, monkeypatch) -> None:
+@pytest.fixture
+def built_tasks(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every task ``cimpt.pretrain`` builds, kept for inspection; checkpoints are skipped.
+
+    Writing a ViT-B or ResNet-50 checkpoint (1.4 GB / 0.3 GB with the AdamW state) took
+    7-9 s on the shared CPU; the tiny runs of test_pretrain.py cover that code path.
+    """
+    built: list[Any] = []
+    real_build = cimpt.pretrain.build_cim_task
+
+    def build_and_keep(*args: Any, **kwargs: Any) -> Any:
+        built.append(real_build(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(cimpt.pretrain, "build_cim_task", build_and_keep)
+    monkeypatch.setattr(Trainer, "save", lambda self: None)
+    return built
+
+
+def test_one_step_of_the_vit_b_config(tmp_path, e2e, built_tasks) -> None:
     folder = e2e.write_image_folder(tmp_path / "images", n_per_class=2, size=256)
     run = tmp_path / "run"
     cfg = load_config(
@@ -53,17 +72,6 @@ def test_one_step_of_the_vit_b_config(tmp_path, e2e, monkeypatch) -> None:
     assert (cfg.tokenizer.vocab_size, cfg.tokenizer.downsample) == (8192, 8)
     assert token_grid(cfg) == 14 and tokenizer_resolution(cfg) == 112
 
-    built: list[Any] = []
-    real_build = cimpt.pretrain.build_cim_task
-
-    def build_and_keep(*args: Any, **kwargs: Any) -> Any:
-        built.append(real_build(*args, **kwargs))
-        return built[-1]
-
-    monkeypatch.setattr(cimpt.pretrain, "build_cim_task", build_and_keep)
-    # Writing the ViT-B checkpoint (1.4 GB with the AdamW state) took 7-9 s of this test on the
-    # shared CPU; the tiny runs of test_pretrain.py cover that code path, so skip it here.
-    monkeypatch.setattr(Trainer, "save", lambda self: None)
     torch.manual_seed(0)
     tok = RecordingDalle(
         vocab_size=8192, encoder_hid=32, encoder_blocks=1, decoder_init=16, decoder_hid=32,
@@ -82,7 +90,7 @@ def test_one_step_of_the_vit_b_config(tmp_path, e2e, monkeypatch) -> None:
         assert ((2, 3, 112, 112), (2, 14, 14)) in tok.seen
         assert all(x[-2:] == (112, 112) and ids[-2:] == (14, 14) for x, ids in tok.seen)
 
-        model = built[0].model
+        model = built_tasks[0].model
         vit = model.enhancer.backbone
         assert vit.embed_dim == 768 and len(vit.blocks) == 12
         assert tuple(vit.patch_embed.patch_size) == (16, 16)
@@ -98,7 +106,7 @@ def test_one_step_of_the_vit_b_config(tmp_path, e2e, monkeypatch) -> None:
         shutil.rmtree(run, ignore_errors=True)
 
 
-def test_one_step_of_the_resnet50_config(tmp_path, e2e, monkeypatch) -> None:
+def test_one_step_of_the_resnet50_config(tmp_path, e2e, built_tasks) -> None:
     """The paper's ResNet-50 setting: 224 px, stride-16 stage = the 14x14 DALL-E grid."""
     folder = e2e.write_image_folder(tmp_path / "images", n_per_class=2, size=256)
     run = tmp_path / "run"
@@ -110,22 +118,13 @@ def test_one_step_of_the_resnet50_config(tmp_path, e2e, monkeypatch) -> None:
     )
     assert cfg.enhancer.name == "resnet50" and dict(cfg.enhancer.kwargs) == {}
     assert token_grid(cfg) == 14 and tokenizer_resolution(cfg) == 112
-    built: list[Any] = []
-    real_build = cimpt.pretrain.build_cim_task
-
-    def build_and_keep(*args: Any, **kwargs: Any) -> Any:
-        built.append(real_build(*args, **kwargs))
-        return built[-1]
-
-    monkeypatch.setattr(cimpt.pretrain, "build_cim_task", build_and_keep)
-    monkeypatch.setattr(Trainer, "save", lambda self: None)
     torch.manual_seed(0)
     tok = RecordingDalle(vocab_size=8192, encoder_hid=32, encoder_blocks=1, decoder_init=16,
                          decoder_hid=32, decoder_blocks=1)
     try:
         result = pretrain(cfg, tokenizer=tok)
         assert result.state.step == 1 and math.isfinite(result.last_metrics["respix_loss"])
-        enhancer = built[0].model.enhancer
+        enhancer = built_tasks[0].model.enhancer
         # ResNet-50's strides are 2, 4, 8, 16, 32: stages 3 (14x14) and 4 (7x7) feed the neck.
         assert enhancer.kind == "cnn" and enhancer.stages == [3, 4]
         with torch.no_grad():
