@@ -121,6 +121,7 @@ class Job:
     done_file: str
     wallclock_s: float = 0.0
     reused: bool = False
+    missing: bool = False  # --report-only: the job has not finished
 
 
 def count_images(root: Path) -> int:
@@ -135,7 +136,7 @@ def budget(preset: Preset, epochs: float, n_images: int, batch: int) -> list[str
     return [f"train.max_steps={steps}"]
 
 
-def run_job(job: Job, threads: int, log_dir: Path) -> Job:
+def run_job(job: Job, threads: int, log_dir: Path, report_only: bool = False) -> Job:
     """Run one ``cimpt`` command (resuming a partial run) unless its output exists."""
     timing = job.run_dir / "evidence_job.json"
     if (job.run_dir / job.done_file).exists():
@@ -143,6 +144,10 @@ def run_job(job: Job, threads: int, log_dir: Path) -> Job:
         if timing.exists():  # the wall time of the run that made it
             job.wallclock_s = float(json.loads(timing.read_text())["wallclock_s"])
         print(f"[evidence] {job.name}: reusing {job.run_dir}", flush=True)
+        return job
+    if report_only:
+        job.missing = True
+        print(f"[evidence] {job.name}: not finished, left out (--report-only)", flush=True)
         return job
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     log = log_dir / f"{job.name}.log"
@@ -246,19 +251,21 @@ def run_study(a: argparse.Namespace) -> list[dict[str, Any]]:
     log_dir.mkdir(parents=True, exist_ok=True)
     n_train = count_images(Path(a.data).expanduser())
     threads = max(1, (os.cpu_count() or 2) // a.parallel)
-    run_job(tokenizer_job(a, p, n_train, work), threads * a.parallel, log_dir)
+    run_job(tokenizer_job(a, p, n_train, work), threads * a.parallel, log_dir, a.report_only)
     rows = []
     for key in a.backbones.split(","):
         b = TINY_VIT if (p.max_steps and key == "vit") else BACKBONES[key]
         with ThreadPoolExecutor(a.parallel) as pool:
             pre = dict(zip(("respix", "revdet"), pool.map(
                 lambda o, b=b: run_job(pretrain_job(a, p, n_train, work, b, o), threads,
-                                       log_dir), ("respix", "revdet")), strict=True))
+                                       log_dir, a.report_only), ("respix", "revdet")),
+                strict=True))
             plan = [(i, f) for f in (0.1, 1.0) for i in INITS]
             jobs = list(pool.map(lambda jf, b=b: run_job(
-                finetune_job(a, p, n_train, work, b, jf[0], jf[1]), threads, log_dir), plan))
+                finetune_job(a, p, n_train, work, b, jf[0], jf[1]), threads, log_dir,
+                a.report_only), plan))
         rows += [make_row(job, init, f, b, pre.get(init.split("-")[-1]), a.preset)
-                 for job, (init, f) in zip(jobs, plan, strict=True)]
+                 for job, (init, f) in zip(jobs, plan, strict=True) if not job.missing]
     return rows
 
 
@@ -270,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default="runs/evidence")
     ap.add_argument("--out", default="docs/results")
     ap.add_argument("--parallel", type=int, default=2, help="jobs at a time (threads split)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="run nothing: write the table from the jobs that have finished")
     ap.add_argument("--backbones", default="vit,resnet",
                     help="comma-separated: vit, resnet (each gets all six rows)")
     a = ap.parse_args(argv)
