@@ -10,18 +10,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from cimpt.data import ImageCollate
+from cimpt.data.tar_shards import distributed_rank_world
 from cimpt.engine import distributed as D
-
-
-def rank_world() -> tuple[int, int]:
-    if D.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def shard_loader(dataset: Dataset[Any], batch_size: int, num_workers: int) -> DataLoader:
     """This rank's every ``world``-th sample, in order (no padding, so counts are exact)."""
-    rank, world = rank_world()
+    rank, world = distributed_rank_world()
     n = len(dataset)  # type: ignore[arg-type]
     return DataLoader(Subset(dataset, range(rank, n, world)), batch_size=batch_size,
                       shuffle=False, num_workers=num_workers, collate_fn=ImageCollate())

@@ -45,17 +45,7 @@ class Classifier(nn.Module):
 
     def __init__(self, args: dict[str, Any]) -> None:
         super().__init__()
-        self.args = dict(args)
-        self.backbone = timm.create_model(pretrained=False, **self.args)
-        self.num_classes = int(self.args.get("num_classes", 0))
-
-    def no_weight_decay(self) -> set[str]:
-        own: set[str] = getattr(self.backbone, "no_weight_decay", lambda: set())()
-        return {f"backbone.{n}" for n in own}
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled image features ``[B, 3, R, R] -> [B, C]`` (what the head reads)."""
-        return self.backbone.forward_head(self.backbone.forward_features(x), pre_logits=True)
+        self.backbone = timm.create_model(pretrained=False, **args)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, 3, R, R] -> [B, num_classes]`` logits."""
@@ -74,19 +64,14 @@ def _head_keys(backbone: Any) -> set[str]:
 def load_backbone_into(backbone: Any, state: dict[str, torch.Tensor], origin: str) -> None:
     """Load pre-trained weights into a timm model; only its head may be missing (new).
 
-    Head weights present in ``state`` (a fine-tuning checkpoint) are dropped, since the
-    number of classes may differ. Any other mismatch is an error naming ``origin``.
+    ``state`` is headless (``BackboneSource`` drops a fine-tuned head, since the number of
+    classes may differ). Any other mismatch is an error naming ``origin``.
     """
     head = _head_keys(backbone)
     own = {k: v for k, v in backbone.state_dict().items() if k not in head}
-    given = {k: v for k, v in state.items() if k not in head}
-    problems = state_dict_differences(own, given)
+    problems = state_dict_differences(own, state)
     if problems:
         raise CimptError(f"init.checkpoint: {origin} does not fit the model: {'; '.join(problems)}")
-    missing, unexpected = backbone.load_state_dict(given, strict=False)
+    missing, unexpected = backbone.load_state_dict(state, strict=False)
     assert not unexpected and set(missing) <= head, (missing, unexpected)
 
-
-def load_backbone(model: Classifier, state: dict[str, torch.Tensor], origin: str) -> None:
-    """``load_backbone_into`` for a ``Classifier``."""
-    load_backbone_into(model.backbone, state, origin)

@@ -26,6 +26,7 @@ from timm.optim import param_groups_layer_decay
 from timm.utils import ModelEmaV3
 from torch import nn
 
+from cimpt.atomic import write_json
 from cimpt.config import to_dict
 from cimpt.data import ImageCollate
 from cimpt.engine.loop import FitResult, Trainer
@@ -33,7 +34,7 @@ from cimpt.engine.task import Task
 from cimpt.errors import CimptError
 from cimpt.eval.accuracy import evaluate_classifier, topk_correct
 from cimpt.eval.augment import build_finetune_transforms, build_mixup
-from cimpt.eval.classifier import Classifier, classifier_args, load_backbone
+from cimpt.eval.classifier import Classifier, classifier_args, load_backbone_into
 from cimpt.eval.labelled import LabelledData, build_labelled_data
 from cimpt.eval.source import BackboneSource, architecture_mismatch, load_backbone_source
 from cimpt.export import timm_args
@@ -70,12 +71,6 @@ class SupervisedModel(nn.Module):
             loss = F.cross_entropy(logits.float(), y, label_smoothing=self.smoothing)
         acc = topk_correct(logits.detach(), y, (1,))[0] / max(len(y), 1)
         return {"loss": loss, "train_acc": torch.tensor(100.0 * acc)}
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
 
 
 class SupervisedTask(Task):
@@ -177,7 +172,7 @@ class SupervisedTask(Task):
             "best": self.best,
             "last": self.last,
         }
-        _write_json(run_dir / RESULTS_FILE, summary)
+        write_json(run_dir / RESULTS_FILE, summary)
         print(f"{self.kind} done: last top-1 {self.last.get('top1', float('nan')):.2f} %, "
               f"best {self.best['top1']:.2f} % (step {int(self.best['step'])}); "
               f"{run_dir / RESULTS_FILE}")
@@ -207,7 +202,7 @@ def build_finetune_task(cfg: DictConfig) -> SupervisedTask:
                            str(cfg.finetune.global_pool))
     net = Classifier(args)
     if source is not None:
-        load_backbone(net, source.state, str(source.path))
+        load_backbone_into(net.backbone, source.state, str(source.path))
     model = SupervisedModel(net, build_mixup(cfg, data.num_classes), cfg.finetune.smoothing)
     return SupervisedTask("finetune", model, data, cfg, source, float(cfg.finetune.layer_decay))
 

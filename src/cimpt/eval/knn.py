@@ -10,7 +10,6 @@ training, and a single process keeps the memory bank in one place.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from cimpt.atomic import write_json
 from cimpt.config import save_config
 from cimpt.data import ImageCollate
 from cimpt.engine.distributed import pick_device
@@ -93,7 +93,7 @@ def knn_command(cfg: DictConfig) -> dict[str, Any]:
         results["top1"][str(k)] = 100.0 * float((scores.argmax(1) == val_y).float().mean())
     run_dir = Path(cfg.run.dir).expanduser()
     save_config(cfg, run_dir / "config.yaml")
-    (run_dir / KNN_FILE).write_text(json.dumps(results, indent=2))
+    write_json(run_dir / KNN_FILE, results)
     shown = ", ".join(f"k={k}: {v:.2f} %" for k, v in results["top1"].items())
     print(f"kNN top-1 ({len(val_y)} images): {shown}; {run_dir / KNN_FILE}")
     return results

@@ -50,7 +50,7 @@ class BackboneSource:
         timm_args: ``timm.create_model`` keyword arguments of the headless backbone
             (``num_classes=0``).
         config: the run config the weights were made with.
-        state: backbone weights (may still hold classifier weights; see ``load_backbone``).
+        state: backbone weights, without any classifier head.
     """
 
     path: Path

@@ -10,9 +10,7 @@ the whole held-out set. ``cimpt tokenizer eval CHECKPOINT [key=value ...]`` call
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
+from cimpt.atomic import atomic_target, write_json
 from cimpt.errors import CimptError
 from cimpt.tokenizers.base import ImageTokenizer
 
@@ -93,11 +92,6 @@ def evaluate_tokenizer(
     }
 
 
-def _atomic_target(path: Path) -> tuple[int, str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-
-
 def save_reconstruction_figure(
     images: torch.Tensor, recons: torch.Tensor, path: str | Path, n: int = 16
 ) -> Path:
@@ -113,7 +107,7 @@ def save_reconstruction_figure(
     pairs = torch.stack([images[:k].float().cpu(), recons[:k].float().cpu()], 1)  # [k,2,3,H,W]
     grid = make_grid(pairs.flatten(0, 1).clamp(0, 1), nrow=min(8, 2 * k), padding=2, pad_value=1)
     array = (grid * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    fd, tmp = _atomic_target(path)
+    fd, tmp = atomic_target(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             Image.fromarray(array).save(fh, format="PNG")
@@ -122,17 +116,6 @@ def save_reconstruction_figure(
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-def _write_json(data: dict[str, Any], path: Path) -> None:
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _find_run_config(checkpoint: Path) -> Path | None:
@@ -204,7 +187,7 @@ def evaluate_tokenizer_command(checkpoint: str, overrides: list[str]) -> dict[st
     with torch.no_grad():
         recon = tok.decode(tok.encode(first))
     save_reconstruction_figure(first, recon, out_dir / "tokenizer_recon.png")
-    _write_json(results, out_dir / "tokenizer_eval.json")
+    write_json(out_dir / "tokenizer_eval.json", results)
     _print_table(results)
     print(f"wrote {out_dir / 'tokenizer_eval.json'} and {out_dir / 'tokenizer_recon.png'}")
     return results

@@ -1,0 +1,31 @@
+"""Atomic file writes: a temporary file in the same folder, then a rename.
+
+A crash or a full disk never leaves a half-written file where a reader (``resume=auto``, a
+benchmark script, a user) would take it for a finished one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def atomic_target(path: Path) -> tuple[int, str]:
+    """An open temporary file (fd, name) next to ``path``; parents are created."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """``data`` as indented JSON at ``path``, atomically."""
+    fd, tmp = atomic_target(path)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
