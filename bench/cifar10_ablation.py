@@ -1,0 +1,212 @@
+"""Why does CIM miss +5 points at 10 % labels? Ablations of the ViT evidence study (issue 4).
+
+Each arm changes one thing of the evidence study's ViT REVDET pre-training (the better
+objective there), keeps everything else, and is measured twice:
+
+- ``cimpt knn`` (k = 20 and 200, all 50,000 training labels) on the frozen pre-trained
+  encoder: representation quality without fine-tuning noise;
+- ``cimpt finetune`` at 10 % labels with exactly the evidence study's recipe and budget of the
+  chosen ``--preset`` (``short``: 12 epochs, 468 steps), so each arm compares with that
+  preset's scratch and CIM rows.
+
+The reference arms reuse the evidence study's runs in ``--work`` (its tokenizer, its
+``pretrain_respix``/``pretrain_revdet`` and 10 % fine-tuning runs); ``scratch_seed1`` repeats
+the scratch baseline with another seed (label subset and training), which measures how much
+two runs of the same recipe differ. Finished jobs are reused; interrupted ones resume.
+
+    python bench/cifar10_ablation.py [--preset short] [--arms a,b] [--parallel 2] \
+        [--work runs/evidence] [--out docs/results]
+
+writes ``<out>/cifar10_ablation.json`` (one row per arm, with its configs) and
+``<out>/cifar10_ablation.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cifar10_evidence import (
+    CIFAR,
+    PRESETS,
+    VIT,
+    Job,
+    Preset,
+    budget,
+    count_images,
+    finetune_job,
+    pretrain_job,
+    run_job,
+)
+from records import ROOT, git_commit
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One ablation: pre-training ``objective`` (None: no pre-training) for
+    ``pretrain_epochs`` with ``overrides``; ``reuse`` names the evidence study's own
+    pre-training run when the arm is its reference point."""
+
+    name: str
+    change: str
+    objective: str | None
+    pretrain_epochs: float = 0.0
+    overrides: tuple[str, ...] = ()
+    seed: int = 0
+    reuse: bool = False
+
+
+ARMS = [
+    Arm("scratch", "none (reference)", None, reuse=True),
+    Arm("scratch_seed1", "seed 1 (label subset and training)", None, seed=1),
+    Arm("respix", "none (reference)", "respix", reuse=True),
+    Arm("revdet", "none (reference)", "revdet", reuse=True),
+    Arm("revdet_pt4ep", "pre-training 4 epochs", "revdet", 4.0),
+    Arm("revdet_pt0.5ep", "pre-training 0.5 epoch", "revdet", 0.5),
+    Arm("revdet_mask0.6", "mask ratio 0.6 (was 0.45)", "revdet", overrides=("mask.ratio=0.6",)),
+    Arm("revdet_temp0.5", "sampling temperature 0.5 (was 1.0)", "revdet",
+        overrides=("generator.temperature=0.5",)),
+]
+
+
+def arm_jobs(a: argparse.Namespace, p: Preset, n_train: int, work: Path,
+             arm: Arm) -> tuple[Job | None, Job, Job | None]:
+    """(pre-training, 10 % fine-tuning, kNN) jobs of ``arm``; reference arms point at the
+    evidence study's runs, the others live under ``<work>/ablation/<arm>``."""
+    pre = None
+    init = "scratch" if arm.objective is None else f"cim-{arm.objective}"
+    ft = finetune_job(a, p, n_train, work, VIT, init, 0.1)
+    if arm.reuse:
+        pre = None if arm.objective is None else pretrain_job(a, p, n_train, work, VIT,
+                                                              arm.objective)
+    else:
+        home = work / "ablation" / arm.name
+        ckpt = ""
+        if arm.objective is not None:
+            pre = pretrain_job(a, p, n_train, work, VIT, arm.objective)
+            pre = Job(f"ablation_{arm.name}_pretrain", [
+                *pre.argv, f"run.dir={home / 'pretrain'}", *arm.overrides,
+                *budget(p, arm.pretrain_epochs or p.pretrain_epochs, n_train, 128)],
+                home / "pretrain", pre.done_file)
+            ckpt = str(pre.run_dir)
+        ft = Job(f"ablation_{arm.name}_finetune10pct", [
+            *ft.argv, f"run.dir={home / 'finetune_10pct'}", f"init.checkpoint={ckpt}",
+            f"seed={arm.seed}"], home / "finetune_10pct", ft.done_file)
+    knn = None
+    if arm.objective is not None or arm.name == "scratch":
+        ckpt = "" if pre is None else str(pre.run_dir)
+        run = work / "ablation" / arm.name / "knn"
+        knn = Job(f"ablation_{arm.name}_knn", [
+            "knn", "configs/cifar10_finetune.yaml", f"run.dir={run}", f"init.checkpoint={ckpt}",
+            f"data.path={a.data}", f"data.val_path={a.val_data}", *VIT.arch,
+            "run.progress=false", "data.num_workers=1", "eval.batch_size=256"], run, "knn.json")
+    return pre, ft, knn
+
+
+def run_arm(a: argparse.Namespace, p: Preset, n_train: int, work: Path, arm: Arm,
+            threads: int) -> dict[str, Any]:
+    """Run (or reuse) the arm's jobs in order and return its row."""
+    log_dir = work / "logs"
+    pre, ft, knn = arm_jobs(a, p, n_train, work, arm)
+    if pre is not None:
+        run_job(pre, threads, log_dir, a.report_only)
+    knn_res = None
+    if knn is not None:
+        run_job(knn, threads, log_dir, a.report_only)
+        if (knn.run_dir / knn.done_file).exists():
+            knn_res = json.loads((knn.run_dir / knn.done_file).read_text())["top1"]
+    run_job(ft, threads, log_dir, a.report_only)
+    row: dict[str, Any] = {"arm": arm.name, "change": arm.change, "objective": arm.objective,
+                           "knn_top1": knn_res, "top1": None}
+    if (ft.run_dir / ft.done_file).exists():
+        res = json.loads((ft.run_dir / ft.done_file).read_text())
+        row |= {"top1": res["last"]["top1"], "best_top1": res["best"]["top1"],
+                "finetune_wallclock_s": round(ft.wallclock_s, 1),
+                "finetune_config": yaml.safe_load((ft.run_dir / "config.yaml").read_text())}
+    if pre is not None and (pre.run_dir / "config.yaml").exists():
+        pcfg = yaml.safe_load((pre.run_dir / "config.yaml").read_text())
+        row |= {"pretrain_steps": pcfg["train"]["max_steps"],
+                "pretrain_epochs": round(pcfg["train"]["max_steps"] * 128 / n_train, 2),
+                "pretrain_wallclock_s": round(pre.wallclock_s, 1), "pretrain_config": pcfg}
+    return row
+
+
+def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = [f"CIFAR-10 (JPEG copy), ViT e128-d6-h4, preset {meta['preset']}, commit "
+             f"{meta['commit'][:7]}, {meta['date']}", "",
+             "| arm | change | pre-training epochs | kNN k=20 | kNN k=200 | fine-tune 10 % top-1 "
+             "| vs scratch | pre-train wall |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    ref = next((r["top1"] for r in rows if r["arm"] == "scratch"), None)
+
+    def num(v: float | None, fmt: str = ".2f") -> str:
+        return "" if v is None else format(v, fmt)
+
+    for r in rows:
+        knn = r["knn_top1"] or {}
+        gain = None if ref is None or r["top1"] is None or r["arm"] == "scratch" \
+            else r["top1"] - ref
+        wall = r.get("pretrain_wallclock_s")
+        lines.append(
+            f"| {r['arm']} | {r['change']} | {num(r.get('pretrain_epochs'), '.1f')} | "
+            f"{num(knn.get('20'))} | {num(knn.get('200'))} | {num(r['top1'])} | "
+            f"{num(gain, '+.2f')} | {'' if wall is None else f'{wall / 60:.0f} min'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="short")
+    ap.add_argument("--arms", default=",".join(arm.name for arm in ARMS))
+    ap.add_argument("--data", default=str(CIFAR / "train"))
+    ap.add_argument("--val-data", default=str(CIFAR / "test"))
+    ap.add_argument("--work", default="runs/evidence")
+    ap.add_argument("--out", default="docs/results")
+    ap.add_argument("--parallel", type=int, default=2, help="arms at a time (threads split)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="run nothing: write the table from the jobs that have finished")
+    a = ap.parse_args(argv)
+    by_name = {arm.name: arm for arm in ARMS}
+    chosen = a.arms.split(",")
+    unknown = [n for n in chosen if n not in by_name]
+    if unknown:
+        print(f"error: --arms: unknown {', '.join(unknown)} (known: {', '.join(by_name)})",
+              file=sys.stderr)
+        return 2
+    p = PRESETS[a.preset]
+    work = Path(a.work).expanduser().resolve()
+    if not (work / "tokenizer" / "tokenizer.safetensors").exists():
+        print(f"error: --work: {work} has no tokenizer; run bench/cifar10_evidence.py "
+              f"--preset {a.preset} --backbones vit first", file=sys.stderr)
+        return 2
+    (work / "logs").mkdir(parents=True, exist_ok=True)
+    n_train = count_images(Path(a.data).expanduser())
+    threads = max(1, (os.cpu_count() or 2) // a.parallel)
+    with ThreadPoolExecutor(a.parallel) as pool:
+        rows = list(pool.map(lambda n: run_arm(a, p, n_train, work, by_name[n], threads),
+                             chosen))
+    meta = {"preset": a.preset, "commit": git_commit(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "parallel": a.parallel, "cpu_count": os.cpu_count(), "command": " ".join(sys.argv)}
+    out = Path(a.out)
+    out = out if out.is_absolute() else ROOT / out
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cifar10_ablation.json").write_text(json.dumps({"meta": meta, "rows": rows},
+                                                          indent=2) + "\n")
+    table = markdown(rows, meta)
+    (out / "cifar10_ablation.md").write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
