@@ -39,7 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cifar10_evidence import (
     CIFAR,
     PRESETS,
+    TINY_VIT,
     VIT,
+    Backbone,
     Job,
     Preset,
     budget,
@@ -83,17 +85,18 @@ def arm_jobs(a: argparse.Namespace, p: Preset, n_train: int, work: Path,
              arm: Arm) -> tuple[Job | None, Job, Job | None]:
     """(pre-training, 10 % fine-tuning, kNN) jobs of ``arm``; reference arms point at the
     evidence study's runs, the others live under ``<work>/ablation/<arm>``."""
+    b: Backbone = TINY_VIT if p.max_steps else VIT  # the evidence study's choice
     pre = None
     init = "scratch" if arm.objective is None else f"cim-{arm.objective}"
-    ft = finetune_job(a, p, n_train, work, VIT, init, 0.1)
+    ft = finetune_job(a, p, n_train, work, b, init, 0.1)
     if arm.reuse:
-        pre = None if arm.objective is None else pretrain_job(a, p, n_train, work, VIT,
+        pre = None if arm.objective is None else pretrain_job(a, p, n_train, work, b,
                                                               arm.objective)
     else:
         home = work / "ablation" / arm.name
         ckpt = ""
         if arm.objective is not None:
-            pre = pretrain_job(a, p, n_train, work, VIT, arm.objective)
+            pre = pretrain_job(a, p, n_train, work, b, arm.objective)
             pre = Job(f"ablation_{arm.name}_pretrain", [
                 *pre.argv, f"run.dir={home / 'pretrain'}", *arm.overrides,
                 *budget(p, arm.pretrain_epochs or p.pretrain_epochs, n_train, 128)],
@@ -108,9 +111,20 @@ def arm_jobs(a: argparse.Namespace, p: Preset, n_train: int, work: Path,
         run = work / "ablation" / arm.name / "knn"
         knn = Job(f"ablation_{arm.name}_knn", [
             "knn", "configs/cifar10_finetune.yaml", f"run.dir={run}", f"init.checkpoint={ckpt}",
-            f"data.path={a.data}", f"data.val_path={a.val_data}", *VIT.arch,
+            f"data.path={a.data}", f"data.val_path={a.val_data}", *b.arch,
             "run.progress=false", "data.num_workers=1", "eval.batch_size=256"], run, "knn.json")
     return pre, ft, knn
+
+
+def last_pretrain_metrics(run_dir: Path) -> dict[str, float]:
+    """The generator's token accuracy on masked positions and the share of masked tokens it
+    replaced, at the last logged step: how plausible the corruption was (METHOD.md)."""
+    last: dict[str, Any] = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if "gen_acc" in rec:
+            last = rec
+    return {k: round(float(last[k]), 4) for k in ("gen_acc", "replaced_masked") if k in last}
 
 
 def run_arm(a: argparse.Namespace, p: Preset, n_train: int, work: Path, arm: Arm,
@@ -135,7 +149,8 @@ def run_arm(a: argparse.Namespace, p: Preset, n_train: int, work: Path, arm: Arm
                 "finetune_config": yaml.safe_load((ft.run_dir / "config.yaml").read_text())}
     if pre is not None and (pre.run_dir / "config.yaml").exists():
         pcfg = yaml.safe_load((pre.run_dir / "config.yaml").read_text())
-        row |= {"pretrain_steps": pcfg["train"]["max_steps"],
+        row |= {"generator": last_pretrain_metrics(pre.run_dir),
+                "pretrain_steps": pcfg["train"]["max_steps"],
                 "pretrain_epochs": round(pcfg["train"]["max_steps"] * 128 / n_train, 2),
                 "pretrain_wallclock_s": round(pre.wallclock_s, 1), "pretrain_config": pcfg}
     return row
@@ -144,8 +159,9 @@ def run_arm(a: argparse.Namespace, p: Preset, n_train: int, work: Path, arm: Arm
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [f"CIFAR-10 (JPEG copy), ViT e128-d6-h4, preset {meta['preset']}, commit "
              f"{meta['commit'][:7]}, {meta['date']}", "",
-             "| arm | change | pre-training epochs | kNN k=20 | kNN k=200 | fine-tune 10 % top-1 "
-             "| vs scratch | pre-train wall |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "| arm | change | pre-training epochs | generator acc. | masked replaced "
+             "| kNN k=20 | kNN k=200 | fine-tune 10 % top-1 | vs scratch | pre-train wall |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     ref = next((r["top1"] for r in rows if r["arm"] == "scratch"), None)
 
     def num(v: float | None, fmt: str = ".2f") -> str:
@@ -156,8 +172,10 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         gain = None if ref is None or r["top1"] is None or r["arm"] == "scratch" \
             else r["top1"] - ref
         wall = r.get("pretrain_wallclock_s")
+        gen = r.get("generator", {})
         lines.append(
             f"| {r['arm']} | {r['change']} | {num(r.get('pretrain_epochs'), '.1f')} | "
+            f"{num(gen.get('gen_acc'), '.1%')} | {num(gen.get('replaced_masked'), '.1%')} | "
             f"{num(knn.get('20'))} | {num(knn.get('200'))} | {num(r['top1'])} | "
             f"{num(gain, '+.2f')} | {'' if wall is None else f'{wall / 60:.0f} min'} |")
     return "\n".join(lines) + "\n"

@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
+
 
 def atomic_target(path: Path) -> tuple[int, str]:
     """An open temporary file (fd, name) next to ``path``; parents are created."""
@@ -29,3 +31,21 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor],
+                      metadata: dict[str, str]) -> Path:
+    """``tensors`` (made contiguous CPU copies) and string ``metadata`` as one safetensors file
+    at ``path``, atomically; parents are created."""
+    from safetensors.torch import save_file
+
+    fd, tmp = atomic_target(path)
+    os.close(fd)  # safetensors writes by name
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp,
+                  metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -13,15 +13,15 @@ rebuilds exactly the pre-trained network (``load_exported_backbone`` does this).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import timm
 from omegaconf import DictConfig, OmegaConf
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
+from cimpt.atomic import write_safetensors
 from cimpt.config import from_dict, to_dict
 from cimpt.engine.checkpoint import (
     load_into,
@@ -50,22 +50,15 @@ def timm_args(cfg: DictConfig) -> dict[str, Any]:
 
 def save_enhancer(enhancer: nn.Module, cfg: DictConfig, path: str | Path) -> Path:
     """Write ``enhancer.backbone``'s weights atomically with the rebuild arguments."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    backbone = enhancer.get_submodule("backbone")
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in backbone.state_dict().items()}
     meta = {
         "cimpt_timm_args": json.dumps(timm_args(cfg)),
         "cimpt_config": json.dumps(to_dict(cfg)),
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    backbone = enhancer.get_submodule("backbone")
     try:
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, path)
+        return write_safetensors(Path(path), backbone.state_dict(), meta)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise CimptError(f"could not write {path} ({exc.strerror or exc})") from exc
-    return path
 
 
 def load_exported_backbone(path: str | Path) -> nn.Module:

@@ -1,29 +1,42 @@
-"""The quick pass of bench/cifar10_evidence.py runs end to end on tiny folders."""
+"""The quick passes of bench/cifar10_evidence.py and bench/cifar10_ablation.py run end to end
+on tiny folders."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
-@pytest.mark.timeout(600)
-def test_quick_pass_writes_one_row_per_init_and_fraction(
-    image_folder: Path, val_folder: Path, tmp_path: Path
-) -> None:
+def _bench_module(name: str) -> ModuleType:
     sys.path.insert(0, str(BENCH))
     try:
-        import cifar10_evidence
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(BENCH))
-    out = tmp_path / "out"
-    code = cifar10_evidence.main(["--preset", "quick", "--data", str(image_folder),
-                                  "--val-data", str(val_folder), "--work", str(tmp_path / "w"),
-                                  "--out", str(out), "--parallel", "1"])
+
+
+@pytest.fixture(scope="module")
+def evidence(image_folder: Path, val_folder: Path,
+             tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+    """(folder of the quick evidence study: ``w`` work, ``out`` results; its exit code)."""
+    root = tmp_path_factory.mktemp("evidence")
+    code = _bench_module("cifar10_evidence").main([
+        "--preset", "quick", "--data", str(image_folder), "--val-data", str(val_folder),
+        "--work", str(root / "w"), "--out", str(root / "out"), "--parallel", "1"])
+    return root, code
+
+
+@pytest.mark.timeout(600)
+def test_quick_pass_writes_one_row_per_init_and_fraction(evidence: tuple[Path, int]) -> None:
+    root, code = evidence
+    out = root / "out"
     assert code == 0
     rows = json.loads((out / "cifar10_evidence.json").read_text())
     assert len(rows) == 12  # 2 backbones x 3 inits x 2 label fractions
@@ -40,3 +53,48 @@ def test_quick_pass_writes_one_row_per_init_and_fraction(
             assert r["pretrain"]["config"]["enhancer"] == r["config"]["enhancer"] | {
                 "drop_path": r["pretrain"]["config"]["enhancer"]["drop_path"]}
     assert "| scratch |" in (out / "cifar10_evidence.md").read_text()
+
+
+@pytest.mark.timeout(600)
+def test_quick_ablation_reuses_the_study_and_changes_one_thing_per_arm(
+    evidence: tuple[Path, int], image_folder: Path, val_folder: Path, tmp_path: Path
+) -> None:
+    root, code = evidence
+    assert code == 0
+    arms = "scratch,revdet,revdet_mask0.6,scratch_seed1"
+    assert _bench_module("cifar10_ablation").main([
+        "--preset", "quick", "--data", str(image_folder), "--val-data", str(val_folder),
+        "--work", str(root / "w"), "--out", str(tmp_path), "--parallel", "1",
+        "--arms", arms]) == 0
+    rows = {r["arm"]: r for r in json.loads((tmp_path / "cifar10_ablation.json").read_text())[
+        "rows"]}
+    assert list(rows) == arms.split(",")
+    study = {r["init"]: r for r in json.loads((root / "out" / "cifar10_evidence.json")
+                                              .read_text()) if r["label_fraction"] == 0.1
+             and "ViT" in r["backbone"]}
+    # reference arms are the study's own 10 % runs, not new ones
+    assert rows["scratch"]["top1"] == study["scratch"]["top1"]
+    assert rows["revdet"]["top1"] == study["cim-revdet"]["top1"]
+    for name in ("scratch", "revdet", "revdet_mask0.6"):  # kNN of each encoder (random: scratch)
+        assert set(rows[name]["knn_top1"]) == {"20", "200"}
+    assert rows["scratch_seed1"]["knn_top1"] is None
+    # the arm differs from the reference pre-training in the mask ratio and the run folder only
+    ref, arm = study["cim-revdet"]["pretrain"]["config"], rows["revdet_mask0.6"]["pretrain_config"]
+    assert arm["mask"]["ratio"] == 0.6 and ref["mask"]["ratio"] != 0.6
+    assert {k for k in ref if ref[k] != arm[k]} == {"mask", "run"}
+    assert rows["revdet_mask0.6"]["finetune_config"]["init"]["checkpoint"].endswith(
+        "ablation/revdet_mask0.6/pretrain")
+    assert rows["scratch_seed1"]["finetune_config"]["seed"] == 1
+    assert rows["scratch_seed1"]["finetune_config"]["init"]["checkpoint"] == ""
+    assert "| revdet_mask0.6 |" in (tmp_path / "cifar10_ablation.md").read_text()
+
+
+def test_ablation_rejects_unknown_arms_and_a_work_folder_without_study(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ablation = _bench_module("cifar10_ablation")
+    assert ablation.main(["--arms", "revdet,bogus", "--work", str(tmp_path)]) == 2
+    assert "unknown bogus" in capsys.readouterr().err
+    assert ablation.main(["--arms", "revdet", "--work", str(tmp_path)]) == 2
+    assert "has no tokenizer" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing written

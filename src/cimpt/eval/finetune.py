@@ -13,20 +13,18 @@ DDP, logs, progress bar) and evaluates top-1/top-5 on ``data.val_path`` every
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
-from safetensors.torch import save_file
 from timm.loss import SoftTargetCrossEntropy
 from timm.optim import param_groups_layer_decay
 from timm.utils import ModelEmaV3
 from torch import nn
 
-from cimpt.atomic import write_json
+from cimpt.atomic import write_json, write_safetensors
 from cimpt.config import to_dict
 from cimpt.data import ImageCollate
 from cimpt.engine.loop import FitResult, Trainer
@@ -142,15 +140,10 @@ class SupervisedTask(Task):
     def _save_best(self) -> None:
         if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
             return
-        run_dir = Path(self.cfg.run.dir).expanduser()
-        run_dir.mkdir(parents=True, exist_ok=True)
-        net = self.sup.net
-        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
-        tmp = run_dir / f".{BEST_FILE}.{os.getpid()}.tmp"
-        save_file(tensors, str(tmp), metadata={"kind": self.kind,
-                                              "top1": f"{self.best['top1']:.4f}",
-                                              "cimpt_config": json.dumps(to_dict(self.cfg))})
-        tmp.replace(run_dir / BEST_FILE)
+        write_safetensors(Path(self.cfg.run.dir).expanduser() / BEST_FILE,
+                          self.sup.net.state_dict(),
+                          {"kind": self.kind, "top1": f"{self.best['top1']:.4f}",
+                           "cimpt_config": json.dumps(to_dict(self.cfg))})
 
     def extra_state(self) -> dict[str, Any]:
         return {"best": dict(self.best), "last": dict(self.last)}

@@ -44,7 +44,6 @@ also accepts the directory holding ``encoder.pkl`` + ``decoder.pkl``, or a torch
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import pickletools
 import re
@@ -58,8 +57,9 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from cimpt.atomic import write_safetensors
 from cimpt.errors import CimptError
 from cimpt.tokenizers.dalle import DalleTokenizer, state_dict_from_original
 
@@ -401,17 +401,8 @@ def convert_dalle_pickles(
     """
     origin = f"{encoder_pkl} + {decoder_pkl}"
     tok = _build(_tensors_from_pickles(encoder_pkl, decoder_pkl), origin, None)
-    out = Path(out_safetensors)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tensors = {k: v.detach().contiguous() for k, v in tok.state_dict().items()}
     meta = {"cimpt_tokenizer": "dalle", "arch": json.dumps(tok.arch_config())}
-    try:
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    return write_safetensors(Path(out_safetensors), tok.state_dict(), meta)
 
 
 def _load_safetensors(path: Path) -> DalleTokenizer:

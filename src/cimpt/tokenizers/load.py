@@ -10,16 +10,15 @@ Nothing is ever unpickled. ``load_tokenizer`` also accepts an engine checkpoint 
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from cimpt.atomic import write_safetensors
 from cimpt.engine.checkpoint import state_dict_differences
 from cimpt.errors import CimptError
 from cimpt.tokenizers.base import ImageTokenizer
@@ -59,21 +58,9 @@ def build_tokenizer(tok_cfg: Any) -> ImageTokenizer:
 
 def save_tokenizer(tok: ImageTokenizer, path: str | Path) -> Path:
     """Write weights and buffers to one safetensors file, atomically; parents are created."""
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
     arch = tok.arch_config()
-    kind = str(arch.get("kind", "vqvae"))
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tok.state_dict().items()}
-    metadata = {"cimpt_tokenizer": kind, "arch": json.dumps(arch)}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    metadata = {"cimpt_tokenizer": str(arch.get("kind", "vqvae")), "arch": json.dumps(arch)}
+    return write_safetensors(Path(path).expanduser(), tok.state_dict(), metadata)
 
 
 def _step_number(folder: Path) -> int:
