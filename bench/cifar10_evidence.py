@@ -12,13 +12,17 @@ and writes one row per fine-tuning run to ``<out>/cifar10_evidence.json`` (``bac
 table to ``<out>/cifar10_evidence.md``. Jobs already finished in ``--work`` are reused and an
 interrupted job resumes (``resume=auto``), so rerunning the command continues the study.
 
-Presets (``--preset``):
+Presets (``--preset``), with wall times on this project's 2-core CPU (``--parallel 2``):
 
-- ``full`` (default): tokenizer 3 epochs, pre-training 4 epochs per objective, fine-tuning 4
-  epochs at 100 % labels and 30 epochs at 10 %; about 2.5 h on 2 CPU cores per backbone.
-- ``short``: the same models, about half the epochs (about 1.2 h per backbone).
-- ``mini``: the same models, pre-training 0.5 epoch, fine-tuning 1 epoch (100 %) and 5
-  epochs (10 %), about 35 min per backbone.
+- ``full`` (default): tokenizer 3 epochs, pre-training 3 epochs per objective, fine-tuning 2
+  epochs at 100 % labels and 20 epochs at 10 %. Estimated from the step costs measured in the
+  ``short``/``mini`` runs (ViT: 2.3 s per pre-training step, 2.9 s per fine-tuning step with
+  its evaluations; ResNet-10t: 3.7 s and 2.6-3.0 s; one thread per job): about 2.6 h for the
+  ViT and 3 h for the ResNet. It has not been run end to end on this machine.
+- ``short``: tokenizer 1.5 epochs, pre-training 1.6 epochs, fine-tuning 2 epochs (100 %) and
+  12 epochs (10 %); measured 1.6 h for the ViT (docs/BENCHMARKS.md).
+- ``mini``: pre-training 0.5 epoch, fine-tuning 1 epoch (100 %) and 5 epochs (10 %); measured
+  55 min for the ResNet (the tokenizer, 3 min, is shared by both backbones).
 - ``quick``: a tiny model and a few steps per job on a tiny subset, minutes; for CI and smoke
   tests (its numbers mean nothing).
 
@@ -102,7 +106,7 @@ class Preset:
 
 
 PRESETS = {
-    "full": Preset(3, 4, {1.0: 4, 0.1: 30}, {1.0: 1, 0.1: 5}),
+    "full": Preset(3, 3, {1.0: 2, 0.1: 20}, {1.0: 1, 0.1: 5}),
     "short": Preset(1.5, 1.6, {1.0: 2, 0.1: 12}, {1.0: 1, 0.1: 4}),
     "mini": Preset(1.5, 0.5, {1.0: 1, 0.1: 5}, {1.0: 1, 0.1: 5}),
     "quick": Preset(1, 1, {1.0: 1, 0.1: 1}, {1.0: 1, 0.1: 1}, max_steps=3,
