@@ -49,6 +49,7 @@ from cifar10_evidence import (
     finetune_job,
     pretrain_job,
     run_job,
+    tokenizer_job,
 )
 from records import ROOT, git_commit
 
@@ -66,6 +67,7 @@ class Arm:
     overrides: tuple[str, ...] = ()
     seed: int = 0
     reuse: bool = False
+    tokenizer_epochs: float = 0.0  # > 0: the arm trains its own tokenizer for this long
 
 
 ARMS = [
@@ -76,9 +78,21 @@ ARMS = [
     Arm("revdet_pt4ep", "pre-training 4 epochs", "revdet", 4.0),
     Arm("revdet_pt0.5ep", "pre-training 0.5 epoch", "revdet", 0.5),
     Arm("revdet_mask0.6", "mask ratio 0.6 (was 0.45)", "revdet", overrides=("mask.ratio=0.6",)),
+    Arm("revdet_tok4ep", "tokenizer trained 4 epochs (was 1.5)", "revdet", tokenizer_epochs=4.0),
     Arm("revdet_temp0.5", "sampling temperature 0.5 (was 1.0)", "revdet",
         overrides=("generator.temperature=0.5",)),
 ]
+
+
+def arm_tokenizer(a: argparse.Namespace, p: Preset, n_train: int, work: Path, arm: Arm) -> Job:
+    """The tokenizer job of ``arm``: the study's, or the arm's own when it changes it."""
+    if not arm.tokenizer_epochs:
+        return tokenizer_job(a, p, n_train, work)
+    home = work / "ablation" / arm.name
+    job = tokenizer_job(a, p, n_train, home)
+    return Job(f"ablation_{arm.name}_tokenizer",
+               [*job.argv, *budget(p, arm.tokenizer_epochs, n_train, 128)], job.run_dir,
+               job.done_file)
 
 
 def arm_jobs(a: argparse.Namespace, p: Preset, n_train: int, work: Path,
@@ -99,6 +113,7 @@ def arm_jobs(a: argparse.Namespace, p: Preset, n_train: int, work: Path,
             pre = pretrain_job(a, p, n_train, work, b, arm.objective)
             pre = Job(f"ablation_{arm.name}_pretrain", [
                 *pre.argv, f"run.dir={home / 'pretrain'}", *arm.overrides,
+                f"tokenizer.checkpoint={arm_tokenizer(a, p, n_train, work, arm).run_dir}",
                 *budget(p, arm.pretrain_epochs or p.pretrain_epochs, n_train, 128)],
                 home / "pretrain", pre.done_file)
             ckpt = str(pre.run_dir)
@@ -131,6 +146,8 @@ def run_arm(a: argparse.Namespace, p: Preset, n_train: int, work: Path, arm: Arm
             threads: int) -> dict[str, Any]:
     """Run (or reuse) the arm's jobs in order and return its row."""
     log_dir = work / "logs"
+    tok = arm_tokenizer(a, p, n_train, work, arm)
+    run_job(tok, threads, log_dir, a.report_only)
     pre, ft, knn = arm_jobs(a, p, n_train, work, arm)
     if pre is not None:
         run_job(pre, threads, log_dir, a.report_only)
@@ -142,6 +159,9 @@ def run_arm(a: argparse.Namespace, p: Preset, n_train: int, work: Path, arm: Arm
     run_job(ft, threads, log_dir, a.report_only)
     row: dict[str, Any] = {"arm": arm.name, "change": arm.change, "objective": arm.objective,
                            "knn_top1": knn_res, "top1": None}
+    if arm.objective is not None and (tok.run_dir / "tokenizer_eval.json").exists():
+        row["tokenizer_psnr"] = json.loads((tok.run_dir / "tokenizer_eval.json").read_text())[
+            "psnr"]
     if (ft.run_dir / ft.done_file).exists():
         res = json.loads((ft.run_dir / ft.done_file).read_text())
         row |= {"top1": res["last"]["top1"], "best_top1": res["best"]["top1"],
@@ -159,9 +179,10 @@ def run_arm(a: argparse.Namespace, p: Preset, n_train: int, work: Path, arm: Arm
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [f"CIFAR-10 (JPEG copy), ViT e128-d6-h4, preset {meta['preset']}, commit "
              f"{meta['commit'][:7]}, {meta['date']}", "",
-             "| arm | change | pre-training epochs | generator acc. | masked replaced "
+             "| arm | change | tokenizer PSNR | pre-training epochs | generator acc. "
+             "| masked replaced "
              "| kNN k=20 | kNN k=200 | fine-tune 10 % top-1 | vs scratch | pre-train wall |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     ref = next((r["top1"] for r in rows if r["arm"] == "scratch"), None)
 
     def num(v: float | None, fmt: str = ".2f") -> str:
@@ -174,7 +195,8 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         wall = r.get("pretrain_wallclock_s")
         gen = r.get("generator", {})
         lines.append(
-            f"| {r['arm']} | {r['change']} | {num(r.get('pretrain_epochs'), '.1f')} | "
+            f"| {r['arm']} | {r['change']} | {num(r.get('tokenizer_psnr'), '.1f')} | "
+            f"{num(r.get('pretrain_epochs'), '.1f')} | "
             f"{num(gen.get('gen_acc'), '.1%')} | {num(gen.get('replaced_masked'), '.1%')} | "
             f"{num(knn.get('20'))} | {num(knn.get('200'))} | {num(r['top1'])} | "
             f"{num(gain, '+.2f')} | {'' if wall is None else f'{wall / 60:.0f} min'} |")
@@ -190,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default="runs/evidence")
     ap.add_argument("--out", default="docs/results")
     ap.add_argument("--parallel", type=int, default=2, help="arms at a time (threads split)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="threads per job (default: the CPU count split over --parallel)")
     ap.add_argument("--report-only", action="store_true",
                     help="run nothing: write the table from the jobs that have finished")
     a = ap.parse_args(argv)
@@ -208,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     (work / "logs").mkdir(parents=True, exist_ok=True)
     n_train = count_images(Path(a.data).expanduser())
-    threads = max(1, (os.cpu_count() or 2) // a.parallel)
+    threads = a.threads or max(1, (os.cpu_count() or 2) // a.parallel)
     with ThreadPoolExecutor(a.parallel) as pool:
         rows = list(pool.map(lambda n: run_arm(a, p, n_train, work, by_name[n], threads),
                              chosen))
