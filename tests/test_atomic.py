@@ -15,8 +15,9 @@ from cimpt.atomic import write_json, write_safetensors
 
 def test_safetensors_round_trip_makes_contiguous_cpu_copies(tmp_path: Path) -> None:
     base = torch.arange(12.0).reshape(3, 4)
-    path = write_safetensors(tmp_path / "sub" / "w.safetensors",
-                             {"t": base.T, "b": torch.tensor([1, 2])}, {"kind": "x"})
+    path = write_safetensors(
+        tmp_path / "sub" / "w.safetensors", {"t": base.T, "b": torch.tensor([1, 2])}, {"kind": "x"}
+    )
     back = load_file(str(path))
     assert torch.equal(back["t"], base.T) and torch.equal(back["b"], torch.tensor([1, 2]))
     with safe_open(str(path), framework="pt") as f:
@@ -28,7 +29,7 @@ def test_failed_write_keeps_the_previous_file_and_no_temporary(tmp_path: Path) -
     path = write_safetensors(tmp_path / "w.safetensors", {"a": torch.ones(2)}, {"v": "1"})
     before = path.read_bytes()
     shared = torch.zeros(4)
-    with pytest.raises(Exception, match="share memory|shared"):
+    with pytest.raises(Exception, match=r"share memory|shared"):
         # safetensors refuses tensors that share storage: the write fails mid-way
         write_safetensors(path, {"a": shared, "b": shared}, {"v": "2"})
     assert path.read_bytes() == before

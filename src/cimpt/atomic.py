@@ -21,20 +21,26 @@ def atomic_target(path: Path) -> tuple[int, str]:
     return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """``data`` as indented JSON at ``path``, atomically."""
+def write_text(path: Path, text: str) -> None:
+    """``text`` at ``path``, atomically."""
     fd, tmp = atomic_target(path)
     try:
         with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2)
+            fh.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def write_safetensors(path: Path, tensors: dict[str, torch.Tensor],
-                      metadata: dict[str, str]) -> Path:
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """``data`` as indented JSON at ``path``, atomically."""
+    write_text(path, json.dumps(data, indent=2))
+
+
+def write_safetensors(
+    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
+) -> Path:
     """``tensors`` (made contiguous CPU copies) and string ``metadata`` as one safetensors file
     at ``path``, atomically; parents are created."""
     from safetensors.torch import save_file
@@ -42,8 +48,9 @@ def write_safetensors(path: Path, tensors: dict[str, torch.Tensor],
     fd, tmp = atomic_target(path)
     os.close(fd)  # safetensors writes by name
     try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp,
-                  metadata=metadata)
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata
+        )
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -388,8 +388,11 @@ def _validate_eval(cfg: DictConfig) -> None:
     _require(0.0 < f.ema_decay < 1.0, "finetune.ema_decay", "must be in (0, 1)")
     _require(e.every_epochs >= 1, "eval.every_epochs", "must be >= 1")
     _require(e.batch_size >= 1, "eval.batch_size", "must be positive")
-    _require(len(e.knn_k) >= 1 and all(k >= 1 for k in e.knn_k), "eval.knn_k",
-             "must be a non-empty list of positive integers")
+    _require(
+        len(e.knn_k) >= 1 and all(k >= 1 for k in e.knn_k),
+        "eval.knn_k",
+        "must be a non-empty list of positive integers",
+    )
     _require(e.knn_temperature > 0, "eval.knn_temperature", "must be positive")
 
 
@@ -399,11 +402,9 @@ def to_yaml(cfg: DictConfig) -> str:
 
 def save_config(cfg: DictConfig, path: str | Path) -> None:
     """Write the merged config atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(to_yaml(cfg))
-    tmp.replace(path)
+    from cimpt.atomic import write_text
+
+    write_text(Path(path), to_yaml(cfg))
 
 
 def from_dict(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:

@@ -22,6 +22,10 @@ from toy_task import ToyData, ToyModel, ToyTask, run_toy, toy_collate, toy_confi
 SCRIPT = Path(__file__).parent / "toy_task.py"
 
 
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
 def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -120,6 +124,12 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path: Path, workers: int) 
     b = torch.load(killed / "final.pt", weights_only=True)
     for k in a:
         assert torch.equal(a[k], b[k]), k
+    # Steps logged after the step-8 checkpoint and before the kill are logged again on
+    # resume; the log holds each step once, with the uninterrupted run's values.
+    full_log, killed_log = _metrics(full), _metrics(killed)
+    assert [r["step"] for r in killed_log] == [r["step"] for r in full_log] == list(range(2, 17, 2))
+    for r_full, r_killed in zip(full_log, killed_log, strict=True):
+        assert r_killed["loss"] == pytest.approx(r_full["loss"], rel=1e-6), r_full["step"]
 
 
 def test_sigterm_writes_checkpoint_and_exits_cleanly(tmp_path: Path) -> None:
@@ -161,3 +171,57 @@ def test_two_process_gloo_ranks_stay_identical(tmp_path: Path) -> None:
     for k in w0:
         assert torch.equal(w0[k], w1[k]), k
     assert any(not torch.equal(w0[k], init[k]) for k in w0)  # it did train
+
+
+def test_second_run_on_a_run_dir_gets_one_clear_error(tmp_path: Path) -> None:
+    from cimpt.engine.runlock import RunLock
+
+    # Another process holds the directory: its pid is named, nothing is written.
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from cimpt.engine.runlock import RunLock; "
+            f"RunLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        with pytest.raises(CimptError) as err:
+            run_toy(str(tmp_path), 4)
+        assert f"in use by another cimpt run (pid {holder.pid})" in str(err.value)
+        assert not (tmp_path / "metrics.jsonl").exists()
+        assert not (tmp_path / "config.yaml").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # The lock died with its holder (SIGKILL); a second trainer in this process is refused
+    # while the first holds the directory; a finished run releases its lock.
+    with RunLock(tmp_path), pytest.raises(CimptError, match=f"pid {os.getpid()}"):
+        run_toy(str(tmp_path), 4)
+    run_toy(str(tmp_path), 4)
+    result, _ = run_toy(str(tmp_path), 6, ["resume=auto"])
+    assert result.state.step == 6
+
+
+def test_restart_in_an_old_run_dir_does_not_duplicate_log_records(tmp_path: Path) -> None:
+    run_toy(str(tmp_path), 6)
+    with open(tmp_path / "metrics.jsonl", "a") as fh:
+        fh.write('{"step": 7, "loss": 1.')  # a line a crash cut short
+    run_toy(str(tmp_path), 4)  # no resume: a fresh start logs every step again
+    assert [r["step"] for r in _metrics(tmp_path)] == [2, 4]
+
+
+def test_resume_drops_log_records_written_after_the_checkpoint(tmp_path: Path) -> None:
+    import shutil
+
+    run_toy(str(tmp_path), 6)  # checkpoints at 4 and 6, log records at 2, 4, 6
+    first = {r["step"]: r for r in _metrics(tmp_path)}
+    # As if the run had died after logging step 6 but before its step-6 checkpoint landed.
+    shutil.rmtree(latest_checkpoint(tmp_path))  # type: ignore[arg-type]
+    result, _ = run_toy(str(tmp_path), 6, ["resume=auto"])
+    assert result.state.step == 6
+    again = _metrics(tmp_path)
+    assert [r["step"] for r in again] == [2, 4, 6]
+    assert again[2]["loss"] == pytest.approx(first[6]["loss"], rel=1e-6)

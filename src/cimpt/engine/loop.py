@@ -28,6 +28,7 @@ from cimpt.engine.metrics import MetricsLogger, RunningMeans, peak_memory_mb
 from cimpt.engine.optim import build_adamw
 from cimpt.engine.resume import find_resume_checkpoint, restore
 from cimpt.engine.rng import rng_state, seed_everything
+from cimpt.engine.runlock import RunLock
 from cimpt.engine.schedule import scaled_lr, warmup_cosine
 from cimpt.engine.task import Task
 from cimpt.errors import CimptError
@@ -100,6 +101,17 @@ class Trainer:
         self.dist = dist or D.init_distributed(cfg.train.device)
         self.device = self.dist.device
         self.run_dir = Path(cfg.run.dir).expanduser()
+        # Before resuming or writing anything: one process per run directory.
+        self.lock = RunLock(self.run_dir)
+        if self.dist.is_main:
+            self.lock.acquire()
+        try:
+            self._setup(task, cfg)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _setup(self, task: Task, cfg: DictConfig) -> None:
         self.amp_dtype = _amp_dtype(cfg.train.amp, self.device)
         self.micro = _micro_batch(cfg, self.dist.world_size)
         self.state = LoopState()
@@ -124,7 +136,9 @@ class Trainer:
             self.total_steps, round(cfg.train.warmup_epochs * self.steps_per_epoch_or_total())
         )
         self.wrapped = self._wrap(self.model)
-        self.logger = MetricsLogger(self.run_dir, self.dist.is_main, cfg.run.tensorboard)
+        self.logger = MetricsLogger(
+            self.run_dir, self.dist.is_main, cfg.run.tensorboard, start_step=self.state.step
+        )
         if self.dist.is_main:
             save_config(cfg, self.run_dir / "config.yaml")
 
@@ -287,6 +301,13 @@ class Trainer:
 
     # ----- the loop -----------------------------------------------------------------------
     def fit(self) -> FitResult:
+        try:
+            return self._fit()
+        finally:
+            self.logger.close()
+            self.lock.release()
+
+    def _fit(self) -> FitResult:
         cfg, st = self.cfg, self.state
         means = RunningMeans()
         last_metrics: dict[str, float] = {}
@@ -363,7 +384,6 @@ class Trainer:
         bar.close()
         if self.dist.is_main and not interrupted:
             self.task.finish(self.run_dir)
-        self.logger.close()
         return FitResult(st, self.run_dir, interrupted, last_ckpt, last_metrics)
 
     def _eval_due(self) -> bool:

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from cimpt.atomic import write_text
+
 
 class RunningMeans:
     """Averages scalars over the steps between two log lines."""
@@ -44,22 +46,50 @@ def peak_memory_mb(device: torch.device) -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024
 
 
-class MetricsLogger:
-    """Appends to ``metrics.jsonl`` and TensorBoard; a no-op on ranks other than 0."""
+def keep_records_through(path: Path, step: int) -> None:
+    """Rewrite ``metrics.jsonl`` at ``path`` (atomically) keeping records with ``step <= step``.
 
-    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool) -> None:
+    A run resumed from its step-``step`` checkpoint logs steps after it again; a run started
+    afresh in an old directory logs every step again. Without this, the file would hold two
+    records for those steps. Lines a crash cut short are dropped as well.
+    """
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and int(record.get("step", step + 1)) <= step:
+            kept.append(line + "\n")
+    write_text(path, "".join(kept))
+
+
+class MetricsLogger:
+    """Appends to ``metrics.jsonl`` and TensorBoard; a no-op on ranks other than 0.
+
+    ``start_step`` is the step the run starts (or resumes) from: records after it, left by an
+    earlier attempt, are removed from both logs so that each step appears once.
+    """
+
+    def __init__(
+        self, run_dir: Path, enabled: bool, tensorboard: bool, start_step: int = 0
+    ) -> None:
         self.enabled = enabled
         self._file = None
         self._tb: Any = None
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
+        keep_records_through(run_dir / "metrics.jsonl", start_step)
         self._file = open(run_dir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+                # purge_step hides events an earlier attempt wrote after start_step.
+                self._tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1)
             except ImportError:
                 print(
                     "note: tensorboard is not installed; logging to metrics.jsonl only",
