@@ -90,8 +90,12 @@ DATA_WAIT_TARGET = 0.05
 SUM_PARTS = ("tokenizer", "generator", "enhancer", "optimizer")
 # Settings for the benchmark's own Trainer runs: no checkpoints or figures mid-run, no
 # progress bar, no TensorBoard, and every step logged so the warm-up can be dropped.
-QUIET = ("run.tensorboard=false", "run.progress=false", "run.ckpt_every=1000000000",
-         "run.vis_every=1000000000")
+QUIET = (
+    "run.tensorboard=false",
+    "run.progress=false",
+    "run.ckpt_every=1000000000",
+    "run.vis_every=1000000000",
+)
 
 
 # ---- config and parts of the pipeline -------------------------------------------------------
@@ -99,12 +103,18 @@ def build_config(
     args: argparse.Namespace, run_dir: Path, extra: tuple[str, ...] = ()
 ) -> DictConfig:
     """The config file, then ``data.path``, the benchmark's quiet settings, user overrides."""
-    overrides = [f"data.path={os.path.expanduser(args.data)}", f"run.dir={run_dir}", *QUIET,
-                 *extra, *args.overrides]
+    overrides = [
+        f"data.path={os.path.expanduser(args.data)}",
+        f"run.dir={run_dir}",
+        *QUIET,
+        *extra,
+        *args.overrides,
+    ]
     if args.tokenizer:
         overrides.append(f"tokenizer.checkpoint={args.tokenizer}")
-    return load_config(ROOT / args.config if not Path(args.config).is_absolute()
-                       else args.config, overrides)
+    return load_config(
+        ROOT / args.config if not Path(args.config).is_absolute() else args.config, overrides
+    )
 
 
 def make_tokenizer(cfg: DictConfig, path: str) -> tuple[ImageTokenizer, str]:
@@ -114,8 +124,10 @@ def make_tokenizer(cfg: DictConfig, path: str) -> tuple[ImageTokenizer, str]:
     torch.manual_seed(int(cfg.seed))
     cfg.tokenizer.checkpoint = ""
     tok = build_tokenizer(cfg.tokenizer).freeze()
-    return tok, ("randomly initialised VQ-VAE of the config's tokenizer architecture "
-                 "(throughput does not depend on the weights)")
+    return tok, (
+        "randomly initialised VQ-VAE of the config's tokenizer architecture "
+        "(throughput does not depend on the weights)"
+    )
 
 
 def first_batch(task: CIMTask, batch_size: int, seed: int) -> dict[str, Any]:
@@ -148,8 +160,13 @@ def time_round_robin(parts: dict[str, Part], reps: int, warmup: int) -> None:
 
 def _stats(times: list[float], batch: int) -> dict[str, float]:
     med = statistics.median(times)
-    return {"median_ms": 1e3 * med, "min_ms": 1e3 * min(times), "max_ms": 1e3 * max(times),
-            "img_per_s": batch / med, "n": len(times)}
+    return {
+        "median_ms": 1e3 * med,
+        "min_ms": 1e3 * min(times),
+        "max_ms": 1e3 * max(times),
+        "img_per_s": batch / med,
+        "n": len(times),
+    }
 
 
 # ---- the CIM parts -----------------------------------------------------------------------------
@@ -227,8 +244,11 @@ def _fixed_gradients(trainer: Trainer, batch: dict[str, Any]) -> list[tuple[Any,
     """Gradients of one real step, copied, so the optimizer part sees every parameter's grad."""
     trainer.model.zero_grad(set_to_none=True)
     trainer._forward_backward(batch, sync=True)
-    grads = [(p, p.grad.detach().clone()) for p in trainer.model.parameters()
-             if p.requires_grad and p.grad is not None]
+    grads = [
+        (p, p.grad.detach().clone())
+        for p in trainer.model.parameters()
+        if p.requires_grad and p.grad is not None
+    ]
     trainer.model.zero_grad(set_to_none=True)
     return grads
 
@@ -237,9 +257,15 @@ def supervised_part(cfg: DictConfig, batch: dict[str, Any]) -> Part:
     """A plain supervised step of the same timm backbone with a 10-class head, fp32 on CPU."""
     e = cfg.enhancer
     kwargs = OmegaConf.to_container(e.kwargs, resolve=True) if e.kwargs else {}
-    net = timm.create_model(str(e.name), pretrained=False, num_classes=10,
-                            img_size=int(cfg.data.img_size), patch_size=int(e.patch_size),
-                            drop_path_rate=float(e.drop_path), **dict(kwargs))  # type: ignore[arg-type]
+    net = timm.create_model(
+        str(e.name),
+        pretrained=False,
+        num_classes=10,
+        img_size=int(cfg.data.img_size),
+        patch_size=int(e.patch_size),
+        drop_path_rate=float(e.drop_path),
+        **dict(kwargs),
+    )  # type: ignore[arg-type]
     net.train()
     opt = build_adamw(net, 1e-3, float(cfg.train.weight_decay), tuple(cfg.train.betas))
     clip = float(cfg.train.clip_grad) if cfg.train.clip_grad > 0 else math.inf
@@ -275,8 +301,9 @@ def measure_components(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "sum_of_parts_ms": sum_ms,
         "glue": full_ms / sum_ms,
         "glue_ms": full_ms - sum_ms,
-        "share_of_full": {k: stats[k]["median_ms"] / full_ms
-                          for k in (*SUM_PARTS, "sample", "full_no_fill")},
+        "share_of_full": {
+            k: stats[k]["median_ms"] / full_ms for k in (*SUM_PARTS, "sample", "full_no_fill")
+        },
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
         "fill_uninitialized_memory": bool(torch.utils.deterministic.fill_uninitialized_memory),
         "cim_over_supervised": full_ms / stats["supervised"]["median_ms"],
@@ -300,8 +327,14 @@ def profile(part: Part, steps: int, top: int = 15) -> list[dict[str, Any]]:
             part.setup()
             part.run()
     rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
-    return [{"op": r.key, "self_ms_per_step": r.self_cpu_time_total / 1e3 / steps,
-             "calls_per_step": r.count / steps} for r in rows[:top]]
+    return [
+        {
+            "op": r.key,
+            "self_ms_per_step": r.self_cpu_time_total / 1e3 / steps,
+            "calls_per_step": r.count / steps,
+        }
+        for r in rows[:top]
+    ]
 
 
 # ---- end to end, in a child process -----------------------------------------------------------
@@ -325,9 +358,16 @@ def run_e2e(args: argparse.Namespace, out_file: Path) -> None:
         gc.collect()  # shuts the persistent DataLoader workers down so their rusage is counted
     rss_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     result = summarize_metrics(records, args.warmup, batch)
-    result.update({"steps": args.steps, "warmup": args.warmup, "num_workers": workers,
-                   "fit_wall_s": wall, "peak_rss_mb": rss_self,
-                   "peak_rss_worker_mb": rss_children if workers > 0 else None})
+    result.update(
+        {
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "num_workers": workers,
+            "fit_wall_s": wall,
+            "peak_rss_mb": rss_self,
+            "peak_rss_worker_mb": rss_children if workers > 0 else None,
+        }
+    )
     out_file.write_text(json.dumps(result))
 
 
@@ -342,21 +382,37 @@ def summarize_metrics(records: list[dict[str, Any]], warmup: int, batch: int) ->
         raise CimptError("end-to-end run logged no steps after the warm-up; raise --steps")
     secs = [batch / r["img_per_s"] for r in steps]
     wait = sum(r["data_wait_frac"] * s for r, s in zip(steps, secs, strict=True))
-    return {"img_per_s": batch * len(steps) / sum(secs),
-            "step_ms_median": 1e3 * statistics.median(secs),
-            "data_wait_frac": wait / sum(secs),
-            "data_wait_ms_median": 1e3 * statistics.median(
-                r["data_wait_frac"] * s for r, s in zip(steps, secs, strict=True)),
-            "peak_mem_mb_logged": max(r.get("peak_mem_mb", 0.0) for r in steps),
-            "measured_steps": len(steps)}
+    return {
+        "img_per_s": batch * len(steps) / sum(secs),
+        "step_ms_median": 1e3 * statistics.median(secs),
+        "data_wait_frac": wait / sum(secs),
+        "data_wait_ms_median": 1e3
+        * statistics.median(r["data_wait_frac"] * s for r, s in zip(steps, secs, strict=True)),
+        "peak_mem_mb_logged": max(r.get("peak_mem_mb", 0.0) for r in steps),
+        "measured_steps": len(steps),
+    }
 
 
 def e2e_in_child(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Run ``run_e2e`` in a fresh interpreter so its peak RSS is that of a pre-training run."""
     out = work / "e2e.json"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--config", args.config,
-           "--steps", str(args.steps), "--warmup", str(args.warmup), "--data", args.data,
-           "--tokenizer", args.tokenizer, "--e2e-child", str(out), *args.overrides]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--config",
+        args.config,
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--data",
+        args.data,
+        "--tokenizer",
+        args.tokenizer,
+        "--e2e-child",
+        str(out),
+        *args.overrides,
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -368,18 +424,28 @@ def e2e_in_child(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 def _busiest_processes(n: int = 4) -> list[str]:
     """Top CPU users (name and %CPU) so a concurrent job is on record."""
     try:
-        out = subprocess.run(["ps", "-eo", "pcpu,comm", "--sort=-pcpu", "--no-headers"],
-                             capture_output=True, text=True, timeout=10).stdout
+        out = subprocess.run(
+            ["ps", "-eo", "pcpu,comm", "--sort=-pcpu", "--no-headers"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return []
     return [" ".join(line.split()) for line in out.splitlines()[:n]]
 
 
 def machine_info() -> dict[str, Any]:
-    return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch_interop_threads": torch.get_num_interop_threads(), "torch": torch.__version__,
-            "timm": timm.__version__, "python": platform.python_version(),
-            "platform": platform.platform(), "processor": platform.processor()}
+    return {
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+    }
 
 
 def _row(name: str, ms: float | None, ips: float | None, note: str) -> str:
@@ -391,37 +457,74 @@ def _row(name: str, ms: float | None, ips: float | None, note: str) -> str:
 def markdown_table(res: dict[str, Any]) -> str:
     c, e = res["components"], res["end_to_end"]
     p, share = c["parts"], c["share_of_full"]
-    labels = {"tokenizer": "tokenizer encode + decode (no grad)",
-              "generator": "generator fwd + bwd (masked CE)",
-              "enhancer": f"enhancer + head fwd + bwd ({res['objective']})",
-              "optimizer": "optimizer step (clip + AdamW + zero_grad)"}
+    labels = {
+        "tokenizer": "tokenizer encode + decode (no grad)",
+        "generator": "generator fwd + bwd (masked CE)",
+        "enhancer": f"enhancer + head fwd + bwd ({res['objective']})",
+        "optimizer": "optimizer step (clip + AdamW + zero_grad)",
+    }
     lines = ["| measurement | ms / step | img/s | note |", "|---|---:|---:|---|"]
     for k in SUM_PARTS:
-        lines.append(_row(labels[k], p[k]["median_ms"], p[k]["img_per_s"],
-                          f"{100 * share[k]:.1f} % of full step"))
-    lines.append(_row("sum of parts", c["sum_of_parts_ms"], c["batch_size"] * 1e3
-                      / c["sum_of_parts_ms"], ""))
+        lines.append(
+            _row(
+                labels[k],
+                p[k]["median_ms"],
+                p[k]["img_per_s"],
+                f"{100 * share[k]:.1f} % of full step",
+            )
+        )
+    lines.append(
+        _row("sum of parts", c["sum_of_parts_ms"], c["batch_size"] * 1e3 / c["sum_of_parts_ms"], "")
+    )
     ok = "ok" if c["glue"] <= GLUE_TARGET else "OVER TARGET"
-    lines.append(_row("**full CIM step** (Trainer step functions)", p["full"]["median_ms"],
-                      p["full"]["img_per_s"],
-                      f"glue = full / sum = {c['glue']:.3f} (target <= {GLUE_TARGET}: {ok})"))
-    lines.append(_row("  of which Gumbel sampling (diagnostic, not in sum)",
-                      p["sample"]["median_ms"], None, f"{100 * share['sample']:.1f} % of full"))
-    lines.append(_row("full step without NaN-filling of new tensors (diagnostic)",
-                      p["full_no_fill"]["median_ms"], p["full_no_fill"]["img_per_s"],
-                      f"{100 * share['full_no_fill']:.1f} % of full (train.deterministic "
-                      f"fills: {c['fill_uninitialized_memory']})"))
-    lines.append(_row("supervised step, same backbone (10 classes)", p["supervised"]["median_ms"],
-                      p["supervised"]["img_per_s"],
-                      f"CIM step = {c['cim_over_supervised']:.2f} x supervised"))
+    lines.append(
+        _row(
+            "**full CIM step** (Trainer step functions)",
+            p["full"]["median_ms"],
+            p["full"]["img_per_s"],
+            f"glue = full / sum = {c['glue']:.3f} (target <= {GLUE_TARGET}: {ok})",
+        )
+    )
+    lines.append(
+        _row(
+            "  of which Gumbel sampling (diagnostic, not in sum)",
+            p["sample"]["median_ms"],
+            None,
+            f"{100 * share['sample']:.1f} % of full",
+        )
+    )
+    lines.append(
+        _row(
+            "full step without NaN-filling of new tensors (diagnostic)",
+            p["full_no_fill"]["median_ms"],
+            p["full_no_fill"]["img_per_s"],
+            f"{100 * share['full_no_fill']:.1f} % of full (train.deterministic "
+            f"fills: {c['fill_uninitialized_memory']})",
+        )
+    )
+    lines.append(
+        _row(
+            "supervised step, same backbone (10 classes)",
+            p["supervised"]["median_ms"],
+            p["supervised"]["img_per_s"],
+            f"CIM step = {c['cim_over_supervised']:.2f} x supervised",
+        )
+    )
     ok = "ok" if e["data_wait_frac"] <= DATA_WAIT_TARGET else "OVER TARGET"
-    lines.append(_row(f"**end to end** Trainer.fit, {e['measured_steps']} steps, "
-                      f"{e['num_workers']} worker(s)", e["step_ms_median"], e["img_per_s"],
-                      f"data wait {100 * e['data_wait_frac']:.2f} % (target <= 5 %: {ok})"))
+    lines.append(
+        _row(
+            f"**end to end** Trainer.fit, {e['measured_steps']} steps, "
+            f"{e['num_workers']} worker(s)",
+            e["step_ms_median"],
+            e["img_per_s"],
+            f"data wait {100 * e['data_wait_frac']:.2f} % (target <= 5 %: {ok})",
+        )
+    )
     worker = e.get("peak_rss_worker_mb")
     wnote = f"; largest DataLoader worker {worker:.0f} MB" if worker else ""
-    lines.append(f"| peak RSS, batch {c['batch_size']} | | | {e['peak_rss_mb']:.0f} MB main "
-                 f"process{wnote} |")
+    lines.append(
+        f"| peak RSS, batch {c['batch_size']} | | | {e['peak_rss_mb']:.0f} MB main process{wnote} |"
+    )
     return "\n".join(lines)
 
 
@@ -433,8 +536,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=5, help="round-robin rounds measured")
     parser.add_argument("--rep-warmup", type=int, default=1, help="round-robin rounds dropped")
     parser.add_argument("--data", default=DEFAULT_DATA)
-    parser.add_argument("--tokenizer", default="",
-                        help="tokenizer.safetensors; default: a random VQ-VAE of the config's")
+    parser.add_argument(
+        "--tokenizer",
+        default="",
+        help="tokenizer.safetensors; default: a random VQ-VAE of the config's",
+    )
     parser.add_argument("--out", default=DEFAULT_OUT)
     parser.add_argument("--profile", choices=("auto", "always", "never"), default="auto")
     parser.add_argument("--e2e-child", default="", help=argparse.SUPPRESS)
@@ -481,8 +587,10 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> int:
         "components": components,
         "end_to_end": e2e,
         "targets": {"glue_max": GLUE_TARGET, "data_wait_frac_max": DATA_WAIT_TARGET},
-        "meets_targets": {"glue": components["glue"] <= GLUE_TARGET,
-                          "data_wait": e2e["data_wait_frac"] <= DATA_WAIT_TARGET},
+        "meets_targets": {
+            "glue": components["glue"] <= GLUE_TARGET,
+            "data_wait": e2e["data_wait_frac"] <= DATA_WAIT_TARGET,
+        },
         "machine": machine_info(),
         "load_avg_start": list(load_start),
         "load_avg_end": list(os.getloadavg()),
@@ -495,8 +603,10 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> int:
         "command": shlex.join(["python", "bench/bench_cim.py", *argv]),
     }
     print(markdown_table(res))
-    print(f"load average start {load_start[0]:.2f}, end {res['load_avg_end'][0]:.2f} "
-          f"(2-core machine; another job may be running); wall {res['wall_s']:.0f} s")
+    print(
+        f"load average start {load_start[0]:.2f}, end {res['load_avg_end'][0]:.2f} "
+        f"(2-core machine; another job may be running); wall {res['wall_s']:.0f} s"
+    )
     if "profile_full_step" in components:
         print("\nglue over target; top operators of the full step by self CPU time:")
         for row in components["profile_full_step"]:

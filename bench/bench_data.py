@@ -37,15 +37,17 @@ DEFAULT_PATH = "~/.cache/cimpt/data/CIFAR-10-images/train"
 RESULTS = Path(__file__).resolve().parent / "results" / "data_throughput.json"
 
 
-def measure(path: str, workers: int, batch_size: int, seconds: float,
-            warmup_batches: int) -> dict[str, float]:
+def measure(
+    path: str, workers: int, batch_size: int, seconds: float, warmup_batches: int
+) -> dict[str, float]:
     """Run the loader; return images/s and batch statistics over the measured window."""
     dataset = ImageFolderDataset(path, TwoViewTransform(32, 32))
     collate = CIMCollate(BlockMaskGenerator(grid=8, ratio=0.45, rng=0))
     # Exactly what the training engine builds: per-sample seeds (cimpt.data.seeded).
     sampler = ResumableSampler(len(dataset), seed=0, encode_epoch=True)
-    loader = build_loader(SeededSamples(dataset, 0), batch_size, workers, SeededCollate(collate),
-                          sampler, seed=0)
+    loader = build_loader(
+        SeededSamples(dataset, 0), batch_size, workers, SeededCollate(collate), sampler, seed=0
+    )
     images = batches = skipped = 0
     it = iter(loader)
     for _ in range(warmup_batches):  # worker start-up and first-batch latency excluded
@@ -61,8 +63,13 @@ def measure(path: str, workers: int, batch_size: int, seconds: float,
         skipped += batch["skipped"]
         batches += 1
     elapsed = time.perf_counter() - start
-    return {"images_per_s": images / elapsed, "images": images, "batches": batches,
-            "skipped": skipped, "seconds": elapsed}
+    return {
+        "images_per_s": images / elapsed,
+        "images": images,
+        "batches": batches,
+        "skipped": skipped,
+        "seconds": elapsed,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,8 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     path = os.path.expanduser(args.path)
     if not os.path.isdir(path):
-        print(f"error: CIFAR-10 image folder not found at {path}; pass the path of a folder of "
-              "images (e.g. CIFAR-10-images/train with class sub-folders)", file=sys.stderr)
+        print(
+            f"error: CIFAR-10 image folder not found at {path}; pass the path of a folder of "
+            "images (e.g. CIFAR-10-images/train with class sub-folders)",
+            file=sys.stderr,
+        )
         return 2
     try:
         res = measure(path, args.workers, args.batch_size, args.seconds, args.warmup_batches)
@@ -87,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "benchmark": "data_throughput",
         "pipeline": "ImageFolder JPEG decode + TwoViewTransform(32, 32) + "
-                    "BlockMaskGenerator(grid=8, ratio=0.45) + CIMCollate, with the engine's "
-                    "per-sample seeding (SeededSamples/SeededCollate)",
+        "BlockMaskGenerator(grid=8, ratio=0.45) + CIMCollate, with the engine's "
+        "per-sample seeding (SeededSamples/SeededCollate)",
         "path": path,
         "workers": args.workers,
         "batch_size": args.batch_size,
@@ -100,8 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         "git_commit": git_commit(),
     }
     print(f"{'metric':<14} {'value':>12}")
-    for key in ("workers", "batch_size", "batches", "images", "skipped", "seconds",
-                "images_per_s"):
+    for key in ("workers", "batch_size", "batches", "images", "skipped", "seconds", "images_per_s"):
         print(f"{key:<14} {record[key]:>12}")
     write_record(record, args.out)
     return 0

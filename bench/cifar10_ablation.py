@@ -79,8 +79,12 @@ ARMS = [
     Arm("revdet_pt0.5ep", "pre-training 0.5 epoch", "revdet", 0.5),
     Arm("revdet_mask0.6", "mask ratio 0.6 (was 0.45)", "revdet", overrides=("mask.ratio=0.6",)),
     Arm("revdet_tok4ep", "tokenizer trained 4 epochs (was 1.5)", "revdet", tokenizer_epochs=4.0),
-    Arm("revdet_temp0.5", "sampling temperature 0.5 (was 1.0)", "revdet",
-        overrides=("generator.temperature=0.5",)),
+    Arm(
+        "revdet_temp0.5",
+        "sampling temperature 0.5 (was 1.0)",
+        "revdet",
+        overrides=("generator.temperature=0.5",),
+    ),
 ]
 
 
@@ -90,13 +94,17 @@ def arm_tokenizer(a: argparse.Namespace, p: Preset, n_train: int, work: Path, ar
         return tokenizer_job(a, p, n_train, work)
     home = work / "ablation" / arm.name
     job = tokenizer_job(a, p, n_train, home)
-    return Job(f"ablation_{arm.name}_tokenizer",
-               [*job.argv, *budget(p, arm.tokenizer_epochs, n_train, 128)], job.run_dir,
-               job.done_file)
+    return Job(
+        f"ablation_{arm.name}_tokenizer",
+        [*job.argv, *budget(p, arm.tokenizer_epochs, n_train, 128)],
+        job.run_dir,
+        job.done_file,
+    )
 
 
-def arm_jobs(a: argparse.Namespace, p: Preset, n_train: int, work: Path,
-             arm: Arm) -> tuple[Job | None, Job, Job | None]:
+def arm_jobs(
+    a: argparse.Namespace, p: Preset, n_train: int, work: Path, arm: Arm
+) -> tuple[Job | None, Job, Job | None]:
     """(pre-training, 10 % fine-tuning, kNN) jobs of ``arm``; reference arms point at the
     evidence study's runs, the others live under ``<work>/ablation/<arm>``."""
     b: Backbone = TINY_VIT if p.max_steps else VIT  # the evidence study's choice
@@ -104,30 +112,57 @@ def arm_jobs(a: argparse.Namespace, p: Preset, n_train: int, work: Path,
     init = "scratch" if arm.objective is None else f"cim-{arm.objective}"
     ft = finetune_job(a, p, n_train, work, b, init, 0.1)
     if arm.reuse:
-        pre = None if arm.objective is None else pretrain_job(a, p, n_train, work, b,
-                                                              arm.objective)
+        pre = None if arm.objective is None else pretrain_job(a, p, n_train, work, b, arm.objective)
     else:
         home = work / "ablation" / arm.name
         ckpt = ""
         if arm.objective is not None:
             pre = pretrain_job(a, p, n_train, work, b, arm.objective)
-            pre = Job(f"ablation_{arm.name}_pretrain", [
-                *pre.argv, f"run.dir={home / 'pretrain'}", *arm.overrides,
-                f"tokenizer.checkpoint={arm_tokenizer(a, p, n_train, work, arm).run_dir}",
-                *budget(p, arm.pretrain_epochs or p.pretrain_epochs, n_train, 128)],
-                home / "pretrain", pre.done_file)
+            pre = Job(
+                f"ablation_{arm.name}_pretrain",
+                [
+                    *pre.argv,
+                    f"run.dir={home / 'pretrain'}",
+                    *arm.overrides,
+                    f"tokenizer.checkpoint={arm_tokenizer(a, p, n_train, work, arm).run_dir}",
+                    *budget(p, arm.pretrain_epochs or p.pretrain_epochs, n_train, 128),
+                ],
+                home / "pretrain",
+                pre.done_file,
+            )
             ckpt = str(pre.run_dir)
-        ft = Job(f"ablation_{arm.name}_finetune10pct", [
-            *ft.argv, f"run.dir={home / 'finetune_10pct'}", f"init.checkpoint={ckpt}",
-            f"seed={arm.seed}"], home / "finetune_10pct", ft.done_file)
+        ft = Job(
+            f"ablation_{arm.name}_finetune10pct",
+            [
+                *ft.argv,
+                f"run.dir={home / 'finetune_10pct'}",
+                f"init.checkpoint={ckpt}",
+                f"seed={arm.seed}",
+            ],
+            home / "finetune_10pct",
+            ft.done_file,
+        )
     knn = None
     if arm.objective is not None or arm.name == "scratch":
         ckpt = "" if pre is None else str(pre.run_dir)
         run = work / "ablation" / arm.name / "knn"
-        knn = Job(f"ablation_{arm.name}_knn", [
-            "knn", "configs/cifar10_finetune.yaml", f"run.dir={run}", f"init.checkpoint={ckpt}",
-            f"data.path={a.data}", f"data.val_path={a.val_data}", *b.arch,
-            "run.progress=false", "data.num_workers=1", "eval.batch_size=256"], run, "knn.json")
+        knn = Job(
+            f"ablation_{arm.name}_knn",
+            [
+                "knn",
+                "configs/cifar10_finetune.yaml",
+                f"run.dir={run}",
+                f"init.checkpoint={ckpt}",
+                f"data.path={a.data}",
+                f"data.val_path={a.val_data}",
+                *b.arch,
+                "run.progress=false",
+                "data.num_workers=1",
+                "eval.batch_size=256",
+            ],
+            run,
+            "knn.json",
+        )
     return pre, ft, knn
 
 
@@ -142,8 +177,9 @@ def last_pretrain_metrics(run_dir: Path) -> dict[str, float]:
     return {k: round(float(last[k]), 4) for k in ("gen_acc", "replaced_masked") if k in last}
 
 
-def run_arm(a: argparse.Namespace, p: Preset, n_train: int, work: Path, arm: Arm,
-            threads: int) -> dict[str, Any]:
+def run_arm(
+    a: argparse.Namespace, p: Preset, n_train: int, work: Path, arm: Arm, threads: int
+) -> dict[str, Any]:
     """Run (or reuse) the arm's jobs in order and return its row."""
     log_dir = work / "logs"
     tok = arm_tokenizer(a, p, n_train, work, arm)
@@ -157,32 +193,47 @@ def run_arm(a: argparse.Namespace, p: Preset, n_train: int, work: Path, arm: Arm
         if (knn.run_dir / knn.done_file).exists():
             knn_res = json.loads((knn.run_dir / knn.done_file).read_text())["top1"]
     run_job(ft, threads, log_dir, a.report_only)
-    row: dict[str, Any] = {"arm": arm.name, "change": arm.change, "objective": arm.objective,
-                           "knn_top1": knn_res, "top1": None}
+    row: dict[str, Any] = {
+        "arm": arm.name,
+        "change": arm.change,
+        "objective": arm.objective,
+        "knn_top1": knn_res,
+        "top1": None,
+    }
     if arm.objective is not None and (tok.run_dir / "tokenizer_eval.json").exists():
         row["tokenizer_psnr"] = json.loads((tok.run_dir / "tokenizer_eval.json").read_text())[
-            "psnr"]
+            "psnr"
+        ]
     if (ft.run_dir / ft.done_file).exists():
         res = json.loads((ft.run_dir / ft.done_file).read_text())
-        row |= {"top1": res["last"]["top1"], "best_top1": res["best"]["top1"],
-                "finetune_wallclock_s": round(ft.wallclock_s, 1),
-                "finetune_config": yaml.safe_load((ft.run_dir / "config.yaml").read_text())}
+        row |= {
+            "top1": res["last"]["top1"],
+            "best_top1": res["best"]["top1"],
+            "finetune_wallclock_s": round(ft.wallclock_s, 1),
+            "finetune_config": yaml.safe_load((ft.run_dir / "config.yaml").read_text()),
+        }
     if pre is not None and (pre.run_dir / "config.yaml").exists():
         pcfg = yaml.safe_load((pre.run_dir / "config.yaml").read_text())
-        row |= {"generator": last_pretrain_metrics(pre.run_dir),
-                "pretrain_steps": pcfg["train"]["max_steps"],
-                "pretrain_epochs": round(pcfg["train"]["max_steps"] * 128 / n_train, 2),
-                "pretrain_wallclock_s": round(pre.wallclock_s, 1), "pretrain_config": pcfg}
+        row |= {
+            "generator": last_pretrain_metrics(pre.run_dir),
+            "pretrain_steps": pcfg["train"]["max_steps"],
+            "pretrain_epochs": round(pcfg["train"]["max_steps"] * 128 / n_train, 2),
+            "pretrain_wallclock_s": round(pre.wallclock_s, 1),
+            "pretrain_config": pcfg,
+        }
     return row
 
 
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
-    lines = [f"CIFAR-10 (JPEG copy), ViT e128-d6-h4, preset {meta['preset']}, commit "
-             f"{meta['commit'][:7]}, {meta['date']}", "",
-             "| arm | change | tokenizer PSNR | pre-training epochs | generator acc. "
-             "| masked replaced "
-             "| kNN k=20 | kNN k=200 | fine-tune 10 % top-1 | vs scratch | pre-train wall |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"CIFAR-10 (JPEG copy), ViT e128-d6-h4, preset {meta['preset']}, commit "
+        f"{meta['commit'][:7]}, {meta['date']}",
+        "",
+        "| arm | change | tokenizer PSNR | pre-training epochs | generator acc. "
+        "| masked replaced "
+        "| kNN k=20 | kNN k=200 | fine-tune 10 % top-1 | vs scratch | pre-train wall |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     ref = next((r["top1"] for r in rows if r["arm"] == "scratch"), None)
 
     def num(v: float | None, fmt: str = ".2f") -> str:
@@ -190,8 +241,9 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 
     for r in rows:
         knn = r["knn_top1"] or {}
-        gain = None if ref is None or r["top1"] is None or r["arm"] == "scratch" \
-            else r["top1"] - ref
+        gain = (
+            None if ref is None or r["top1"] is None or r["arm"] == "scratch" else r["top1"] - ref
+        )
         wall = r.get("pretrain_wallclock_s")
         gen = r.get("generator", {})
         lines.append(
@@ -199,7 +251,8 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"{num(r.get('pretrain_epochs'), '.1f')} | "
             f"{num(gen.get('gen_acc'), '.1%')} | {num(gen.get('replaced_masked'), '.1%')} | "
             f"{num(knn.get('20'))} | {num(knn.get('200'))} | {num(r['top1'])} | "
-            f"{num(gain, '+.2f')} | {'' if wall is None else f'{wall / 60:.0f} min'} |")
+            f"{num(gain, '+.2f')} | {'' if wall is None else f'{wall / 60:.0f} min'} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -212,38 +265,55 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default="runs/evidence")
     ap.add_argument("--out", default="docs/results")
     ap.add_argument("--parallel", type=int, default=2, help="arms at a time (threads split)")
-    ap.add_argument("--threads", type=int, default=0,
-                    help="threads per job (default: the CPU count split over --parallel)")
-    ap.add_argument("--report-only", action="store_true",
-                    help="run nothing: write the table from the jobs that have finished")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="threads per job (default: the CPU count split over --parallel)",
+    )
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: write the table from the jobs that have finished",
+    )
     a = ap.parse_args(argv)
     by_name = {arm.name: arm for arm in ARMS}
     chosen = a.arms.split(",")
     unknown = [n for n in chosen if n not in by_name]
     if unknown:
-        print(f"error: --arms: unknown {', '.join(unknown)} (known: {', '.join(by_name)})",
-              file=sys.stderr)
+        print(
+            f"error: --arms: unknown {', '.join(unknown)} (known: {', '.join(by_name)})",
+            file=sys.stderr,
+        )
         return 2
     p = PRESETS[a.preset]
     work = Path(a.work).expanduser().resolve()
     if not (work / "tokenizer" / "tokenizer.safetensors").exists():
-        print(f"error: --work: {work} has no tokenizer; run bench/cifar10_evidence.py "
-              f"--preset {a.preset} --backbones vit first", file=sys.stderr)
+        print(
+            f"error: --work: {work} has no tokenizer; run bench/cifar10_evidence.py "
+            f"--preset {a.preset} --backbones vit first",
+            file=sys.stderr,
+        )
         return 2
     (work / "logs").mkdir(parents=True, exist_ok=True)
     n_train = count_images(Path(a.data).expanduser())
     threads = a.threads or max(1, (os.cpu_count() or 2) // a.parallel)
     with ThreadPoolExecutor(a.parallel) as pool:
-        rows = list(pool.map(lambda n: run_arm(a, p, n_train, work, by_name[n], threads),
-                             chosen))
-    meta = {"preset": a.preset, "commit": git_commit(),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "parallel": a.parallel, "cpu_count": os.cpu_count(), "command": " ".join(sys.argv)}
+        rows = list(pool.map(lambda n: run_arm(a, p, n_train, work, by_name[n], threads), chosen))
+    meta = {
+        "preset": a.preset,
+        "commit": git_commit(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "parallel": a.parallel,
+        "cpu_count": os.cpu_count(),
+        "command": " ".join(sys.argv),
+    }
     out = Path(a.out)
     out = out if out.is_absolute() else ROOT / out
     out.mkdir(parents=True, exist_ok=True)
-    (out / "cifar10_ablation.json").write_text(json.dumps({"meta": meta, "rows": rows},
-                                                          indent=2) + "\n")
+    (out / "cifar10_ablation.json").write_text(
+        json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n"
+    )
     table = markdown(rows, meta)
     (out / "cifar10_ablation.md").write_text(table)
     print(table)

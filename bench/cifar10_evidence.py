@@ -79,17 +79,38 @@ class Backbone:
     run_prefix: str  # "" for the ViT, whose run names predate the ResNet rows
 
 
-VIT = Backbone("vit", "ViT e128-d6-h4, patch 4 @32px (1.2 M)", "configs/cifar10_vit.yaml",
-               ("enhancer.name=vit_tiny_patch16_224", "enhancer.patch_size=4",
-                "data.img_size=32", "enhancer.kwargs={embed_dim: 128, depth: 6, num_heads: 4}"),
-               "")
-RESNET = Backbone("resnet", "ResNet-10t @64px, grid stride 8 (4.9 M)",
-                  "configs/cifar10_resnet.yaml",
-                  ("enhancer.name=resnet10t", "enhancer.patch_size=8", "data.img_size=64",
-                   "enhancer.kwargs={}", "enhancer.neck_dim=128"), "resnet_")
-TINY_VIT = Backbone("vit", "tiny ViT (quick)", VIT.config,
-                    (*VIT.arch[:3], "enhancer.kwargs={embed_dim: 32, depth: 1, num_heads: 2}"),
-                    "")
+VIT = Backbone(
+    "vit",
+    "ViT e128-d6-h4, patch 4 @32px (1.2 M)",
+    "configs/cifar10_vit.yaml",
+    (
+        "enhancer.name=vit_tiny_patch16_224",
+        "enhancer.patch_size=4",
+        "data.img_size=32",
+        "enhancer.kwargs={embed_dim: 128, depth: 6, num_heads: 4}",
+    ),
+    "",
+)
+RESNET = Backbone(
+    "resnet",
+    "ResNet-10t @64px, grid stride 8 (4.9 M)",
+    "configs/cifar10_resnet.yaml",
+    (
+        "enhancer.name=resnet10t",
+        "enhancer.patch_size=8",
+        "data.img_size=64",
+        "enhancer.kwargs={}",
+        "enhancer.neck_dim=128",
+    ),
+    "resnet_",
+)
+TINY_VIT = Backbone(
+    "vit",
+    "tiny ViT (quick)",
+    VIT.config,
+    (*VIT.arch[:3], "enhancer.kwargs={embed_dim: 32, depth: 1, num_heads: 2}"),
+    "",
+)
 BACKBONES = {"vit": VIT, "resnet": RESNET}
 
 
@@ -109,11 +130,23 @@ PRESETS = {
     "full": Preset(3, 3, {1.0: 2, 0.1: 20}, {1.0: 1, 0.1: 5}),
     "short": Preset(1.5, 1.6, {1.0: 2, 0.1: 12}, {1.0: 1, 0.1: 4}),
     "mini": Preset(1.5, 0.5, {1.0: 1, 0.1: 5}, {1.0: 1, 0.1: 5}),
-    "quick": Preset(1, 1, {1.0: 1, 0.1: 1}, {1.0: 1, 0.1: 1}, max_steps=3,
-                    extra=["train.batch_size=8", "generator.depth=1", "generator.embed_dim=32",
-                           "generator.num_heads=2", "tokenizer.vocab_size=16",
-                           "tokenizer.width=8", "tokenizer.res_blocks=1",
-                           "tokenizer.embed_dim=8"]),
+    "quick": Preset(
+        1,
+        1,
+        {1.0: 1, 0.1: 1},
+        {1.0: 1, 0.1: 1},
+        max_steps=3,
+        extra=[
+            "train.batch_size=8",
+            "generator.depth=1",
+            "generator.embed_dim=32",
+            "generator.num_heads=2",
+            "tokenizer.vocab_size=16",
+            "tokenizer.width=8",
+            "tokenizer.res_blocks=1",
+            "tokenizer.embed_dim=8",
+        ],
+    ),
 }
 
 
@@ -158,8 +191,13 @@ def run_job(job: Job, threads: int, log_dir: Path, report_only: bool = False) ->
     print(f"[evidence] {job.name}: started ({log})", flush=True)
     t0 = time.time()
     with open(log, "a") as f:
-        code = subprocess.run([sys.executable, "-m", "cimpt.cli", *job.argv, "resume=auto"],
-                              stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
+        code = subprocess.run(
+            [sys.executable, "-m", "cimpt.cli", *job.argv, "resume=auto"],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+        ).returncode
     job.wallclock_s = time.time() - t0
     if code != 0:
         raise SystemExit(f"error: evidence job {job.name} failed (exit {code}); see {log}")
@@ -170,72 +208,131 @@ def run_job(job: Job, threads: int, log_dir: Path, report_only: bool = False) ->
 
 def tokenizer_job(a: argparse.Namespace, p: Preset, n_train: int, work: Path) -> Job:
     run = work / "tokenizer"
-    argv = ["tokenizer", "train", "configs/cifar10_tokenizer.yaml", f"run.dir={run}",
-            f"data.path={a.data}", f"data.val_path={a.val_data}", "run.progress=false",
-            "data.num_workers=1", *p.extra, *budget(p, p.tokenizer_epochs, n_train, 128)]
+    argv = [
+        "tokenizer",
+        "train",
+        "configs/cifar10_tokenizer.yaml",
+        f"run.dir={run}",
+        f"data.path={a.data}",
+        f"data.val_path={a.val_data}",
+        "run.progress=false",
+        "data.num_workers=1",
+        *p.extra,
+        *budget(p, p.tokenizer_epochs, n_train, 128),
+    ]
     return Job("tokenizer", argv, run, "tokenizer.safetensors")
 
 
-def pretrain_job(a: argparse.Namespace, p: Preset, n_train: int, work: Path, b: Backbone,
-                 objective: str) -> Job:
+def pretrain_job(
+    a: argparse.Namespace, p: Preset, n_train: int, work: Path, b: Backbone, objective: str
+) -> Job:
     run = work / f"{b.run_prefix}pretrain_{objective}"
-    argv = ["pretrain", b.config, f"run.dir={run}", f"objective={objective}",
-            f"data.path={a.data}", f"tokenizer.checkpoint={work / 'tokenizer'}",
-            *b.arch, "run.progress=false", "data.num_workers=1",
-            "run.ckpt_every=200", "run.vis_every=200", "train.warmup_epochs=0.25", *p.extra,
-            *budget(p, p.pretrain_epochs, n_train, 128)]
+    argv = [
+        "pretrain",
+        b.config,
+        f"run.dir={run}",
+        f"objective={objective}",
+        f"data.path={a.data}",
+        f"tokenizer.checkpoint={work / 'tokenizer'}",
+        *b.arch,
+        "run.progress=false",
+        "data.num_workers=1",
+        "run.ckpt_every=200",
+        "run.vis_every=200",
+        "train.warmup_epochs=0.25",
+        *p.extra,
+        *budget(p, p.pretrain_epochs, n_train, 128),
+    ]
     return Job(run.name, argv, run, "enhancer.safetensors")
 
 
-def finetune_job(a: argparse.Namespace, p: Preset, n_train: int, work: Path, b: Backbone,
-                 init: str, fraction: float) -> Job:
+def finetune_job(
+    a: argparse.Namespace,
+    p: Preset,
+    n_train: int,
+    work: Path,
+    b: Backbone,
+    init: str,
+    fraction: float,
+) -> Job:
     run = work / f"{b.run_prefix}finetune_{init}_{round(fraction * 100)}pct"
     ckpt = "" if init == "scratch" else str(work / f"{b.run_prefix}pretrain_{init.split('-')[1]}")
     n_labelled = round(n_train * fraction)
     # quick: batches small enough for a tiny labelled subset (even, for mixup's pairs)
     batch = max(2, min(8, n_labelled // 2 * 2)) if p.max_steps else 128
-    argv = ["finetune", "configs/cifar10_finetune.yaml", f"run.dir={run}",
-            f"init.checkpoint={ckpt}", f"data.path={a.data}", f"data.val_path={a.val_data}",
-            f"data.label_fraction={fraction}", *b.arch,
-            "finetune.layer_decay=1.0", f"eval.every_epochs={p.eval_every[fraction]}",
-            "run.progress=false", "data.num_workers=1", "run.ckpt_every=500",
-            f"train.batch_size={batch}", "train.warmup_epochs=1.0",
-            *budget(p, p.ft_epochs[fraction], n_labelled, batch)]
+    argv = [
+        "finetune",
+        "configs/cifar10_finetune.yaml",
+        f"run.dir={run}",
+        f"init.checkpoint={ckpt}",
+        f"data.path={a.data}",
+        f"data.val_path={a.val_data}",
+        f"data.label_fraction={fraction}",
+        *b.arch,
+        "finetune.layer_decay=1.0",
+        f"eval.every_epochs={p.eval_every[fraction]}",
+        "run.progress=false",
+        "data.num_workers=1",
+        "run.ckpt_every=500",
+        f"train.batch_size={batch}",
+        "train.warmup_epochs=1.0",
+        *budget(p, p.ft_epochs[fraction], n_labelled, batch),
+    ]
     return Job(run.name, argv, run, "results.json")
 
 
-def make_row(job: Job, init: str, fraction: float, b: Backbone, pretrain: Job | None,
-             preset: str) -> dict[str, Any]:
+def make_row(
+    job: Job, init: str, fraction: float, b: Backbone, pretrain: Job | None, preset: str
+) -> dict[str, Any]:
     res = json.loads((job.run_dir / "results.json").read_text())
     cfg = yaml.safe_load((job.run_dir / "config.yaml").read_text())
     row: dict[str, Any] = {
-        "backbone": b.label, "init": init, "preset": preset, "label_fraction": fraction,
-        "top1": res["last"]["top1"], "top5": res["last"]["top5"],
-        "best_top1": res["best"]["top1"], "train_images": res["train_images"],
-        "wallclock_s": round(job.wallclock_s, 1), "steps": cfg["train"]["max_steps"],
-        "reused": job.reused, "config": cfg,
+        "backbone": b.label,
+        "init": init,
+        "preset": preset,
+        "label_fraction": fraction,
+        "top1": res["last"]["top1"],
+        "top5": res["last"]["top5"],
+        "best_top1": res["best"]["top1"],
+        "train_images": res["train_images"],
+        "wallclock_s": round(job.wallclock_s, 1),
+        "steps": cfg["train"]["max_steps"],
+        "reused": job.reused,
+        "config": cfg,
     }
     if pretrain is not None:
         pcfg = yaml.safe_load((pretrain.run_dir / "config.yaml").read_text())
-        row["pretrain"] = {"objective": pcfg["objective"], "steps": pcfg["train"]["max_steps"],
-                           "wallclock_s": round(pretrain.wallclock_s, 1), "config": pcfg}
+        row["pretrain"] = {
+            "objective": pcfg["objective"],
+            "steps": pcfg["train"]["max_steps"],
+            "wallclock_s": round(pretrain.wallclock_s, 1),
+            "config": pcfg,
+        }
     return row
 
 
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
-    head = ("| backbone | preset | init | labels | top-1 (last) | best top-1 | top-5 "
-            "| fine-tune steps | fine-tune wall | gain vs scratch |")
-    lines = [f"CIFAR-10 (JPEG copy), commit {meta['commit'][:7]}, {meta['date']}", "", head,
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    scratch = {(r["backbone"], r["label_fraction"]): r["top1"] for r in rows
-               if r["init"] == "scratch"}
+    head = (
+        "| backbone | preset | init | labels | top-1 (last) | best top-1 | top-5 "
+        "| fine-tune steps | fine-tune wall | gain vs scratch |"
+    )
+    lines = [
+        f"CIFAR-10 (JPEG copy), commit {meta['commit'][:7]}, {meta['date']}",
+        "",
+        head,
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    scratch = {
+        (r["backbone"], r["label_fraction"]): r["top1"] for r in rows if r["init"] == "scratch"
+    }
     for r in rows:
         gain = r["top1"] - scratch.get((r["backbone"], r["label_fraction"]), float("nan"))
         lines.append(
             f"| {r['backbone']} | {r.get('preset', '')} | {r['init']} | "
             f"{r['label_fraction']:.0%} | {r['top1']:.2f} | {r['best_top1']:.2f} | "
             f"{r['top5']:.2f} | {r['steps']} | {r['wallclock_s'] / 60:.1f} min | "
-            f"{'' if r['init'] == 'scratch' else f'{gain:+.2f}'} |")
+            f"{'' if r['init'] == 'scratch' else f'{gain:+.2f}'} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -260,16 +357,35 @@ def run_study(a: argparse.Namespace) -> list[dict[str, Any]]:
     for key in a.backbones.split(","):
         b = TINY_VIT if (p.max_steps and key == "vit") else BACKBONES[key]
         with ThreadPoolExecutor(a.parallel) as pool:
-            pre = dict(zip(("respix", "revdet"), pool.map(
-                lambda o, b=b: run_job(pretrain_job(a, p, n_train, work, b, o), threads,
-                                       log_dir, a.report_only), ("respix", "revdet")),
-                strict=True))
+            pre = dict(
+                zip(
+                    ("respix", "revdet"),
+                    pool.map(
+                        lambda o, b=b: run_job(
+                            pretrain_job(a, p, n_train, work, b, o), threads, log_dir, a.report_only
+                        ),
+                        ("respix", "revdet"),
+                    ),
+                    strict=True,
+                )
+            )
             plan = [(i, f) for f in (0.1, 1.0) for i in INITS]
-            jobs = list(pool.map(lambda jf, b=b: run_job(
-                finetune_job(a, p, n_train, work, b, jf[0], jf[1]), threads, log_dir,
-                a.report_only), plan))
-        rows += [make_row(job, init, f, b, pre.get(init.split("-")[-1]), a.preset)
-                 for job, (init, f) in zip(jobs, plan, strict=True) if not job.missing]
+            jobs = list(
+                pool.map(
+                    lambda jf, b=b: run_job(
+                        finetune_job(a, p, n_train, work, b, jf[0], jf[1]),
+                        threads,
+                        log_dir,
+                        a.report_only,
+                    ),
+                    plan,
+                )
+            )
+        rows += [
+            make_row(job, init, f, b, pre.get(init.split("-")[-1]), a.preset)
+            for job, (init, f) in zip(jobs, plan, strict=True)
+            if not job.missing
+        ]
     return rows
 
 
@@ -281,35 +397,51 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default="runs/evidence")
     ap.add_argument("--out", default="docs/results")
     ap.add_argument("--parallel", type=int, default=2, help="jobs at a time (threads split)")
-    ap.add_argument("--report-only", action="store_true",
-                    help="run nothing: write the table from the jobs that have finished")
-    ap.add_argument("--backbones", default="vit,resnet",
-                    help="comma-separated: vit, resnet (each gets all six rows)")
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: write the table from the jobs that have finished",
+    )
+    ap.add_argument(
+        "--backbones",
+        default="vit,resnet",
+        help="comma-separated: vit, resnet (each gets all six rows)",
+    )
     a = ap.parse_args(argv)
     unknown = set(a.backbones.split(",")) - set(BACKBONES)
     if unknown:
-        print(f"error: --backbones: unknown {', '.join(sorted(unknown))} (use vit, resnet)",
-              file=sys.stderr)
+        print(
+            f"error: --backbones: unknown {', '.join(sorted(unknown))} (use vit, resnet)",
+            file=sys.stderr,
+        )
         return 2
     for key in ("data", "val_data"):
         if not Path(getattr(a, key)).expanduser().is_dir():
-            print(f"error: --{key.replace('_', '-')}: {getattr(a, key)} is not a folder "
-                  "(unpack ../shared/data/CIFAR-10-images.tar.gz, see docs/BENCHMARKS.md)",
-                  file=sys.stderr)
+            print(
+                f"error: --{key.replace('_', '-')}: {getattr(a, key)} is not a folder "
+                "(unpack ../shared/data/CIFAR-10-images.tar.gz, see docs/BENCHMARKS.md)",
+                file=sys.stderr,
+            )
             return 2
     t0 = time.time()
     rows = run_study(a)
-    meta = {"preset": a.preset, "commit": git_commit(),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "total_wallclock_s": round(time.time() - t0, 1), "parallel": a.parallel,
-            "cpu_count": os.cpu_count(), "command": " ".join(sys.argv)}
+    meta = {
+        "preset": a.preset,
+        "commit": git_commit(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "total_wallclock_s": round(time.time() - t0, 1),
+        "parallel": a.parallel,
+        "cpu_count": os.cpu_count(),
+        "command": " ".join(sys.argv),
+    }
     out = Path(a.out)
     out = out if out.is_absolute() else ROOT / out
     out.mkdir(parents=True, exist_ok=True)
     rows = merge_rows(out / "cifar10_evidence.json", rows)
     (out / "cifar10_evidence.json").write_text(json.dumps(rows, indent=2) + "\n")
     (out / f"cifar10_evidence_meta_{a.backbones.replace(',', '_')}.json").write_text(
-        json.dumps(meta, indent=2) + "\n")
+        json.dumps(meta, indent=2) + "\n"
+    )
     table = markdown(rows, meta)
     (out / "cifar10_evidence.md").write_text(table)
     print(table)

@@ -142,9 +142,7 @@ def tiny_cim_overrides(
 
 
 @pytest.fixture(scope="session")
-def cim_overrides(
-    image_folder: Path, tokenizer_file: Path
-) -> Callable[..., list[str]]:
+def cim_overrides(image_folder: Path, tokenizer_file: Path) -> Callable[..., list[str]]:
     """``cim_overrides(run_dir, objective=..., steps=..., extra=[...])`` on the shared data."""
 
     def make(run_dir: Path, **kw: object) -> list[str]:
@@ -163,11 +161,22 @@ def run_two_ranks(argv: Sequence[str], timeout: float = 240) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-           "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, *argv],
-                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for r in range(2)]
+    env = {
+        **os.environ,
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "WORLD_SIZE": "2",
+        "OMP_NUM_THREADS": "1",
+    }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, *argv],
+            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for r in range(2)
+    ]
     outs = [p.communicate(timeout=timeout) for p in procs]
     for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err.decode()[-2000:]
@@ -249,8 +258,12 @@ def tokenizer_run(tmp_path_factory: pytest.TempPathFactory, image_folder: Path) 
     run_dir = tmp_path_factory.mktemp("tokenizer_run")
     with single_thread():
         code = run_cli(
-            ["tokenizer", "train", str(TOKENIZER_CONFIG),
-             *tiny_tokenizer_overrides(run_dir, image_folder)]
+            [
+                "tokenizer",
+                "train",
+                str(TOKENIZER_CONFIG),
+                *tiny_tokenizer_overrides(run_dir, image_folder),
+            ]
         )
     assert code == 0
     return run_dir

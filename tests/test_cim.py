@@ -50,12 +50,22 @@ class PaletteTokenizer(ImageTokenizer):
 
 
 def _cfg(objective: str = "respix", downsample: int = 4, *extra: str):
-    return load_config(None, [
-        f"objective={objective}", "data.img_size=32", "enhancer.patch_size=4",
-        "enhancer.drop_path=0.0", "enhancer.kwargs={embed_dim: 32, depth: 2, num_heads: 2}",
-        f"tokenizer.vocab_size={V}", f"tokenizer.downsample={downsample}",
-        "generator.embed_dim=32", "generator.depth=1", "generator.num_heads=2", *extra,
-    ])
+    return load_config(
+        None,
+        [
+            f"objective={objective}",
+            "data.img_size=32",
+            "enhancer.patch_size=4",
+            "enhancer.drop_path=0.0",
+            "enhancer.kwargs={embed_dim: 32, depth: 2, num_heads: 2}",
+            f"tokenizer.vocab_size={V}",
+            f"tokenizer.downsample={downsample}",
+            "generator.embed_dim=32",
+            "generator.depth=1",
+            "generator.num_heads=2",
+            *extra,
+        ],
+    )
 
 
 def _model(objective: str = "respix", downsample: int = 4, *extra: str) -> CIM:
@@ -70,7 +80,7 @@ def _palette_image(tok: PaletteTokenizer, ids: torch.Tensor, d: int) -> torch.Te
     for bi in range(b):
         for i in range(g):
             for j in range(g):
-                out[bi, :, i * d:(i + 1) * d, j * d:(j + 1) * d] = (
+                out[bi, :, i * d : (i + 1) * d, j * d : (j + 1) * d] = (
                     tok.codebook[ids[bi, i, j]].detach().view(3, 1, 1)
                 )
     return out
@@ -82,8 +92,13 @@ def _batch(model: CIM, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, Any]:
     x_tok = _palette_image(tok, ids, tok.downsample)
     x01 = F.interpolate(x_tok, size=(32, 32), mode="nearest")
     x01 = (x01 + 0.05 * torch.randn_like(x01)).clamp(0, 1)
-    return {"x": (x01 - MEAN) / STD, "x_tok": x_tok, "mask": mask,
-            "label": torch.zeros(ids.shape[0], dtype=torch.long), "skipped": 0}
+    return {
+        "x": (x01 - MEAN) / STD,
+        "x_tok": x_tok,
+        "mask": mask,
+        "label": torch.zeros(ids.shape[0], dtype=torch.long),
+        "skipped": 0,
+    }
 
 
 def _random_batch(model: CIM, b: int = 2, seed: int = 0) -> dict[str, Any]:
@@ -206,8 +221,9 @@ def test_revdet_labels_and_replaced_counts(monkeypatch: pytest.MonkeyPatch) -> N
     c = 5
     _peaked(model, c)
     g = torch.Generator().manual_seed(3)
-    ids = torch.where(torch.rand(2, 8, 8, generator=g) < 0.5, c,
-                      torch.randint(0, V, (2, 8, 8), generator=g))
+    ids = torch.where(
+        torch.rand(2, 8, 8, generator=g) < 0.5, c, torch.randint(0, V, (2, 8, 8), generator=g)
+    )
     mask = torch.rand(2, 8, 8, generator=g) < 0.5
     batch = _batch(model, ids, mask)
     seen: dict[str, torch.Tensor] = {}
@@ -248,8 +264,7 @@ def test_respix_target_default_window_and_residual() -> None:
     out = model.head(model.enhancer.features(x_cor))
     enh = model.enhancer_step(x_cor, batch["x"], z, z)
     target = cim_module.sliding_window_normalize(batch["x"], 4)
-    assert enh["respix_loss"].item() == pytest.approx(((out - target) ** 2).mean().item(),
-                                                      rel=1e-5)
+    assert enh["respix_loss"].item() == pytest.approx(((out - target) ** 2).mean().item(), rel=1e-5)
 
     res = _model("respix", 4, "loss.respix_residual=true").eval()
     out = res.head(res.enhancer.features(x_cor))
@@ -277,8 +292,13 @@ def test_no_weight_decay_names() -> None:
     names = model.no_weight_decay()
     params = {n for n, _ in model.named_parameters()}
     assert names <= params
-    assert {"generator.pos_embed", "generator.cls_token", "generator.mask_token",
-            "enhancer.backbone.pos_embed", "enhancer.backbone.cls_token"} <= names
+    assert {
+        "generator.pos_embed",
+        "generator.cls_token",
+        "generator.mask_token",
+        "enhancer.backbone.pos_embed",
+        "enhancer.backbone.cls_token",
+    } <= names
 
 
 def test_grid_and_vocab_mismatches_are_clear_errors() -> None:

@@ -81,7 +81,7 @@ def test_tokenizer_train_writes_a_loadable_tokenizer(tokenizer_run: Path, image_
     # The file holds the trained weights: those of the final engine checkpoint.
     ckpt = load_file(str(tokenizer_run / "checkpoints" / "step_00000002" / "model.safetensors"))
     own = tok.state_dict()
-    assert set(own) == {k[len("tokenizer."):] for k in ckpt}
+    assert set(own) == {k[len("tokenizer.") :] for k in ckpt}
     for key, value in own.items():
         torch.testing.assert_close(value, ckpt[f"tokenizer.{key}"], rtol=0, atol=0)
     x = torch.rand(2, 3, 32, 32)
@@ -107,8 +107,13 @@ def _psnr_by_hand(tok: torch.nn.Module, folder: Path) -> tuple[float, int]:
 def test_tokenizer_eval_writes_psnr_perplexity_usage(
     tokenizer_run: Path, image_folder: Path, e2e
 ) -> None:
-    argv = ["tokenizer", "eval", str(tokenizer_run), f"data.val_path={image_folder}",
-            "data.num_workers=0"]
+    argv = [
+        "tokenizer",
+        "eval",
+        str(tokenizer_run),
+        f"data.val_path={image_folder}",
+        "data.num_workers=0",
+    ]
     assert e2e.run_cli(argv) == 0
     result = json.loads((tokenizer_run / "tokenizer_eval.json").read_text())
     for key in ("psnr", "perplexity", "usage"):
@@ -125,8 +130,12 @@ def test_corrupt_image_is_skipped_and_counted(tmp_path, e2e) -> None:
     (folder / "cats" / "000.png").write_bytes(b"not a PNG at all\n")  # now 7 good + 1 broken
     run = tmp_path / "run"
     # Batch 4, two steps: one full epoch, so every file (the broken one too) is read once.
-    argv = ["tokenizer", "train", str(e2e.TOKENIZER_CONFIG),
-            *e2e.tiny_tokenizer_overrides(run, folder, steps=2)]
+    argv = [
+        "tokenizer",
+        "train",
+        str(e2e.TOKENIZER_CONFIG),
+        *e2e.tiny_tokenizer_overrides(run, folder, steps=2),
+    ]
     with pytest.warns(BrokenImageWarning, match="000.png"):
         assert e2e.run_cli(argv) == 0
     last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])

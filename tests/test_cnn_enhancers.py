@@ -41,8 +41,11 @@ def test_one_step_export_and_reload(
     family: str, objective: str, cim_overrides, tmp_path: Path, e2e: SimpleNamespace
 ) -> None:
     run = tmp_path / "run"
-    argv = ["pretrain", str(e2e.CIM_CONFIG),
-            *cim_overrides(run, objective=objective, steps=1, extra=_arch(family))]
+    argv = [
+        "pretrain",
+        str(e2e.CIM_CONFIG),
+        *cim_overrides(run, objective=objective, steps=1, extra=_arch(family)),
+    ]
     assert e2e.run_cli(argv) == 0
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert torch.isfinite(torch.tensor(metrics[-1]["enh_loss"]))
@@ -53,8 +56,11 @@ def test_one_step_export_and_reload(
     assert type(model) is type(timm.create_model(FAMILIES[family][0], num_classes=0))
     trained = load_file(str(latest_checkpoint(run) / "model.safetensors"))
     exported = model.state_dict()
-    backbone = {k[len("enhancer.backbone."):]: v for k, v in trained.items()
-                if k.startswith("enhancer.backbone.")}
+    backbone = {
+        k[len("enhancer.backbone.") :]: v
+        for k, v in trained.items()
+        if k.startswith("enhancer.backbone.")
+    }
     assert set(exported) == set(backbone)  # the neck and heads are not exported
     for k, v in backbone.items():
         assert torch.equal(exported[k], v), k
@@ -65,14 +71,28 @@ def test_pretrained_cnn_fine_tunes(
     cim_overrides, image_folder: Path, tmp_path: Path, e2e: SimpleNamespace
 ) -> None:
     pre = tmp_path / "pre"
-    assert e2e.run_cli(["pretrain", str(e2e.CIM_CONFIG),
-                        *cim_overrides(pre, steps=1, extra=_arch("resnet"))]) == 0
+    assert (
+        e2e.run_cli(
+            ["pretrain", str(e2e.CIM_CONFIG), *cim_overrides(pre, steps=1, extra=_arch("resnet"))]
+        )
+        == 0
+    )
     run = tmp_path / "ft"
-    argv = ["finetune", str(e2e.CIM_CONFIG.with_name("cifar10_finetune.yaml")),
-            f"run.dir={run}", f"init.checkpoint={pre}", f"data.path={image_folder}",
-            f"data.val_path={image_folder}", *_arch("resnet"), "train.batch_size=4",
-            "train.max_steps=2", "data.num_workers=0", "run.progress=false",
-            "run.tensorboard=false", "eval.batch_size=8"]
+    argv = [
+        "finetune",
+        str(e2e.CIM_CONFIG.with_name("cifar10_finetune.yaml")),
+        f"run.dir={run}",
+        f"init.checkpoint={pre}",
+        f"data.path={image_folder}",
+        f"data.val_path={image_folder}",
+        *_arch("resnet"),
+        "train.batch_size=4",
+        "train.max_steps=2",
+        "data.num_workers=0",
+        "run.progress=false",
+        "run.tensorboard=false",
+        "eval.batch_size=8",
+    ]
     assert e2e.run_cli(argv) == 0
     res = json.loads((run / "results.json").read_text())
     assert res["init_kind"] == "cim" and 0 <= res["last"]["top1"] <= 100
@@ -83,13 +103,24 @@ def test_pretrained_cnn_fine_tunes(
 @pytest.mark.parametrize(
     ("extra", "expect"),
     [
-        (["enhancer.name=resnet18", "enhancer.kwargs={}", "enhancer.patch_size=12",
-          "data.img_size=48"], "enhancer.patch_size: 12 is not a feature stride of 'resnet18'"),
+        (
+            [
+                "enhancer.name=resnet18",
+                "enhancer.kwargs={}",
+                "enhancer.patch_size=12",
+                "data.img_size=48",
+            ],
+            "enhancer.patch_size: 12 is not a feature stride of 'resnet18'",
+        ),
         (["enhancer.name=resnet_nope"], "enhancer.name: 'resnet_nope' is not a timm model"),
     ],
 )
 def test_unusable_backbone_is_one_line_before_any_work(
-    extra: list[str], expect: str, cim_overrides, tmp_path: Path, e2e: SimpleNamespace,
+    extra: list[str],
+    expect: str,
+    cim_overrides,
+    tmp_path: Path,
+    e2e: SimpleNamespace,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     run = tmp_path / "run"

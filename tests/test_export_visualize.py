@@ -29,13 +29,16 @@ def _reference_backbone(run: Path) -> torch.nn.Module:
     """The enhancer backbone of the run's newest checkpoint, rebuilt with plain timm."""
     cfg = load_config(run / "config.yaml")
     model = timm.create_model(
-        cfg.enhancer.name, num_classes=0, img_size=cfg.data.img_size,
-        patch_size=cfg.enhancer.patch_size, **dict(cfg.enhancer.kwargs),
+        cfg.enhancer.name,
+        num_classes=0,
+        img_size=cfg.data.img_size,
+        patch_size=cfg.enhancer.patch_size,
+        **dict(cfg.enhancer.kwargs),
     )
     newest = sorted((run / "checkpoints").glob("step_*"))[-1]
     tensors = load_file(str(newest / "model.safetensors"))
     model.load_state_dict(
-        {k[len(PREFIX):]: v for k, v in tensors.items() if k.startswith(PREFIX)}, strict=True
+        {k[len(PREFIX) :]: v for k, v in tensors.items() if k.startswith(PREFIX)}, strict=True
     )
     return model.eval()
 
@@ -55,8 +58,13 @@ def test_export_rebuilds_the_pretrained_backbone(pretrained_runs, tmp_path, e2e)
 
     # What a user does without cimpt: plain timm plus the file, strictly.
     plain = timm.create_model(
-        "vit_tiny_patch16_224", num_classes=0, img_size=32, patch_size=4,
-        embed_dim=32, depth=1, num_heads=2,
+        "vit_tiny_patch16_224",
+        num_classes=0,
+        img_size=32,
+        patch_size=4,
+        embed_dim=32,
+        depth=1,
+        num_heads=2,
     )
     plain.load_state_dict(load_file(str(out)), strict=True)
     with torch.no_grad():

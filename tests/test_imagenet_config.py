@@ -64,9 +64,15 @@ def test_one_step_of_the_vit_b_config(tmp_path, e2e, built_tasks) -> None:
     run = tmp_path / "run"
     cfg = load_config(
         e2e.IMAGENET_CONFIG,
-        [f"data.path={folder}", "train.batch_size=2", "train.max_steps=1",
-         "data.num_workers=0", f"run.dir={run}", "run.progress=false",
-         "run.tensorboard=false"],
+        [
+            f"data.path={folder}",
+            "train.batch_size=2",
+            "train.max_steps=1",
+            "data.num_workers=0",
+            f"run.dir={run}",
+            "run.progress=false",
+            "run.tensorboard=false",
+        ],
     )
     assert (cfg.data.img_size, cfg.enhancer.patch_size) == (224, 16)
     assert (cfg.tokenizer.vocab_size, cfg.tokenizer.downsample) == (8192, 8)
@@ -74,7 +80,11 @@ def test_one_step_of_the_vit_b_config(tmp_path, e2e, built_tasks) -> None:
 
     torch.manual_seed(0)
     tok = RecordingDalle(
-        vocab_size=8192, encoder_hid=32, encoder_blocks=1, decoder_init=16, decoder_hid=32,
+        vocab_size=8192,
+        encoder_hid=32,
+        encoder_blocks=1,
+        decoder_init=16,
+        decoder_hid=32,
         decoder_blocks=1,
     )
     try:
@@ -112,15 +122,27 @@ def test_one_step_of_the_resnet50_config(tmp_path, e2e, built_tasks) -> None:
     run = tmp_path / "run"
     cfg = load_config(
         e2e.IMAGENET_CONFIG.with_name("imagenet_resnet50.yaml"),
-        [f"data.path={folder}", "train.batch_size=2", "train.max_steps=1",
-         "data.num_workers=0", f"run.dir={run}", "run.progress=false",
-         "run.tensorboard=false"],
+        [
+            f"data.path={folder}",
+            "train.batch_size=2",
+            "train.max_steps=1",
+            "data.num_workers=0",
+            f"run.dir={run}",
+            "run.progress=false",
+            "run.tensorboard=false",
+        ],
     )
     assert cfg.enhancer.name == "resnet50" and dict(cfg.enhancer.kwargs) == {}
     assert token_grid(cfg) == 14 and tokenizer_resolution(cfg) == 112
     torch.manual_seed(0)
-    tok = RecordingDalle(vocab_size=8192, encoder_hid=32, encoder_blocks=1, decoder_init=16,
-                         decoder_hid=32, decoder_blocks=1)
+    tok = RecordingDalle(
+        vocab_size=8192,
+        encoder_hid=32,
+        encoder_blocks=1,
+        decoder_init=16,
+        decoder_hid=32,
+        decoder_blocks=1,
+    )
     try:
         result = pretrain(cfg, tokenizer=tok)
         assert result.state.step == 1 and math.isfinite(result.last_metrics["respix_loss"])

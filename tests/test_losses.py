@@ -105,8 +105,11 @@ def test_mlm_loss_gradient_only_on_masked_logits() -> None:
 
 
 def test_mlm_loss_empty_mask_is_zero() -> None:
-    loss, acc = mlm_loss(torch.randn(1, 2, 2, 3), torch.zeros(1, 2, 2, dtype=torch.long),
-                         torch.zeros(1, 2, 2, dtype=torch.bool))
+    loss, acc = mlm_loss(
+        torch.randn(1, 2, 2, 3),
+        torch.zeros(1, 2, 2, dtype=torch.long),
+        torch.zeros(1, 2, 2, dtype=torch.bool),
+    )
     assert loss.item() == 0.0 and acc.item() == 0.0
 
 

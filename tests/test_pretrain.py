@@ -20,8 +20,16 @@ from safetensors.torch import load_file
 from cimpt.config import load_config, to_dict
 
 COMMON_KEYS = (
-    "loss", "gen_loss", "enh_loss", "gen_acc", "replaced", "lr", "grad_norm", "img_per_s",
-    "data_wait_frac", "peak_mem_mb",
+    "loss",
+    "gen_loss",
+    "enh_loss",
+    "gen_acc",
+    "replaced",
+    "lr",
+    "grad_norm",
+    "img_per_s",
+    "data_wait_frac",
+    "peak_mem_mb",
 )
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -80,7 +88,7 @@ def test_pretrain_writes_a_complete_run(
 
     assert sorted((run / "figures").glob("cim_*.png"))
     exported = load_file(str(run / "enhancer.safetensors"))
-    backbone = {k[len("enhancer.backbone."):] for k in keys if k.startswith("enhancer.backbone.")}
+    backbone = {k[len("enhancer.backbone.") :] for k in keys if k.startswith("enhancer.backbone.")}
     assert set(exported) == backbone
 
 
@@ -151,8 +159,11 @@ def test_tokenizer_view_size_that_gives_another_grid(cim_overrides, tmp_path, e2
 def test_tokenizer_file_with_another_downsample(cim_overrides, tmp_path, e2e, capsys) -> None:
     # The file's downsample 2 is adopted; a 32 px tokenizer view then gives a 16x16 grid.
     tok2 = e2e.write_tokenizer(tmp_path / "tok2.safetensors", downsample=2)
-    args = [*cim_overrides(tmp_path / "run"), f"tokenizer.checkpoint={tok2}",
-            "tokenizer.img_size=32"]
+    args = [
+        *cim_overrides(tmp_path / "run"),
+        f"tokenizer.checkpoint={tok2}",
+        "tokenizer.img_size=32",
+    ]
     line = _fails(e2e, capsys, args)
     assert "16x16" in line and "8x8" in line
 

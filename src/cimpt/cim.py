@@ -189,8 +189,13 @@ class CIM(nn.Module):
         img = self._tokenizer.decode(ids).float()
         if img.shape[-1] != self.img_size or img.shape[-2] != self.img_size:
             # antialias only matters when shrinking; bicubic can overshoot, hence the clamp.
-            img = F.interpolate(img, size=(self.img_size, self.img_size), mode="bicubic",
-                                align_corners=False, antialias=True)
+            img = F.interpolate(
+                img,
+                size=(self.img_size, self.img_size),
+                mode="bicubic",
+                align_corners=False,
+                antialias=True,
+            )
         return img.clamp(0.0, 1.0)
 
     def normalize(self, img: torch.Tensor) -> torch.Tensor:
@@ -377,21 +382,37 @@ def build_cim(cfg: DictConfig, tokenizer: ImageTokenizer) -> CIM:
     _check_tokenizer(tokenizer, cfg)
     g, e = cfg.generator, cfg.enhancer
     generator = BEiTGenerator(
-        img_size=int(cfg.data.img_size), patch_size=int(e.patch_size),
-        vocab_size=int(cfg.tokenizer.vocab_size), embed_dim=int(g.embed_dim),
-        depth=int(g.depth), num_heads=int(g.num_heads), mlp_ratio=float(g.mlp_ratio),
+        img_size=int(cfg.data.img_size),
+        patch_size=int(e.patch_size),
+        vocab_size=int(cfg.tokenizer.vocab_size),
+        embed_dim=int(g.embed_dim),
+        depth=int(g.depth),
+        num_heads=int(g.num_heads),
+        mlp_ratio=float(g.mlp_ratio),
     )
-    enhancer = Enhancer(str(e.name), int(cfg.data.img_size), int(e.patch_size),
-                        float(e.drop_path), _plain_kwargs(e.kwargs), int(e.neck_dim))
+    enhancer = Enhancer(
+        str(e.name),
+        int(cfg.data.img_size),
+        int(e.patch_size),
+        float(e.drop_path),
+        _plain_kwargs(e.kwargs),
+        int(e.neck_dim),
+    )
     head: nn.Module = (
         RespixHead(enhancer.out_dim, enhancer.patch_size)
         if cfg.objective == "respix"
         else RevdetHead(enhancer.out_dim)
     )
     return CIM(
-        tokenizer, generator, enhancer, head,
-        objective=str(cfg.objective), mean=list(cfg.data.mean), std=list(cfg.data.std),
-        enh_weight=float(cfg.loss.enh_weight), respix_window=int(cfg.loss.respix_window),
+        tokenizer,
+        generator,
+        enhancer,
+        head,
+        objective=str(cfg.objective),
+        mean=list(cfg.data.mean),
+        std=list(cfg.data.std),
+        enh_weight=float(cfg.loss.enh_weight),
+        respix_window=int(cfg.loss.respix_window),
         respix_residual=bool(cfg.loss.respix_residual),
         temperature=float(g.temperature),
     )

@@ -110,10 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value overrides for both demo stages")
     p.set_defaults(func=_demo)
     _add_config_command(sub, "pretrain", "CIM pre-training", _pretrain)
-    _add_config_command(sub, "finetune", "fine-tune an enhancer (init.checkpoint) or train "
-                        "it from scratch on labelled images", _finetune)
-    _add_config_command(sub, "linprobe", "linear probe (BatchNorm + linear) on frozen "
-                        "features", _linprobe)
+    _add_config_command(
+        sub,
+        "finetune",
+        "fine-tune an enhancer (init.checkpoint) or train it from scratch on labelled images",
+        _finetune,
+    )
+    _add_config_command(
+        sub, "linprobe", "linear probe (BatchNorm + linear) on frozen features", _linprobe
+    )
     _add_config_command(sub, "knn", "cosine kNN accuracy of frozen features (k=20, 200)", _knn)
     p = sub.add_parser("visualize", help="figure: original | recon | mask | corrupted | output")
     p.add_argument("checkpoint", help="pre-training checkpoint dir or run dir")

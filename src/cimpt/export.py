@@ -86,7 +86,8 @@ def export_command(checkpoint: str, out: str) -> Path:
         )
     cfg = from_dict(meta["config"])
     e = cfg.enhancer
-    enhancer = Enhancer(e.name, cfg.data.img_size, e.patch_size, 0.0, dict(e.kwargs),
-                        int(e.neck_dim))
+    enhancer = Enhancer(
+        e.name, cfg.data.img_size, e.patch_size, 0.0, dict(e.kwargs), int(e.neck_dim)
+    )
     load_into(enhancer, load_tensors(ckpt), "enhancer")
     return save_enhancer(enhancer, cfg, out)

@@ -42,13 +42,16 @@ def neighbour_share(mask: np.ndarray) -> float:
         for j in range(g):
             if mask[i][j]:
                 total += 1
-                hits += any(0 <= i + a < g and 0 <= j + b < g and mask[i + a][j + b]
-                            for a, b in ((1, 0), (-1, 0), (0, 1), (0, -1)))
+                hits += any(
+                    0 <= i + a < g and 0 <= j + b < g and mask[i + a][j + b]
+                    for a, b in ((1, 0), (-1, 0), (0, 1), (0, -1))
+                )
     return hits / max(total, 1)
 
 
-def naive_beit(g: int, target: int, min_block: int, min_aspect: float, rng: random.Random,
-               strict: bool) -> np.ndarray:
+def naive_beit(
+    g: int, target: int, min_block: int, min_aspect: float, rng: random.Random, strict: bool
+) -> np.ndarray:
     """An independent, loop-by-loop simulation of BEiT's rule (strict = BEiT's w < width)."""
     mask = [[False] * g for _ in range(g)]
     count = 0
@@ -63,8 +66,9 @@ def naive_beit(g: int, target: int, min_block: int, min_aspect: float, rng: rand
             if not fits or h < 1 or w < 1:
                 continue
             top, left = rng.randint(0, g - h), rng.randint(0, g - w)
-            new = [(i, j) for i in range(top, top + h) for j in range(left, left + w)
-                   if not mask[i][j]]
+            new = [
+                (i, j) for i in range(top, top + h) for j in range(left, left + w) if not mask[i][j]
+            ]
             if 0 < len(new) <= budget:
                 for i, j in new:
                     mask[i][j] = True

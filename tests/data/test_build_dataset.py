@@ -83,8 +83,9 @@ def test_cifar_offline_gives_a_one_line_hint(tmp_path: Path, monkeypatch):
     msg = str(err.value)
     assert "\n" not in msg and "CIFAR10" in msg and "download failed" in msg
     assert str(tmp_path) in msg and "cifar-10-python.tar.gz" in msg and "image folder" in msg
-    cfg = load_config(overrides=["data.source=cifar100", "data.download=false",
-                                 f"data.cache_dir={tmp_path}"])
+    cfg = load_config(
+        overrides=["data.source=cifar100", "data.download=false", f"data.cache_dir={tmp_path}"]
+    )
     with pytest.raises(CimptError, match=r"CIFAR100 .*not found.*cifar-100-python.tar.gz"):
         build_dataset(cfg, "val", None)
 

@@ -41,8 +41,17 @@ class Views(Dataset):
 
 def _masks(seed: int) -> tuple[list[torch.Tensor], int]:
     collate = CIMCollate(BlockMaskGenerator(6, 0.5, rng=0))
-    loader = build_loader(Views(), 4, 2, collate, seed=seed, drop_last=False, persistent=False,
-                          prefetch_factor=1, shuffle=False)
+    loader = build_loader(
+        Views(),
+        4,
+        2,
+        collate,
+        seed=seed,
+        drop_last=False,
+        persistent=False,
+        prefetch_factor=1,
+        shuffle=False,
+    )
     masks, skipped = [], 0
     for batch in loader:
         masks.append(batch["mask"])

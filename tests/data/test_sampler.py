@@ -29,13 +29,13 @@ def test_set_start_resumes_with_the_tail_of_the_epoch(start: int):
     assert len(list(s)) == 25
 
 
-@pytest.mark.parametrize(("n", "world", "drop_last"), [(100, 4, True), (103, 4, True),
-                                                        (103, 4, False), (7, 3, False)])
+@pytest.mark.parametrize(
+    ("n", "world", "drop_last"), [(100, 4, True), (103, 4, True), (103, 4, False), (7, 3, False)]
+)
 def test_rank_shards_are_disjoint_and_cover(n: int, world: int, drop_last: bool):
     shards = []
     for rank in range(world):
-        s = ResumableSampler(n, shuffle=True, seed=9, rank=rank, world=world,
-                             drop_last=drop_last)
+        s = ResumableSampler(n, shuffle=True, seed=9, rank=rank, world=world, drop_last=drop_last)
         s.set_epoch(2)
         shards.append(list(s))
     sizes = {len(x) for x in shards}

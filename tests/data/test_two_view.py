@@ -21,7 +21,7 @@ def smooth_image(h: int = 150, w: int = 200) -> Image.Image:
     """Smooth but non-linear content: different crops look different (unlike a linear ramp,
     whose crops are all perfectly correlated with each other)."""
     yy, xx = np.mgrid[0:h, 0:w] / np.array([h, w]).reshape(2, 1, 1)
-    chans = [np.sin(7 * xx + 3 * yy ** 2), np.cos(5 * yy - 4 * xx * yy), np.sin(9 * xx * yy)]
+    chans = [np.sin(7 * xx + 3 * yy**2), np.cos(5 * yy - 4 * xx * yy), np.sin(9 * xx * yy)]
     arr = np.stack([(c + 1) * 127.5 for c in chans], axis=-1)
     return Image.fromarray(arr.round().astype(np.uint8))
 
@@ -85,8 +85,10 @@ def test_crop_boxes_respect_scale_and_ratio():
         boxes.append((top, left, h, w))
     # Same distribution as torchvision's own RandomResizedCrop.get_params (which rejects the
     # same boxes that do not fit, so the mean area is below the middle of the range).
-    ref = [RandomResizedCrop.get_params(torch.empty(3, 120, 160), list(scale), list(ratio))
-           for _ in range(2000)]
+    ref = [
+        RandomResizedCrop.get_params(torch.empty(3, 120, 160), list(scale), list(ratio))
+        for _ in range(2000)
+    ]
     ref_areas = [h * w / (120 * 160) for _, _, h, w in ref]
     ref_aspect = [w / h for _, _, h, w in ref]
     aspects = [w / h for _, _, h, w in boxes]

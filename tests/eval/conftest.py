@@ -31,11 +31,20 @@ def ft_overrides(image_folder: Path, val_folder: Path) -> Callable[..., list[str
 
     def make(run_dir: Path, steps: int = 4, extra: tuple[str, ...] = ()) -> list[str]:
         return [
-            f"run.dir={run_dir}", f"data.path={image_folder}", f"data.val_path={val_folder}",
-            TINY_ARCH, "train.batch_size=4", f"train.max_steps={steps}",
-            "train.warmup_epochs=0.1", "data.num_workers=0", "run.log_every=1",
-            f"run.ckpt_every={steps}", "run.progress=false", "run.tensorboard=false",
-            "eval.batch_size=5", *extra,
+            f"run.dir={run_dir}",
+            f"data.path={image_folder}",
+            f"data.val_path={val_folder}",
+            TINY_ARCH,
+            "train.batch_size=4",
+            f"train.max_steps={steps}",
+            "train.warmup_epochs=0.1",
+            "data.num_workers=0",
+            "run.log_every=1",
+            f"run.ckpt_every={steps}",
+            "run.progress=false",
+            "run.tensorboard=false",
+            "eval.batch_size=5",
+            *extra,
         ]
 
     return make

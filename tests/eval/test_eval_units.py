@@ -38,12 +38,25 @@ def test_knn_predict_matches_a_brute_force_vote() -> None:
         sims = train @ query[q]
         for j in np.argsort(-sims)[:k]:
             expected[q, labels[j]] += np.exp(sims[j] / t)
-    got = knn_predict(torch.tensor(train, dtype=torch.float32), torch.tensor(labels),
-                      torch.tensor(query, dtype=torch.float32), k, t, 4, chunk=4)
+    got = knn_predict(
+        torch.tensor(train, dtype=torch.float32),
+        torch.tensor(labels),
+        torch.tensor(query, dtype=torch.float32),
+        k,
+        t,
+        4,
+        chunk=4,
+    )
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-4)
     # k larger than the memory bank uses every training image.
-    assert knn_predict(torch.tensor(train, dtype=torch.float32), torch.tensor(labels),
-                       torch.tensor(query, dtype=torch.float32), 500, t, 4).shape == (9, 4)
+    assert knn_predict(
+        torch.tensor(train, dtype=torch.float32),
+        torch.tensor(labels),
+        torch.tensor(query, dtype=torch.float32),
+        500,
+        t,
+        4,
+    ).shape == (9, 4)
 
 
 def test_evaluate_classifier_matches_manual_counts() -> None:
@@ -86,8 +99,15 @@ def test_bad_randaugment_string_is_a_clear_error() -> None:
 
 
 def test_finetune_transform_is_reproducible_under_a_torch_seed() -> None:
-    tf = FinetuneTransform(16, (0.3, 1.0), (0.75, 1.33), 0.5, "rand-m9-mstd0.5-inc1",
-                           (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    tf = FinetuneTransform(
+        16,
+        (0.3, 1.0),
+        (0.75, 1.33),
+        0.5,
+        "rand-m9-mstd0.5-inc1",
+        (0.5, 0.5, 0.5),
+        (0.25, 0.25, 0.25),
+    )
     rng = np.random.default_rng(3)
     img = Image.fromarray(rng.integers(0, 255, size=(24, 24, 3), dtype=np.uint8))
     torch.manual_seed(5)

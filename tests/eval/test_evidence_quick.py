@@ -23,13 +23,27 @@ def _bench_module(name: str) -> ModuleType:
 
 
 @pytest.fixture(scope="module")
-def evidence(image_folder: Path, val_folder: Path,
-             tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+def evidence(
+    image_folder: Path, val_folder: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, int]:
     """(folder of the quick evidence study: ``w`` work, ``out`` results; its exit code)."""
     root = tmp_path_factory.mktemp("evidence")
-    code = _bench_module("cifar10_evidence").main([
-        "--preset", "quick", "--data", str(image_folder), "--val-data", str(val_folder),
-        "--work", str(root / "w"), "--out", str(root / "out"), "--parallel", "1"])
+    code = _bench_module("cifar10_evidence").main(
+        [
+            "--preset",
+            "quick",
+            "--data",
+            str(image_folder),
+            "--val-data",
+            str(val_folder),
+            "--work",
+            str(root / "w"),
+            "--out",
+            str(root / "out"),
+            "--parallel",
+            "1",
+        ]
+    )
     return root, code
 
 
@@ -42,7 +56,8 @@ def test_quick_pass_writes_one_row_per_init_and_fraction(evidence: tuple[Path, i
     assert len(rows) == 12  # 2 backbones x 3 inits x 2 label fractions
     for backbone in ("ViT", "ResNet"):
         assert {(r["init"], r["label_fraction"]) for r in rows if backbone in r["backbone"]} == {
-            (i, f) for i in ("scratch", "cim-respix", "cim-revdet") for f in (0.1, 1.0)}
+            (i, f) for i in ("scratch", "cim-respix", "cim-revdet") for f in (0.1, 1.0)
+        }
     for r in rows:
         assert {"backbone", "init", "label_fraction", "top1", "wallclock_s", "config"} <= set(r)
         assert r["config"]["data"]["label_fraction"] == r["label_fraction"]
@@ -51,7 +66,8 @@ def test_quick_pass_writes_one_row_per_init_and_fraction(evidence: tuple[Path, i
         assert name == ("resnet10t" if "ResNet" in r["backbone"] else "vit_tiny_patch16_224")
         if r["init"] != "scratch":  # pre-trained with the same architecture
             assert r["pretrain"]["config"]["enhancer"] == r["config"]["enhancer"] | {
-                "drop_path": r["pretrain"]["config"]["enhancer"]["drop_path"]}
+                "drop_path": r["pretrain"]["config"]["enhancer"]["drop_path"]
+            }
     assert "| scratch |" in (out / "cifar10_evidence.md").read_text()
 
 
@@ -62,16 +78,36 @@ def test_quick_ablation_reuses_the_study_and_changes_one_thing_per_arm(
     root, code = evidence
     assert code == 0
     arms = "scratch,revdet,revdet_mask0.6,scratch_seed1"
-    assert _bench_module("cifar10_ablation").main([
-        "--preset", "quick", "--data", str(image_folder), "--val-data", str(val_folder),
-        "--work", str(root / "w"), "--out", str(tmp_path), "--parallel", "1",
-        "--arms", arms]) == 0
-    rows = {r["arm"]: r for r in json.loads((tmp_path / "cifar10_ablation.json").read_text())[
-        "rows"]}
+    assert (
+        _bench_module("cifar10_ablation").main(
+            [
+                "--preset",
+                "quick",
+                "--data",
+                str(image_folder),
+                "--val-data",
+                str(val_folder),
+                "--work",
+                str(root / "w"),
+                "--out",
+                str(tmp_path),
+                "--parallel",
+                "1",
+                "--arms",
+                arms,
+            ]
+        )
+        == 0
+    )
+    rows = {
+        r["arm"]: r for r in json.loads((tmp_path / "cifar10_ablation.json").read_text())["rows"]
+    }
     assert list(rows) == arms.split(",")
-    study = {r["init"]: r for r in json.loads((root / "out" / "cifar10_evidence.json")
-                                              .read_text()) if r["label_fraction"] == 0.1
-             and "ViT" in r["backbone"]}
+    study = {
+        r["init"]: r
+        for r in json.loads((root / "out" / "cifar10_evidence.json").read_text())
+        if r["label_fraction"] == 0.1 and "ViT" in r["backbone"]
+    }
     # reference arms are the study's own 10 % runs, not new ones
     assert rows["scratch"]["top1"] == study["scratch"]["top1"]
     assert rows["revdet"]["top1"] == study["cim-revdet"]["top1"]
@@ -83,7 +119,8 @@ def test_quick_ablation_reuses_the_study_and_changes_one_thing_per_arm(
     assert arm["mask"]["ratio"] == 0.6 and ref["mask"]["ratio"] != 0.6
     assert {k for k in ref if ref[k] != arm[k]} == {"mask", "run"}
     assert rows["revdet_mask0.6"]["finetune_config"]["init"]["checkpoint"].endswith(
-        "ablation/revdet_mask0.6/pretrain")
+        "ablation/revdet_mask0.6/pretrain"
+    )
     assert rows["scratch_seed1"]["finetune_config"]["seed"] == 1
     assert rows["scratch_seed1"]["finetune_config"]["init"]["checkpoint"] == ""
     assert "| revdet_mask0.6 |" in (tmp_path / "cifar10_ablation.md").read_text()

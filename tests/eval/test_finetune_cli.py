@@ -27,7 +27,7 @@ def _metrics(run_dir: Path) -> list[dict]:
 
 
 def _backbone(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def test_finetune_starts_from_every_pretrained_weight(
@@ -36,14 +36,29 @@ def test_finetune_starts_from_every_pretrained_weight(
     pre = pretrained_runs("revdet")
     run = tmp_path / "ft"
     # lr 0 and no drop path: after the steps the backbone still equals its initialization.
-    code = e2e.run_cli(["finetune", str(CONFIG), *ft_overrides(
-        run, steps=2, extra=(f"init.checkpoint={pre}", "train.lr=1e-30", "train.min_lr=0",
-                             "enhancer.drop_path=0"))])
+    code = e2e.run_cli(
+        [
+            "finetune",
+            str(CONFIG),
+            *ft_overrides(
+                run,
+                steps=2,
+                extra=(
+                    f"init.checkpoint={pre}",
+                    "train.lr=1e-30",
+                    "train.min_lr=0",
+                    "enhancer.drop_path=0",
+                ),
+            ),
+        ]
+    )
     assert code == 0
-    source = _backbone(load_file(str(latest_checkpoint(pre) / "model.safetensors")),
-                       "enhancer.backbone.")
-    tuned = _backbone(load_file(str(latest_checkpoint(run) / "model.safetensors")),
-                      "model.backbone.")
+    source = _backbone(
+        load_file(str(latest_checkpoint(pre) / "model.safetensors")), "enhancer.backbone."
+    )
+    tuned = _backbone(
+        load_file(str(latest_checkpoint(run) / "model.safetensors")), "model.backbone."
+    )
     assert set(tuned) - set(source) == {"head.weight", "head.bias"}  # only the head is new
     assert tuned["head.weight"].shape == (2, 32)  # two classes, width 32
     for k, v in source.items():
@@ -56,15 +71,23 @@ def test_finetune_logs_each_epoch_and_writes_best_and_last(
     exported = pretrained_runs("respix") / "enhancer.safetensors"
     run = tmp_path / "ft"
     # 24 images, batch 4: 6 steps per epoch; 12 steps = 2 epochs, one evaluation each.
-    code = e2e.run_cli(["finetune", str(CONFIG), *ft_overrides(
-        run, steps=12, extra=(f"init.checkpoint={exported}", "finetune.ema=true"))])
+    code = e2e.run_cli(
+        [
+            "finetune",
+            str(CONFIG),
+            *ft_overrides(
+                run, steps=12, extra=(f"init.checkpoint={exported}", "finetune.ema=true")
+            ),
+        ]
+    )
     assert code == 0
     evals = [m for m in _metrics(run) if "val_top1" in m]
     assert [m["step"] for m in evals] == [6, 12]
     for m in evals:
         assert 0 <= m["val_top1"] <= m["val_top5"] == 100.0  # 2 classes: top-5 is everything
-        assert "ema_top1" in m and m["best_top1"] == max(e["val_top1"] for e in evals
-                                                           if e["step"] <= m["step"])
+        assert "ema_top1" in m and m["best_top1"] == max(
+            e["val_top1"] for e in evals if e["step"] <= m["step"]
+        )
     res = json.loads((run / "results.json").read_text())
     assert res["last"]["top1"] == evals[-1]["val_top1"] and res["last"]["step"] == 12
     assert res["best"]["top1"] == max(m["val_top1"] for m in evals)
@@ -102,16 +125,24 @@ def test_label_fraction_is_class_balanced_and_resume_keeps_the_best(
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(
-    case: str, expect: str, pretrained_runs, ft_overrides, tokenizer_run: Path, tmp_path: Path,
-    e2e: SimpleNamespace, capsys: pytest.CaptureFixture[str],
+    case: str,
+    expect: str,
+    pretrained_runs,
+    ft_overrides,
+    tokenizer_run: Path,
+    tmp_path: Path,
+    e2e: SimpleNamespace,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     run = tmp_path / "run"
     extra = {
         "fraction": ("data.label_fraction=0.01",),
         "unlabelled": (f"data.path={_unlabelled(tmp_path, e2e)}",),
         "missing": (f"init.checkpoint={tmp_path / 'nope'}",),
-        "arch": (f"init.checkpoint={pretrained_runs('respix')}",
-                 "enhancer.kwargs={embed_dim: 48, depth: 1, num_heads: 2}"),
+        "arch": (
+            f"init.checkpoint={pretrained_runs('respix')}",
+            "enhancer.kwargs={embed_dim: 48, depth: 1, num_heads: 2}",
+        ),
         "tokenizer": (f"init.checkpoint={tokenizer_run}",),
     }[case]
     capsys.readouterr()

@@ -43,10 +43,16 @@ def test_two_process_finetune_evaluates_exactly(
         for i in range(6 if c == 0 else 5):
             e2e.structured_image(70_000 + 100 * c + i).save(val / name / f"{i}.png")
     overrides = [
-        f"run.dir={tmp_path / 'run'}", f"data.path={image_folder}", f"data.val_path={val}",
-        "enhancer.kwargs={embed_dim: 32, depth: 1, num_heads: 2}", "train.batch_size=8",
-        "train.max_steps=3", "data.num_workers=0", "run.progress=false",
-        "run.tensorboard=false", "eval.batch_size=4",
+        f"run.dir={tmp_path / 'run'}",
+        f"data.path={image_folder}",
+        f"data.val_path={val}",
+        "enhancer.kwargs={embed_dim: 32, depth: 1, num_heads: 2}",
+        "train.batch_size=8",
+        "train.max_steps=3",
+        "data.num_workers=0",
+        "run.progress=false",
+        "run.tensorboard=false",
+        "eval.batch_size=4",
     ]
     script = tmp_path / "worker.py"
     script.write_text(_WORKER.format(out=str(tmp_path)))

@@ -26,13 +26,19 @@ def test_linprobe_trains_only_the_head(
 ) -> None:
     pre = pretrained_runs("respix")
     run = tmp_path / "lp"
-    code = e2e.run_cli(["linprobe", str(CONFIGS / "cifar10_linprobe.yaml"),
-                        *ft_overrides(run, steps=6, extra=(f"init.checkpoint={pre}",))])
+    code = e2e.run_cli(
+        [
+            "linprobe",
+            str(CONFIGS / "cifar10_linprobe.yaml"),
+            *ft_overrides(run, steps=6, extra=(f"init.checkpoint={pre}",)),
+        ]
+    )
     assert code == 0
     before = load_file(str(latest_checkpoint(pre) / "model.safetensors"))
     after = load_file(str(latest_checkpoint(run) / "model.safetensors"))
-    backbone = {k[len("model.backbone."):]: v for k, v in after.items()
-                if k.startswith("model.backbone.")}
+    backbone = {
+        k[len("model.backbone.") :]: v for k, v in after.items() if k.startswith("model.backbone.")
+    }
     assert backbone
     for k, v in backbone.items():
         assert torch.equal(v, before[f"enhancer.backbone.{k}"]), k
@@ -51,8 +57,12 @@ def test_knn_reports_both_k_and_adopts_the_checkpoint_architecture(
     run = tmp_path / "knn"
     # The config asks for another width; kNN evaluates what the checkpoint holds.
     extra = (f"init.checkpoint={pre}", "enhancer.kwargs={embed_dim: 64, depth: 2, num_heads: 2}")
-    assert e2e.run_cli(["knn", str(CONFIGS / "cifar10_finetune.yaml"),
-                        *ft_overrides(run, extra=extra)]) == 0
+    assert (
+        e2e.run_cli(
+            ["knn", str(CONFIGS / "cifar10_finetune.yaml"), *ft_overrides(run, extra=extra)]
+        )
+        == 0
+    )
     res = json.loads((run / "knn.json").read_text())
     assert set(res["top1"]) == {"20", "200"}
     assert res["train_images"] == 24 and res["val_images"] == 12
@@ -67,8 +77,13 @@ def test_knn_missing_checkpoint_is_one_line(
 ) -> None:
     run = tmp_path / "knn"
     capsys.readouterr()
-    code = e2e.run_cli(["knn", str(CONFIGS / "cifar10_finetune.yaml"),
-                        *ft_overrides(run, extra=(f"init.checkpoint={tmp_path / 'none'}",))])
+    code = e2e.run_cli(
+        [
+            "knn",
+            str(CONFIGS / "cifar10_finetune.yaml"),
+            *ft_overrides(run, extra=(f"init.checkpoint={tmp_path / 'none'}",)),
+        ]
+    )
     assert code == 2
     assert "does not exist" in e2e.error_line(capsys.readouterr().err)
     assert not run.exists()

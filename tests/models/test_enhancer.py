@@ -42,8 +42,11 @@ def test_bad_kwargs_and_unreachable_grid_are_clear_errors() -> None:
     with pytest.raises(CimptError, match="embeddim"):
         Enhancer("vit_tiny_patch16_224", 32, 4, 0.0, {"embeddim": 32})
     # resnet18's strides are 2, 4, 8, 16, 32: a 12-pixel grid cell is none of them.
-    with pytest.raises(CimptError, match=r"^enhancer.patch_size: 12 is not a feature stride of "
-                       r"'resnet18' \(strides 2, 4, 8, 16, 32\)"):
+    with pytest.raises(
+        CimptError,
+        match=r"^enhancer.patch_size: 12 is not a feature stride of "
+        r"'resnet18' \(strides 2, 4, 8, 16, 32\)",
+    ):
         Enhancer("resnet18", 48, 12, 0.0, {})
 
 

@@ -10,8 +10,15 @@ from cimpt.models.generator import BEiTGenerator
 
 def _tiny(vocab: int = 11) -> BEiTGenerator:
     torch.manual_seed(0)
-    return BEiTGenerator(img_size=16, patch_size=4, vocab_size=vocab, embed_dim=16, depth=2,
-                         num_heads=2, mlp_ratio=2.0).eval()
+    return BEiTGenerator(
+        img_size=16,
+        patch_size=4,
+        vocab_size=vocab,
+        embed_dim=16,
+        depth=2,
+        num_heads=2,
+        mlp_ratio=2.0,
+    ).eval()
 
 
 def test_logits_shape() -> None:

@@ -24,8 +24,14 @@ from cimpt.tokenizers.dalle_io import (
 )
 
 VOCAB = 64
-SMALL = dict(vocab_size=VOCAB, encoder_hid=8, encoder_blocks=1, decoder_init=8,
-             decoder_hid=8, decoder_blocks=1)
+SMALL = dict(
+    vocab_size=VOCAB,
+    encoder_hid=8,
+    encoder_blocks=1,
+    decoder_init=8,
+    decoder_hid=8,
+    decoder_blocks=1,
+)
 
 
 def _reference_map(x: torch.Tensor) -> torch.Tensor:
@@ -114,8 +120,9 @@ def test_decode_matches_original(pickles: Path, originals) -> None:
 
 
 def test_convert_round_trip(pickles: Path, tmp_path: Path) -> None:
-    out = convert_dalle_pickles(pickles / "encoder.pkl", pickles / "decoder.pkl",
-                                tmp_path / "sub" / "dalle.safetensors")
+    out = convert_dalle_pickles(
+        pickles / "encoder.pkl", pickles / "decoder.pkl", tmp_path / "sub" / "dalle.safetensors"
+    )
     assert out == tmp_path / "sub" / "dalle.safetensors" and out.is_file()
     assert not list(out.parent.glob("*.tmp"))
     with safe_open(str(out), framework="pt") as f:
@@ -123,8 +130,16 @@ def test_convert_round_trip(pickles: Path, tmp_path: Path) -> None:
         keys = list(f.keys())
     assert meta["cimpt_tokenizer"] == "dalle"
     arch = json.loads(meta["arch"])
-    assert arch == dict(vocab_size=VOCAB, encoder_hid=16, encoder_blocks=2, decoder_init=8,
-                        decoder_hid=16, decoder_blocks=2, input_channels=3, output_channels=3)
+    assert arch == dict(
+        vocab_size=VOCAB,
+        encoder_hid=16,
+        encoder_blocks=2,
+        decoder_init=8,
+        decoder_hid=16,
+        decoder_blocks=2,
+        input_channels=3,
+        output_channels=3,
+    )
     assert all(k.startswith(("encoder.", "decoder.")) for k in keys)
     a, b = load_dalle_tokenizer(pickles), load_dalle_tokenizer(out)
     x = torch.rand(1, 3, 16, 16)
@@ -224,6 +239,7 @@ def test_whole_module_file_points_to_converter(pickles: Path) -> None:
 
 
 # ---- our architecture on its own (no dall_e needed) ----
+
 
 def test_pixel_maps_match_formula() -> None:
     x = torch.rand(1, 3, 4, 4)

@@ -82,9 +82,7 @@ class BlockMeanTokenizer(ImageTokenizer):
         self.vocab_size, self.downsample = 8, 4
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return (torch.nn.functional.avg_pool2d(x.mean(1, keepdim=True), 4) * 7).round().long()[
-            :, 0
-        ]
+        return (torch.nn.functional.avg_pool2d(x.mean(1, keepdim=True), 4) * 7).round().long()[:, 0]
 
     def decode(self, ids: torch.Tensor) -> torch.Tensor:
         img = (ids.float() / 7).repeat_interleave(4, 1).repeat_interleave(4, 2)
@@ -110,10 +108,10 @@ def test_evaluate_tokenizer_against_numpy_loops() -> None:
         rec = np.zeros_like(a)
         for i in range(2):
             for j in range(2):
-                block = a[:, 4 * i:4 * i + 4, 4 * j:4 * j + 4]
+                block = a[:, 4 * i : 4 * i + 4, 4 * j : 4 * j + 4]
                 code = int(np.round(block.mean() * 7))
                 hist[code] += 1
-                rec[:, 4 * i:4 * i + 4, 4 * j:4 * j + 4] = code / 7
+                rec[:, 4 * i : 4 * i + 4, 4 * j : 4 * j + 4] = code / 7
         psnrs.append(10 * math.log10(1 / ((rec - a) ** 2).mean()))
     p = hist / hist.sum()
     perplexity = math.exp(-sum(q * math.log(q) for q in p if q > 0))
@@ -134,8 +132,8 @@ def test_reconstruction_figure_layout(tmp_path: Path) -> None:
     expected_orig = (images[1].permute(1, 2, 0).numpy() * 255).round()
     expected_rec = (recons[1].permute(1, 2, 0).numpy() * 255).round()
     x0 = 2 + 2 * 10  # the third tile is the second original
-    np.testing.assert_allclose(arr[2:10, x0:x0 + 8], expected_orig, atol=1)
-    np.testing.assert_allclose(arr[2:10, x0 + 10:x0 + 18], expected_rec, atol=1)
+    np.testing.assert_allclose(arr[2:10, x0 : x0 + 8], expected_orig, atol=1)
+    np.testing.assert_allclose(arr[2:10, x0 + 10 : x0 + 18], expected_rec, atol=1)
     assert sorted(p.name for p in out.parent.iterdir()) == ["fig.png"]  # no temp files left
 
 
@@ -187,7 +185,7 @@ def test_load_checkpoint_and_run_dirs(tmp_path: Path) -> None:
     run = tmp_path / "run"
     _engine_checkpoint(old, run / "checkpoints" / "step_900")
     _engine_checkpoint(new, run / "checkpoints" / "step_1200")  # newest by number, not name
-    assert _same(new, load_tokenizer(run / "checkpoints" / "step_900" / ".."/ "step_1200"))
+    assert _same(new, load_tokenizer(run / "checkpoints" / "step_900" / ".." / "step_1200"))
     assert _same(old, load_tokenizer(run / "checkpoints" / "step_900"))
     assert _same(new, load_tokenizer(run))
     save_tokenizer(exported, run / "tokenizer.safetensors")
@@ -207,8 +205,11 @@ def test_load_delegates_dalle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setitem(sys.modules, "cimpt.tokenizers.dalle_io", module)
     path = tmp_path / "dalle.safetensors"
     arch = {"kind": "dalle", "vocab_size": 8192, "downsample": 8}
-    save_file({"w": torch.zeros(1)}, str(path),
-              metadata={"cimpt_tokenizer": "dalle", "arch": json.dumps(arch)})
+    save_file(
+        {"w": torch.zeros(1)},
+        str(path),
+        metadata={"cimpt_tokenizer": "dalle", "arch": json.dumps(arch)},
+    )
     assert load_tokenizer(path) is fake and calls == [path]
     assert not fake.training
     pickles = tmp_path / "released"
@@ -241,8 +242,7 @@ def test_load_not_safetensors(tmp_path: Path) -> None:
 
 def test_load_unknown_kind(tmp_path: Path) -> None:
     path = tmp_path / "x.safetensors"
-    save_file({"w": torch.zeros(2)}, str(path),
-              metadata={"cimpt_tokenizer": "magic", "arch": "{}"})
+    save_file({"w": torch.zeros(2)}, str(path), metadata={"cimpt_tokenizer": "magic", "arch": "{}"})
     with pytest.raises(CimptError, match="unknown tokenizer kind 'magic'"):
         load_tokenizer(path)
 
@@ -264,8 +264,7 @@ def test_load_weight_shapes_mismatch(tmp_path: Path) -> None:
     small = VQVAE(**{**ARCH, "width": 8})
     path = tmp_path / "t.safetensors"
     lying = {"cimpt_tokenizer": "vqvae", "arch": json.dumps(VQVAE(**ARCH).arch_config())}
-    save_file({k: v.contiguous() for k, v in small.state_dict().items()}, str(path),
-              metadata=lying)
+    save_file({k: v.contiguous() for k, v in small.state_dict().items()}, str(path), metadata=lying)
     with pytest.raises(CimptError) as err:
         load_tokenizer(path)
     msg = str(err.value)
@@ -292,12 +291,17 @@ def test_evaluate_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsy
         g = torch.Generator().manual_seed(0)
         return [torch.rand(3, sizes[-1], sizes[-1], generator=g) for _ in range(6)]
 
-    def build_loader(dataset, batch_size, num_workers, collate_fn, sampler, seed, drop_last,
-                     **kwargs):
+    def build_loader(
+        dataset, batch_size, num_workers, collate_fn, sampler, seed, drop_last, **kwargs
+    ):
         return DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn)
 
-    for name, obj in dict(EvalTransform=EvalTransform, build_dataset=build_dataset,
-                          build_loader=build_loader, ImageCollate=lambda: _collate).items():
+    for name, obj in dict(
+        EvalTransform=EvalTransform,
+        build_dataset=build_dataset,
+        build_loader=build_loader,
+        ImageCollate=lambda: _collate,
+    ).items():
         monkeypatch.setattr(data_mod, name, obj, raising=False)
 
     run = tmp_path / "run"
@@ -305,8 +309,9 @@ def test_evaluate_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsy
     # The stored run config (16 px images) must win over the defaults (32 px).
     save_config(load_config(overrides=["data.img_size=16"]), run / "config.yaml")
     out_dir = tmp_path / "out"
-    res = evaluate_tokenizer_command(str(run), [f"run.dir={out_dir}", "train.batch_size=4",
-                                                "train.device=cpu"])
+    res = evaluate_tokenizer_command(
+        str(run), [f"run.dir={out_dir}", "train.batch_size=4", "train.device=cpu"]
+    )
     assert sizes == [16]
     assert res["n_images"] == 6 and 0 < res["usage"] <= 1 and res["psnr"] > 0
     saved = json.loads((out_dir / "tokenizer_eval.json").read_text())

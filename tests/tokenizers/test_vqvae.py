@@ -18,8 +18,16 @@ from cimpt.tokenizers.vqvae import VQVAE, EMACodebook
 
 
 def tiny(**kw) -> VQVAE:
-    args = dict(vocab_size=16, downsample=4, width=16, res_blocks=1, embed_dim=4,
-                ema_decay=0.9, commitment=0.25, dead_code_threshold=0.01)
+    args = dict(
+        vocab_size=16,
+        downsample=4,
+        width=16,
+        res_blocks=1,
+        embed_dim=4,
+        ema_decay=0.9,
+        commitment=0.25,
+        dead_code_threshold=0.01,
+    )
     args.update(kw)
     return VQVAE(**args)
 
@@ -170,7 +178,7 @@ def test_training_reduces_reconstruction_loss() -> None:
     opt = torch.optim.Adam(tok.parameters(), lr=3e-3)
     losses = []
     for step in range(150):
-        batch = data[(step * 8) % 32:(step * 8) % 32 + 8]
+        batch = data[(step * 8) % 32 : (step * 8) % 32 + 8]
         out = tok(batch)
         opt.zero_grad()
         out["loss"].backward()
@@ -196,8 +204,7 @@ def _fresh_codebook(threshold: float) -> EMACodebook:
 
 
 def _ddp_worker(rank: int, world: int, init_file: str, result_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=world)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.manual_seed(100 + rank)  # different random restart picks per rank
     cb = _fresh_codebook(threshold=0.0)
     for step in range(4):
@@ -206,8 +213,10 @@ def _ddp_worker(rank: int, world: int, init_file: str, result_dir: str) -> None:
     phase1 = {k: v.clone() for k, v in cb.state_dict().items()}
     cb.dead_code_threshold = 1e9  # every code is dead: all restarted from rank 0's batch
     cb.ema_update(_batch(rank, 9), cb.nearest(_batch(rank, 9)))
-    torch.save({"phase1": phase1["embedding"], "phase2": cb.embedding.clone()},
-               os.path.join(result_dir, f"rank{rank}.pt"))
+    torch.save(
+        {"phase1": phase1["embedding"], "phase2": cb.embedding.clone()},
+        os.path.join(result_dir, f"rank{rank}.pt"),
+    )
     dist.destroy_process_group()
 
 

@@ -20,28 +20,45 @@ from cimpt.data.transforms import SingleViewTransform, TwoViewTransform
 def build_two_view_transform(cfg: DictConfig) -> TwoViewTransform:
     """x at data.img_size (normalized), x_tok at the tokenizer resolution (METHOD.md step 1)."""
     d = cfg.data
-    return TwoViewTransform(int(d.img_size), tokenizer_resolution(cfg), scale=list(d.crop_scale),
-                            ratio=list(d.crop_ratio), hflip=float(d.hflip), mean=list(d.mean),
-                            std=list(d.std))
+    return TwoViewTransform(
+        int(d.img_size),
+        tokenizer_resolution(cfg),
+        scale=list(d.crop_scale),
+        ratio=list(d.crop_ratio),
+        hflip=float(d.hflip),
+        mean=list(d.mean),
+        std=list(d.std),
+    )
 
 
 def build_single_view_transform(cfg: DictConfig, size: int) -> SingleViewTransform:
     """One [0, 1] view of side ``size`` with the run's crop settings (tokenizer training)."""
     d = cfg.data
-    return SingleViewTransform(size, scale=list(d.crop_scale), ratio=list(d.crop_ratio),
-                               hflip=float(d.hflip))
+    return SingleViewTransform(
+        size, scale=list(d.crop_scale), ratio=list(d.crop_ratio), hflip=float(d.hflip)
+    )
 
 
 def build_mask_generator(cfg: DictConfig) -> BlockMaskGenerator:
     """Block masks over the enhancer's patch grid (METHOD.md step 2), seeded by ``seed``."""
     m = cfg.mask
-    return BlockMaskGenerator(token_grid(cfg), float(m.ratio), int(m.min_block),
-                              int(m.max_block), float(m.min_aspect), rng=int(cfg.seed))
+    return BlockMaskGenerator(
+        token_grid(cfg),
+        float(m.ratio),
+        int(m.min_block),
+        int(m.max_block),
+        float(m.min_aspect),
+        rng=int(cfg.seed),
+    )
 
 
 def build_cim_loader(cfg: DictConfig, batch_size: int | None = None) -> DataLoader:
     """The pre-training loader: train split, two views + block mask per image."""
     dataset = build_dataset(cfg, "train", build_two_view_transform(cfg))
-    return build_loader(dataset, batch_size or int(cfg.train.batch_size),
-                        int(cfg.data.num_workers), CIMCollate(build_mask_generator(cfg)),
-                        seed=int(cfg.seed))
+    return build_loader(
+        dataset,
+        batch_size or int(cfg.train.batch_size),
+        int(cfg.data.num_workers),
+        CIMCollate(build_mask_generator(cfg)),
+        seed=int(cfg.seed),
+    )

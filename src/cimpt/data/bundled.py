@@ -61,7 +61,8 @@ def bundled_photo_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise CimptError(
             "data.path is empty and the bundled photographs are unavailable: "
-            "install scikit-image or set data.path to an image folder")
+            "install scikit-image or set data.path to an image folder"
+        )
     return Path(next(iter(spec.submodule_search_locations))) / "data"
 
 
@@ -73,7 +74,8 @@ def bundled_photo_paths() -> list[Path]:
     if missing:
         raise CimptError(
             f"data.path is empty and bundled photographs are missing from {root}: "
-            f"{', '.join(missing)}; reinstall scikit-image or set data.path to an image folder")
+            f"{', '.join(missing)}; reinstall scikit-image or set data.path to an image folder"
+        )
     return paths
 
 

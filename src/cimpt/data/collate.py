@@ -69,9 +69,13 @@ class CIMCollate:
         valid, skipped = _split_valid(samples)
         g = self.mask_generator.grid
         if not valid:
-            return {"x": torch.empty(0, 3, 0, 0), "x_tok": torch.empty(0, 3, 0, 0),
-                    "mask": torch.empty(0, g, g, dtype=torch.bool),
-                    "label": torch.empty(0, dtype=torch.long), "skipped": skipped}
+            return {
+                "x": torch.empty(0, 3, 0, 0),
+                "x_tok": torch.empty(0, 3, 0, 0),
+                "mask": torch.empty(0, g, g, dtype=torch.bool),
+                "label": torch.empty(0, dtype=torch.long),
+                "skipped": skipped,
+            }
         return {
             "x": torch.stack([s[0][0] for s in valid]),
             "x_tok": torch.stack([s[0][1] for s in valid]),
@@ -87,7 +91,13 @@ class ImageCollate:
     def __call__(self, samples: Sequence[Sample]) -> dict[str, Any]:
         valid, skipped = _split_valid(samples)
         if not valid:
-            return {"x": torch.empty(0, 3, 0, 0), "label": torch.empty(0, dtype=torch.long),
-                    "skipped": skipped}
-        return {"x": torch.stack([s[0] for s in valid]), "label": _labels(valid),
-                "skipped": skipped}
+            return {
+                "x": torch.empty(0, 3, 0, 0),
+                "label": torch.empty(0, dtype=torch.long),
+                "skipped": skipped,
+            }
+        return {
+            "x": torch.stack([s[0] for s in valid]),
+            "label": _labels(valid),
+            "skipped": skipped,
+        }

@@ -123,16 +123,23 @@ def build_dataset(
         size = max(64, 2 * max(int(d.img_size), tokenizer_resolution(cfg)))
         return BundledPhotos(n, transform, size=size, seed=seed)
     if source in TORCHVISION_SETS:
-        ds = build_torchvision_cifar(source, split == "train", str(d.cache_dir), bool(d.download),
-                                     transform)
+        ds = build_torchvision_cifar(
+            source, split == "train", str(d.cache_dir), bool(d.download), transform
+        )
         return _limit(ds, max_images)
     if source == "folder":
         return ImageFolderDataset(path, transform, max_images=max_images, key=key)
     if source == "tar":
         if not path:
             raise CimptError(f"{key}: empty, but data.source=tar needs shards")
-        return TarShardDataset(path, transform, shuffle=split == "train", seed=int(cfg.seed),
-                               max_images=max_images, key=key)
+        return TarShardDataset(
+            path,
+            transform,
+            shuffle=split == "train",
+            seed=int(cfg.seed),
+            max_images=max_images,
+            key=key,
+        )
     raise CimptError(f"data.source: unknown source '{source}'")
 
 
@@ -170,8 +177,10 @@ def class_balanced_subset(
         raise CimptError(f"data.label_fraction: must be in (0, 1], got {fraction}")
     lab = torch.as_tensor(list(labels), dtype=torch.long)
     if lab.numel() and int(lab.min()) < 0:
-        raise CimptError("data.label_fraction: needs labelled data (class sub-folders), "
-                         "but the data set has unlabelled images")
+        raise CimptError(
+            "data.label_fraction: needs labelled data (class sub-folders), "
+            "but the data set has unlabelled images"
+        )
     if fraction == 1.0:
         return list(range(len(lab)))
     g = torch.Generator().manual_seed(seed)
@@ -183,7 +192,8 @@ def class_balanced_subset(
             name = f"'{classes[c]}'" if classes is not None and c < len(classes) else str(c)
             raise CimptError(
                 f"data.label_fraction: {fraction} leaves class {name} ({len(idx)} images) "
-                "with no labelled example; use a larger fraction")
+                "with no labelled example; use a larger fraction"
+            )
         keep.extend(idx[torch.randperm(len(idx), generator=g)[:k]].tolist())
     return sorted(keep)
 
@@ -194,4 +204,3 @@ def labelled_subset(dataset: Dataset, fraction: float, seed: int) -> Dataset:
         return dataset
     labels = dataset_labels(dataset)
     return Subset(dataset, class_balanced_subset(labels, fraction, seed, dataset_classes(dataset)))
-

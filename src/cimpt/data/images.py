@@ -104,8 +104,9 @@ class BrokenFileReporter:
             return
         self._seen.add(name)
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        warnings.warn(f"skipping unreadable image {name}: {reason}", BrokenImageWarning,
-                      stacklevel=3)
+        warnings.warn(
+            f"skipping unreadable image {name}: {reason}", BrokenImageWarning, stacklevel=3
+        )
 
 
 def load_rgb_or_none(

@@ -132,6 +132,8 @@ class BlockMaskGenerator:
         return self.sample()[0]
 
     def __repr__(self) -> str:
-        return (f"BlockMaskGenerator(grid={self.grid}, num_masked={self.num_masked}, "
-                f"min_block={self.min_block}, max_block={self.max_block}, "
-                f"aspect=[{math.exp(self.log_aspect[0]):.3g}, {math.exp(self.log_aspect[1]):.3g}])")
+        return (
+            f"BlockMaskGenerator(grid={self.grid}, num_masked={self.num_masked}, "
+            f"min_block={self.min_block}, max_block={self.max_block}, "
+            f"aspect=[{math.exp(self.log_aspect[0]):.3g}, {math.exp(self.log_aspect[1]):.3g}])"
+        )

@@ -40,8 +40,16 @@ class ResumableSampler(Sampler[int]):
     skips the first ``i`` samples of this rank's order for that epoch.
     """
 
-    def __init__(self, dataset_len: int, shuffle: bool = True, seed: int = 0, rank: int = 0,
-                 world: int = 1, drop_last: bool = True, encode_epoch: bool = False) -> None:
+    def __init__(
+        self,
+        dataset_len: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        drop_last: bool = True,
+        encode_epoch: bool = False,
+    ) -> None:
         if world < 1 or not 0 <= rank < world:
             raise ValueError(f"rank {rank} is not in [0, world={world})")
         if dataset_len < (world if drop_last else 1):
@@ -122,13 +130,22 @@ def build_loader(
     iterable = isinstance(dataset, IterableDataset)
     if not iterable and sampler is None:
         rank, world = distributed_rank_world()
-        sampler = ResumableSampler(len(dataset), shuffle=shuffle, seed=seed,  # type: ignore[arg-type]
-                                   rank=rank, world=world, drop_last=False)
+        sampler = ResumableSampler(
+            len(dataset),
+            shuffle=shuffle,
+            seed=seed,  # type: ignore[arg-type]
+            rank=rank,
+            world=world,
+            drop_last=False,
+        )
     workers = max(0, int(num_workers))
     extra: dict[str, Any] = {}
     if workers > 0:
-        extra = {"persistent_workers": persistent, "prefetch_factor": prefetch_factor,
-                 "worker_init_fn": _seed_worker}
+        extra = {
+            "persistent_workers": persistent,
+            "prefetch_factor": prefetch_factor,
+            "worker_init_fn": _seed_worker,
+        }
     return DataLoader(
         dataset,
         batch_size=batch_size,

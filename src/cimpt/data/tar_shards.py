@@ -214,7 +214,9 @@ class TarShardDataset(IterableDataset):
             if len(order) % streams:
                 warnings.warn(
                     f"{len(order)} tar shards do not divide evenly over {streams} streams "
-                    "(ranks x workers): some streams get one shard more", stacklevel=2)
+                    "(ranks x workers): some streams get one shard more",
+                    stacklevel=2,
+                )
             order = order[stream::streams]
         n = 0
         for shard in order:
@@ -256,4 +258,3 @@ class TarShardDataset(IterableDataset):
                 return
             emitted += 1
             yield self._decode(*out) if out is not None else None
-

@@ -39,8 +39,9 @@ def _interpolation(name: str) -> InterpolationMode:
     try:
         return _INTERPOLATIONS[name]
     except KeyError:
-        raise ValueError(f"interpolation must be one of {sorted(_INTERPOLATIONS)}, "
-                         f"not '{name}'") from None
+        raise ValueError(
+            f"interpolation must be one of {sorted(_INTERPOLATIONS)}, not '{name}'"
+        ) from None
 
 
 def _chw_uint8(img: ImageLike) -> np.ndarray:
@@ -57,8 +58,9 @@ def to_unit_tensor(img: ImageLike) -> torch.Tensor:
     return torch.from_numpy(_chw_uint8(img).astype(np.float32) * np.float32(1.0 / 255.0))
 
 
-def sample_crop_box(height: int, width: int, scale: Sequence[float], ratio: Sequence[float],
-                    attempts: int = 10) -> tuple[int, int, int, int]:
+def sample_crop_box(
+    height: int, width: int, scale: Sequence[float], ratio: Sequence[float], attempts: int = 10
+) -> tuple[int, int, int, int]:
     """A RandomResizedCrop box (top, left, h, w), torchvision's rule, from one ``torch.rand``.
 
     Up to ``attempts`` tries: area fraction ~ U(scale), log aspect ratio ~ U(log ratio),
@@ -76,8 +78,12 @@ def sample_crop_box(height: int, width: int, scale: Sequence[float], ratio: Sequ
         h = round(math.sqrt(target / aspect))
         if 0 < w <= width and 0 < h <= height:
             # min() guards the u == 1.0 edge, which would otherwise step one pixel outside.
-            return min(int(ut * (height - h + 1)), height - h), min(int(ul * (width - w + 1)),
-                                                                    width - w), h, w
+            return (
+                min(int(ut * (height - h + 1)), height - h),
+                min(int(ul * (width - w + 1)), width - w),
+                h,
+                w,
+            )
     in_ratio = width / height
     if in_ratio < min(ratio):
         w, h = width, round(width / min(ratio))
@@ -91,8 +97,9 @@ def sample_crop_box(height: int, width: int, scale: Sequence[float], ratio: Sequ
 class _RandomCrop:
     """Shared parameters and the box/flip draw of the random-resized-crop transforms."""
 
-    def __init__(self, scale: Sequence[float], ratio: Sequence[float], hflip: float,
-                 interpolation: str) -> None:
+    def __init__(
+        self, scale: Sequence[float], ratio: Sequence[float], hflip: float, interpolation: str
+    ) -> None:
         self.scale = (float(scale[0]), float(scale[1]))
         self.ratio = (float(ratio[0]), float(ratio[1]))
         self.hflip = float(hflip)
@@ -106,10 +113,12 @@ class _RandomCrop:
         flip = self.hflip > 0 and bool(torch.rand(()) < self.hflip)
         return box, flip
 
-    def view(self, img: ImageLike, box: tuple[int, int, int, int], size: int,
-             flip: bool) -> ImageLike:
-        out = F.resized_crop(img, *box, size=[size, size], interpolation=self.interpolation,
-                             antialias=True)
+    def view(
+        self, img: ImageLike, box: tuple[int, int, int, int], size: int, flip: bool
+    ) -> ImageLike:
+        out = F.resized_crop(
+            img, *box, size=[size, size], interpolation=self.interpolation, antialias=True
+        )
         return F.horizontal_flip(out) if flip else out
 
 
@@ -148,11 +157,15 @@ class TwoViewTransform(_RandomCrop):
     def __call__(self, img: ImageLike) -> tuple[torch.Tensor, torch.Tensor]:
         box, flip = self.draw(img)
         x_img = self.view(img, box, self.img_size, flip)
-        tok_img = x_img if self.tok_size == self.img_size else self.view(img, box, self.tok_size,
-                                                                        flip)
+        tok_img = (
+            x_img if self.tok_size == self.img_size else self.view(img, box, self.tok_size, flip)
+        )
         x_u8 = _chw_uint8(x_img)
-        x_tok = to_unit_tensor(tok_img) if tok_img is not x_img else torch.from_numpy(
-            x_u8.astype(np.float32) * np.float32(1.0 / 255.0))
+        x_tok = (
+            to_unit_tensor(tok_img)
+            if tok_img is not x_img
+            else torch.from_numpy(x_u8.astype(np.float32) * np.float32(1.0 / 255.0))
+        )
         x = torch.from_numpy((x_u8 - self._shift) * self._scale)
         return x, x_tok
 

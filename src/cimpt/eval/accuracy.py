@@ -18,8 +18,13 @@ def shard_loader(dataset: Dataset[Any], batch_size: int, num_workers: int) -> Da
     """This rank's every ``world``-th sample, in order (no padding, so counts are exact)."""
     rank, world = distributed_rank_world()
     n = len(dataset)  # type: ignore[arg-type]
-    return DataLoader(Subset(dataset, range(rank, n, world)), batch_size=batch_size,
-                      shuffle=False, num_workers=num_workers, collate_fn=ImageCollate())
+    return DataLoader(
+        Subset(dataset, range(rank, n, world)),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=ImageCollate(),
+    )
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...]) -> list[int]:
@@ -31,8 +36,12 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...]
 
 @torch.no_grad()
 def evaluate_classifier(
-    model: nn.Module, dataset: Dataset[Any], batch_size: int, num_workers: int,
-    device: torch.device, prefix: str = "val",
+    model: nn.Module,
+    dataset: Dataset[Any],
+    batch_size: int,
+    num_workers: int,
+    device: torch.device,
+    prefix: str = "val",
 ) -> dict[str, float]:
     """``{prefix}_top1``, ``{prefix}_top5`` (percent) and ``{prefix}_loss`` (cross-entropy)."""
     was_training = model.training
@@ -44,11 +53,16 @@ def evaluate_classifier(
         x, y = batch["x"].to(device), batch["label"].to(device)
         logits = model(x).float()
         c1, c5 = topk_correct(logits, y, (1, 5))
-        sums += torch.tensor([float(F.cross_entropy(logits, y, reduction="sum")), c1, c5,
-                              len(y)], dtype=torch.float64, device=device)
+        sums += torch.tensor(
+            [float(F.cross_entropy(logits, y, reduction="sum")), c1, c5, len(y)],
+            dtype=torch.float64,
+            device=device,
+        )
     model.train(was_training)
     D.all_reduce_sum(sums)
     n = max(float(sums[3]), 1.0)
-    return {f"{prefix}_top1": 100.0 * float(sums[1]) / n,
-            f"{prefix}_top5": 100.0 * float(sums[2]) / n,
-            f"{prefix}_loss": float(sums[0]) / n}
+    return {
+        f"{prefix}_top1": 100.0 * float(sums[1]) / n,
+        f"{prefix}_top5": 100.0 * float(sums[2]) / n,
+        f"{prefix}_loss": float(sums[0]) / n,
+    }

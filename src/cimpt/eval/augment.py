@@ -36,13 +36,14 @@ def posterize_at_least_one_bit(img: Image.Image, bits: int, **_: Any) -> Image.I
 
 def build_randaugment(spec: str, size: int, mean: Sequence[float]) -> Any:
     """timm's RandAugment from a string like ``rand-m9-mstd0.5-inc1`` (posterize made safe)."""
-    hparams = {"translate_const": int(size * 0.45),
-               "img_mean": tuple(round(255 * m) for m in mean)}
+    hparams = {"translate_const": int(size * 0.45), "img_mean": tuple(round(255 * m) for m in mean)}
     try:
         ra = rand_augment_transform(spec, hparams)
     except (AssertionError, ValueError, KeyError) as exc:
-        raise CimptError(f"finetune.randaug: '{spec}' is not a timm RandAugment string "
-                         f"such as rand-m9-mstd0.5-inc1 ({exc})") from None
+        raise CimptError(
+            f"finetune.randaug: '{spec}' is not a timm RandAugment string "
+            f"such as rand-m9-mstd0.5-inc1 ({exc})"
+        ) from None
     for op in ra.ops:
         if "Posterize" in op.name:
             op.aug_fn = posterize_at_least_one_bit
@@ -52,10 +53,23 @@ def build_randaugment(spec: str, size: int, mean: Sequence[float]) -> Any:
 class FinetuneTransform:
     """PIL image -> normalized ``[3, size, size]``: crop, flip, RandAugment (optional)."""
 
-    def __init__(self, size: int, scale: Sequence[float], ratio: Sequence[float], hflip: float,
-                 randaug: str, mean: Sequence[float], std: Sequence[float]) -> None:
-        self.crop = RandomResizedCrop(size, scale=tuple(scale), ratio=tuple(ratio),
-                                      interpolation=InterpolationMode.BICUBIC, antialias=True)
+    def __init__(
+        self,
+        size: int,
+        scale: Sequence[float],
+        ratio: Sequence[float],
+        hflip: float,
+        randaug: str,
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
+        self.crop = RandomResizedCrop(
+            size,
+            scale=tuple(scale),
+            ratio=tuple(ratio),
+            interpolation=InterpolationMode.BICUBIC,
+            antialias=True,
+        )
         self.hflip = float(hflip)
         self.randaug = build_randaugment(randaug, size, mean) if randaug else None
         self.mean, self.std = list(mean), list(std)
@@ -95,8 +109,15 @@ class NormalizedEval:
 
 def build_finetune_transforms(cfg: DictConfig) -> tuple[FinetuneTransform, NormalizedEval]:
     d, f = cfg.data, cfg.finetune
-    train = FinetuneTransform(int(d.img_size), list(f.crop_scale), list(d.crop_ratio),
-                              float(d.hflip), str(f.randaug), list(d.mean), list(d.std))
+    train = FinetuneTransform(
+        int(d.img_size),
+        list(f.crop_scale),
+        list(d.crop_ratio),
+        float(d.hflip),
+        str(f.randaug),
+        list(d.mean),
+        list(d.std),
+    )
     return train, NormalizedEval(int(d.img_size), list(d.mean), list(d.std))
 
 
@@ -105,6 +126,10 @@ def build_mixup(cfg: DictConfig, num_classes: int) -> Mixup | None:
     f = cfg.finetune
     if (f.mixup <= 0 and f.cutmix <= 0) or f.mixup_prob <= 0:
         return None
-    return Mixup(mixup_alpha=float(f.mixup), cutmix_alpha=float(f.cutmix),
-                 prob=float(f.mixup_prob), label_smoothing=float(f.smoothing),
-                 num_classes=num_classes)
+    return Mixup(
+        mixup_alpha=float(f.mixup),
+        cutmix_alpha=float(f.cutmix),
+        prob=float(f.mixup_prob),
+        label_smoothing=float(f.smoothing),
+        num_classes=num_classes,
+    )

@@ -74,4 +74,3 @@ def load_backbone_into(backbone: Any, state: dict[str, torch.Tensor], origin: st
         raise CimptError(f"init.checkpoint: {origin} does not fit the model: {'; '.join(problems)}")
     missing, unexpected = backbone.load_state_dict(state, strict=False)
     assert not unexpected and set(missing) <= head, (missing, unexpected)
-

@@ -79,11 +79,23 @@ class SupervisedTask(Task):
     ``best.safetensors`` and the summary to ``results.json``.
     """
 
-    arch_keys = ("enhancer.name", "enhancer.patch_size", "enhancer.kwargs", "data.img_size",
-                 "finetune.global_pool")
+    arch_keys = (
+        "enhancer.name",
+        "enhancer.patch_size",
+        "enhancer.kwargs",
+        "data.img_size",
+        "finetune.global_pool",
+    )
 
-    def __init__(self, kind: str, model: SupervisedModel, data: LabelledData, cfg: DictConfig,
-                 source: BackboneSource | None, layer_decay: float | None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        model: SupervisedModel,
+        data: LabelledData,
+        cfg: DictConfig,
+        source: BackboneSource | None,
+        layer_decay: float | None,
+    ) -> None:
         super().__init__(model, data.train, ImageCollate())
         self.kind = kind
         self.sup = model
@@ -115,8 +127,9 @@ class SupervisedTask(Task):
         nwd: set[str] = getattr(backbone, "no_weight_decay", lambda: set())()
         # timm assigns each parameter a layer id from the model's group matcher (embeddings
         # 0, block i -> i + 1, head last) and scales its lr by layer_decay ** (last - id).
-        return param_groups_layer_decay(backbone, weight_decay, no_weight_decay_list=nwd,
-                                        layer_decay=self.layer_decay)
+        return param_groups_layer_decay(
+            backbone, weight_decay, no_weight_decay_list=nwd, layer_decay=self.layer_decay
+        )
 
     def after_optimizer_step(self, step: int) -> None:
         if self.ema is not None:
@@ -125,11 +138,20 @@ class SupervisedTask(Task):
     def evaluate(self, model: nn.Module, step: int) -> dict[str, float]:
         ev = self.cfg.eval
         workers = int(self.cfg.data.num_workers)
-        vals = evaluate_classifier(self.sup.net, self.data.val, int(ev.batch_size), workers,
-                                   self.device)
+        vals = evaluate_classifier(
+            self.sup.net, self.data.val, int(ev.batch_size), workers, self.device
+        )
         if self.ema is not None:
-            vals.update(evaluate_classifier(self.ema.module, self.data.val, int(ev.batch_size),
-                                            workers, self.device, prefix="ema"))
+            vals.update(
+                evaluate_classifier(
+                    self.ema.module,
+                    self.data.val,
+                    int(ev.batch_size),
+                    workers,
+                    self.device,
+                    prefix="ema",
+                )
+            )
         self.last = {"top1": vals["val_top1"], "top5": vals["val_top5"], "step": step}
         if vals["val_top1"] > self.best["top1"]:
             self.best = dict(self.last)
@@ -140,10 +162,15 @@ class SupervisedTask(Task):
     def _save_best(self) -> None:
         if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
             return
-        write_safetensors(Path(self.cfg.run.dir).expanduser() / BEST_FILE,
-                          self.sup.net.state_dict(),
-                          {"kind": self.kind, "top1": f"{self.best['top1']:.4f}",
-                           "cimpt_config": json.dumps(to_dict(self.cfg))})
+        write_safetensors(
+            Path(self.cfg.run.dir).expanduser() / BEST_FILE,
+            self.sup.net.state_dict(),
+            {
+                "kind": self.kind,
+                "top1": f"{self.best['top1']:.4f}",
+                "cimpt_config": json.dumps(to_dict(self.cfg)),
+            },
+        )
 
     def extra_state(self) -> dict[str, Any]:
         return {"best": dict(self.best), "last": dict(self.last)}
@@ -166,9 +193,11 @@ class SupervisedTask(Task):
             "last": self.last,
         }
         write_json(run_dir / RESULTS_FILE, summary)
-        print(f"{self.kind} done: last top-1 {self.last.get('top1', float('nan')):.2f} %, "
-              f"best {self.best['top1']:.2f} % (step {int(self.best['step'])}); "
-              f"{run_dir / RESULTS_FILE}")
+        print(
+            f"{self.kind} done: last top-1 {self.last.get('top1', float('nan')):.2f} %, "
+            f"best {self.best['top1']:.2f} % (step {int(self.best['step'])}); "
+            f"{run_dir / RESULTS_FILE}"
+        )
 
 
 def resolve_init(cfg: DictConfig) -> BackboneSource | None:
@@ -191,8 +220,12 @@ def build_finetune_task(cfg: DictConfig) -> SupervisedTask:
     source = resolve_init(cfg)
     train_tf, val_tf = build_finetune_transforms(cfg)
     data = build_labelled_data(cfg, train_tf, val_tf)
-    args = classifier_args(timm_args(cfg), data.num_classes, float(cfg.enhancer.drop_path),
-                           str(cfg.finetune.global_pool))
+    args = classifier_args(
+        timm_args(cfg),
+        data.num_classes,
+        float(cfg.enhancer.drop_path),
+        str(cfg.finetune.global_pool),
+    )
     net = Classifier(args)
     if source is not None:
         load_backbone_into(net.backbone, source.state, str(source.path))
@@ -204,8 +237,10 @@ def run_supervised(task: SupervisedTask, cfg: DictConfig) -> FitResult:
     trainer = Trainer(task, cfg)
     result = trainer.fit()
     if trainer.dist.is_main and result.interrupted:
-        print(f"stopped at step {result.state.step}; continue with the same command and "
-              f"run.dir={result.run_dir} resume=auto")
+        print(
+            f"stopped at step {result.state.step}; continue with the same command and "
+            f"run.dir={result.run_dir} resume=auto"
+        )
     return result
 
 

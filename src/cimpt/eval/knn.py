@@ -34,11 +34,22 @@ KNN_FILE = "knn.json"
 
 
 @torch.no_grad()
-def extract_features(model: Any, dataset: Dataset[Any], batch_size: int, num_workers: int,
-                     device: torch.device, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def extract_features(
+    model: Any,
+    dataset: Dataset[Any],
+    batch_size: int,
+    num_workers: int,
+    device: torch.device,
+    progress: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """L2-normalized pooled features ``[N, C]`` and labels ``[N]`` of a labelled dataset."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=ImageCollate())
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=ImageCollate(),
+    )
     feats, labels = [], []
     for batch in tqdm(loader, disable=not progress, unit="batch", leave=False):
         if batch["label"].numel():
@@ -47,8 +58,15 @@ def extract_features(model: Any, dataset: Dataset[Any], batch_size: int, num_wor
     return torch.cat(feats), torch.cat(labels)
 
 
-def knn_predict(train_f: torch.Tensor, train_y: torch.Tensor, query_f: torch.Tensor, k: int,
-                temperature: float, num_classes: int, chunk: int = 1024) -> torch.Tensor:
+def knn_predict(
+    train_f: torch.Tensor,
+    train_y: torch.Tensor,
+    query_f: torch.Tensor,
+    k: int,
+    temperature: float,
+    num_classes: int,
+    chunk: int = 1024,
+) -> torch.Tensor:
     """Weighted-vote predictions ``[Q, num_classes]`` scores for normalized query features.
 
     Args:
@@ -72,8 +90,9 @@ def knn_command(cfg: DictConfig) -> dict[str, Any]:
     view = NormalizedEval(int(cfg.data.img_size), list(cfg.data.mean), list(cfg.data.std))
     data = build_labelled_data(cfg, view, view)
     torch.manual_seed(int(cfg.seed))  # the random-init baseline is reproducible
-    model = timm.create_model(pretrained=False, **classifier_args(
-        timm_args(cfg), 0, 0.0, str(cfg.finetune.global_pool)))
+    model = timm.create_model(
+        pretrained=False, **classifier_args(timm_args(cfg), 0, 0.0, str(cfg.finetune.global_pool))
+    )
     if source is not None:
         load_backbone_into(model, source.state, str(source.path))
     device = pick_device(str(cfg.train.device))
@@ -84,12 +103,15 @@ def knn_command(cfg: DictConfig) -> dict[str, Any]:
     results: dict[str, Any] = {
         "init": str(source.path) if source else "scratch",
         "label_fraction": float(cfg.data.label_fraction),
-        "train_images": len(train_y), "val_images": len(val_y),
-        "temperature": float(cfg.eval.knn_temperature), "top1": {},
+        "train_images": len(train_y),
+        "val_images": len(val_y),
+        "temperature": float(cfg.eval.knn_temperature),
+        "top1": {},
     }
     for k in cfg.eval.knn_k:
-        scores = knn_predict(train_f, train_y, val_f, int(k), float(cfg.eval.knn_temperature),
-                             data.num_classes)
+        scores = knn_predict(
+            train_f, train_y, val_f, int(k), float(cfg.eval.knn_temperature), data.num_classes
+        )
         results["top1"][str(k)] = 100.0 * float((scores.argmax(1) == val_y).float().mean())
     run_dir = Path(cfg.run.dir).expanduser()
     save_config(cfg, run_dir / "config.yaml")

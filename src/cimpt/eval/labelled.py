@@ -41,13 +41,17 @@ def labelled_split(
     where = str(cfg.data.path if split == "train" else cfg.data.val_path) or "the bundled photos"
     ds = build_dataset(cfg, split, transform)
     if isinstance(ds, IterableDataset):
-        raise CimptError(f"{key}: {where} is streamed tar shards; evaluation needs an image "
-                         "folder with one sub-folder per class (or cifar10/cifar100)")
+        raise CimptError(
+            f"{key}: {where} is streamed tar shards; evaluation needs an image "
+            "folder with one sub-folder per class (or cifar10/cifar100)"
+        )
     labels = dataset_labels(ds)
     classes = dataset_classes(ds)
     if not classes or any(v < 0 for v in labels):
-        raise CimptError(f"{key}: {where} has no labels; evaluation needs one sub-folder per "
-                         "class (images directly in the folder count as unlabelled)")
+        raise CimptError(
+            f"{key}: {where} has no labels; evaluation needs one sub-folder per "
+            "class (images directly in the folder count as unlabelled)"
+        )
     return ds, classes
 
 

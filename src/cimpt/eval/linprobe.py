@@ -39,7 +39,8 @@ class LinearProbe(nn.Module):
     def __init__(self, backbone_args: dict[str, Any], num_classes: int, global_pool: str) -> None:
         super().__init__()
         self.backbone = timm.create_model(
-            pretrained=False, **classifier_args(backbone_args, 0, 0.0, global_pool))
+            pretrained=False, **classifier_args(backbone_args, 0, 0.0, global_pool)
+        )
         self.backbone.requires_grad_(False)
         dim = int(self.backbone.num_features)
         linear = nn.Linear(dim, num_classes)

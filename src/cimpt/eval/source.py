@@ -36,8 +36,11 @@ from cimpt.errors import CimptError
 from cimpt.export import timm_args
 
 #: Checkpoint kind -> key prefix of the timm backbone's weights in ``model.safetensors``.
-BACKBONE_PREFIX = {"cim": "enhancer.backbone.", "finetune": "model.backbone.",
-                   "linprobe": "model.backbone."}
+BACKBONE_PREFIX = {
+    "cim": "enhancer.backbone.",
+    "finetune": "model.backbone.",
+    "linprobe": "model.backbone.",
+}
 
 
 @dataclass
@@ -102,7 +105,7 @@ def load_backbone_source(path: str | Path) -> BackboneSource:
     cfg = from_dict(meta["config"])
     prefix = BACKBONE_PREFIX[kind]
     tensors = load_tensors(ckpt)
-    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
     if not state:
         raise CimptError(f"init.checkpoint: {ckpt} holds no weights under '{prefix}'")
     args = {**timm_args(cfg), "num_classes": 0}
@@ -125,8 +128,11 @@ def architecture_mismatch(source: BackboneSource, cfg: DictConfig) -> str | None
     if want == source.timm_args:
         return None
     keys = sorted(set(want) | set(source.timm_args))
-    diffs = [f"{k}: checkpoint {source.timm_args.get(k)!r} vs config {want.get(k)!r}"
-             for k in keys if want.get(k) != source.timm_args.get(k)]
+    diffs = [
+        f"{k}: checkpoint {source.timm_args.get(k)!r} vs config {want.get(k)!r}"
+        for k in keys
+        if want.get(k) != source.timm_args.get(k)
+    ]
     return "; ".join(diffs)
 
 

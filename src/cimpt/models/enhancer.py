@@ -55,8 +55,9 @@ def _is_vit_cached(name: str, kwargs_json: str) -> bool:
 def _create(name: str, drop_path: float, kwargs: dict[str, Any], vit_size: dict[str, Any]) -> Any:
     """``timm.create_model`` without a classifier (ViTs also get img_size/patch_size)."""
     try:
-        return timm.create_model(name, pretrained=False, num_classes=0,
-                                 drop_path_rate=drop_path, **vit_size, **kwargs)
+        return timm.create_model(
+            name, pretrained=False, num_classes=0, drop_path_rate=drop_path, **vit_size, **kwargs
+        )
     except TypeError as exc:
         # timm passes unknown keyword arguments to the model class, which raises TypeError
         # (a typo in enhancer.kwargs, or a model without drop path).
@@ -74,9 +75,11 @@ def grid_stages(name: str, backbone: Any, patch_size: int) -> list[int]:
     """
     info = getattr(backbone, "feature_info", None)
     if not info or not hasattr(backbone, "forward_intermediates"):
-        raise CimptError(f"enhancer.name: '{name}' exposes no feature pyramid "
-                         "(timm feature_info / forward_intermediates); use a ViT or a CNN "
-                         "that timm can run with features_only")
+        raise CimptError(
+            f"enhancer.name: '{name}' exposes no feature pyramid "
+            "(timm feature_info / forward_intermediates); use a ViT or a CNN "
+            "that timm can run with features_only"
+        )
     strides = [int(f["reduction"]) for f in info]
     if patch_size not in strides:
         raise CimptError(
@@ -169,20 +172,20 @@ class Enhancer(nn.Module):
     def _cnn_features(self, x: torch.Tensor) -> torch.Tensor:
         """CNN: stages from the grid stride to the deepest, merged top-down by the neck."""
         assert self.neck is not None
-        maps = self.backbone.forward_intermediates(x, indices=self.stages,
-                                                   intermediates_only=True)
+        maps = self.backbone.forward_intermediates(x, indices=self.stages, intermediates_only=True)
         feats = self.neck(maps)  # [B, D, H, W] at the grid stride
         if feats.shape[-2:] != (self.grid, self.grid):
             raise CimptError(
                 f"enhancer: '{self.name}' gave a {feats.shape[-2]}x{feats.shape[-1]} map at "
                 f"stride {self.patch_size}, expected {self.grid}x{self.grid} "
-                "(data.img_size / enhancer.patch_size)")
+                "(data.img_size / enhancer.patch_size)"
+            )
         return feats
 
     def _vit_features(self, x: torch.Tensor) -> torch.Tensor:
         """ViT: final (normed) patch tokens, prefix tokens ([CLS], registers) dropped."""
         tokens = self.backbone.forward_features(x)  # [B, prefix + g*g, C]
-        tokens = tokens[:, self.backbone.num_prefix_tokens:]
+        tokens = tokens[:, self.backbone.num_prefix_tokens :]
         b, _, c = tokens.shape
         return tokens.transpose(1, 2).reshape(b, c, self.grid, self.grid)
 

@@ -35,8 +35,9 @@ class GridFPN(nn.Module):
     def __init__(self, in_channels: Sequence[int], out_dim: int) -> None:
         super().__init__()
         self.lateral = nn.ModuleList(nn.Conv2d(c, out_dim, 1) for c in in_channels)
-        self.smooth = nn.Sequential(nn.Conv2d(out_dim, out_dim, 3, padding=1),
-                                    nn.GroupNorm(1, out_dim), nn.GELU())
+        self.smooth = nn.Sequential(
+            nn.Conv2d(out_dim, out_dim, 3, padding=1), nn.GroupNorm(1, out_dim), nn.GELU()
+        )
 
     def forward(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
         top = self.lateral[-1](maps[-1])

@@ -94,7 +94,11 @@ class ResBlock(nn.Module):
 
 
 def _group(
-    n_in: int, width: int, n_blk: int, n_layers: int, kernels: tuple[int, ...],
+    n_in: int,
+    width: int,
+    n_blk: int,
+    n_layers: int,
+    kernels: tuple[int, ...],
     tail: nn.Module | None,
 ) -> nn.Sequential:
     """``n_blk`` blocks ``n_in -> width`` (the first changes the width), then ``tail``."""
@@ -111,7 +115,10 @@ class DalleEncoder(nn.Module):
     """Images ``[B, C_in, H, W]`` (already ``map_pixels``-ed) -> logits ``[B, V, H/8, W/8]``."""
 
     def __init__(
-        self, n_hid: int = 256, n_blk_per_group: int = 2, input_channels: int = 3,
+        self,
+        n_hid: int = 256,
+        n_blk_per_group: int = 2,
+        input_channels: int = 3,
         vocab_size: int = 8192,
     ) -> None:
         super().__init__()
@@ -125,8 +132,14 @@ class DalleEncoder(nn.Module):
             group = _group(n_in, width, n_blk_per_group, n_layers, kernels, pool)
             layers.append((f"group_{g}", group))
             n_in = width
-        layers.append(("output", nn.Sequential(OrderedDict([
-            ("relu", nn.ReLU()), ("conv", _conv(8 * n_hid, vocab_size, 1))]))))
+        layers.append(
+            (
+                "output",
+                nn.Sequential(
+                    OrderedDict([("relu", nn.ReLU()), ("conv", _conv(8 * n_hid, vocab_size, 1))])
+                ),
+            )
+        )
         self.blocks = nn.Sequential(OrderedDict(layers))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -141,8 +154,12 @@ class DalleDecoder(nn.Module):
     """
 
     def __init__(
-        self, n_init: int = 128, n_hid: int = 256, n_blk_per_group: int = 2,
-        output_channels: int = 3, vocab_size: int = 8192,
+        self,
+        n_init: int = 128,
+        n_hid: int = 256,
+        n_blk_per_group: int = 2,
+        output_channels: int = 3,
+        vocab_size: int = 8192,
     ) -> None:
         super().__init__()
         self.vocab_size = vocab_size
@@ -156,8 +173,16 @@ class DalleDecoder(nn.Module):
             group = _group(n_in, width, n_blk_per_group, n_layers, kernels, up)
             layers.append((f"group_{g}", group))
             n_in = width
-        layers.append(("output", nn.Sequential(OrderedDict([
-            ("relu", nn.ReLU()), ("conv", _conv(n_hid, 2 * output_channels, 1))]))))
+        layers.append(
+            (
+                "output",
+                nn.Sequential(
+                    OrderedDict(
+                        [("relu", nn.ReLU()), ("conv", _conv(n_hid, 2 * output_channels, 1))]
+                    )
+                ),
+            )
+        )
         self.blocks = nn.Sequential(OrderedDict(layers))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -199,16 +224,26 @@ class DalleTokenizer(ImageTokenizer):
     downsample = DOWNSAMPLE
 
     def __init__(
-        self, vocab_size: int = 8192, encoder_hid: int = 256, encoder_blocks: int = 2,
-        decoder_init: int = 128, decoder_hid: int = 256, decoder_blocks: int = 2,
-        input_channels: int = 3, output_channels: int = 3,
+        self,
+        vocab_size: int = 8192,
+        encoder_hid: int = 256,
+        encoder_blocks: int = 2,
+        decoder_init: int = 128,
+        decoder_hid: int = 256,
+        decoder_blocks: int = 2,
+        input_channels: int = 3,
+        output_channels: int = 3,
     ) -> None:
         super().__init__()
         self._arch = {
-            "vocab_size": vocab_size, "encoder_hid": encoder_hid,
-            "encoder_blocks": encoder_blocks, "decoder_init": decoder_init,
-            "decoder_hid": decoder_hid, "decoder_blocks": decoder_blocks,
-            "input_channels": input_channels, "output_channels": output_channels,
+            "vocab_size": vocab_size,
+            "encoder_hid": encoder_hid,
+            "encoder_blocks": encoder_blocks,
+            "decoder_init": decoder_init,
+            "decoder_hid": decoder_hid,
+            "decoder_blocks": decoder_blocks,
+            "input_channels": input_channels,
+            "output_channels": output_channels,
         }
         bad = [k for k, v in self._arch.items() if not isinstance(v, int) or v < 1]
         if bad:

@@ -86,7 +86,10 @@ _TORCH_GLOBALS = (
     "torch._utils._rebuild_parameter_with_state",
     *(f"torch.{t}Storage" for t in ("Float", "Half", "BFloat16", "Double")),
     "torch.storage.UntypedStorage",
-    "torch.float32", "torch.float16", "torch.bfloat16", "torch.float64",
+    "torch.float32",
+    "torch.float16",
+    "torch.bfloat16",
+    "torch.float64",
 )
 ALLOWED_GLOBALS = frozenset(_MODULE_CLASSES + _TORCH_GLOBALS)
 _ROOT_CLASS = {"encoder": "dall_e.encoder.Encoder", "decoder": "dall_e.decoder.Decoder"}
@@ -222,8 +225,13 @@ def _resolve_torch_global(full: str) -> Any:
     if full == "builtins.set":
         return set
     module, name = full.rsplit(".", 1)
-    owner = torch._utils if module == "torch._utils" else torch.storage if (
-        module == "torch.storage") else torch
+    owner = (
+        torch._utils
+        if module == "torch._utils"
+        else torch.storage
+        if (module == "torch.storage")
+        else torch
+    )
     return getattr(owner, name)
 
 
@@ -252,8 +260,12 @@ def _unpickle_restricted(path: Path) -> Any:
             # Legacy files carry the source of each module class; torch warns that it cannot
             # compare it with our stand-ins, which is expected.
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=False,
-                              pickle_module=_restricted_pickle_module())
+            return torch.load(
+                path,
+                map_location="cpu",
+                weights_only=False,
+                pickle_module=_restricted_pickle_module(),
+            )
     except CimptError:
         raise
     except Exception as exc:  # torch raises several types; all mean "refused or unreadable"
@@ -372,9 +384,7 @@ def _build(sd: dict[str, torch.Tensor], origin: str, arch: dict[str, Any] | None
         if k in sd and sd[k].shape != v.shape
     ]
     if diffs:
-        raise CimptError(
-            f"{origin} does not match the DALL-E dVAE {arch}: {_shorten(diffs)}"
-        )
+        raise CimptError(f"{origin} does not match the DALL-E dVAE {arch}: {_shorten(diffs)}")
     tok.load_state_dict({k: v.float() for k, v in sd.items()})
     return tok.freeze()  # type: ignore[return-value]
 

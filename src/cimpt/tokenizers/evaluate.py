@@ -173,8 +173,13 @@ def evaluate_tokenizer_command(checkpoint: str, overrides: list[str]) -> dict[st
     size = int(cfg.tokenizer.img_size) or token_grid(cfg) * tok.downsample
     dataset = build_dataset(cfg, "val", EvalTransform(size))
     loader = build_loader(
-        dataset, batch_size=int(cfg.train.batch_size), num_workers=int(cfg.data.num_workers),
-        collate_fn=ImageCollate(), sampler=None, seed=int(cfg.seed), drop_last=False,
+        dataset,
+        batch_size=int(cfg.train.batch_size),
+        num_workers=int(cfg.data.num_workers),
+        collate_fn=ImageCollate(),
+        sampler=None,
+        seed=int(cfg.seed),
+        drop_last=False,
         shuffle=False,  # a fixed order gives the same figure every time
     )
     results: dict[str, Any] = evaluate_tokenizer(tok, loader, device)

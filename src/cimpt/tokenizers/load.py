@@ -109,8 +109,9 @@ def _read_header(file: Path) -> tuple[str, dict[str, Any]]:
         raise CimptError(f"{file} is not a cimpt tokenizer checkpoint (unreadable 'arch')")
     kind = meta["cimpt_tokenizer"]
     if kind not in KINDS:
-        raise CimptError(f"{file} holds an unknown tokenizer kind '{kind}' (known: "
-                         f"{', '.join(KINDS)})")
+        raise CimptError(
+            f"{file} holds an unknown tokenizer kind '{kind}' (known: {', '.join(KINDS)})"
+        )
     return kind, arch
 
 
@@ -133,7 +134,7 @@ def _load_weights(tok: ImageTokenizer, file: Path, prefix: str) -> None:
     """Load the tensors of ``file`` into ``tok``, listing any key or shape that differs."""
     tensors = load_file(str(file))
     if prefix and any(k.startswith(prefix) for k in tensors):
-        tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        tensors = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
     problems = state_dict_differences(tok.state_dict(), tensors)
     if problems:
         raise CimptError(f"{file}: weights do not match the architecture: {'; '.join(problems)}")

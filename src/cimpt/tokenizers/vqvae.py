@@ -247,8 +247,13 @@ class VQVAE(ImageTokenizer):
         self.vocab_size = vocab_size
         self.downsample = downsample
         self._arch: dict[str, Any] = dict(
-            vocab_size=vocab_size, downsample=downsample, width=width, res_blocks=res_blocks,
-            embed_dim=embed_dim, ema_decay=ema_decay, commitment=commitment,
+            vocab_size=vocab_size,
+            downsample=downsample,
+            width=width,
+            res_blocks=res_blocks,
+            embed_dim=embed_dim,
+            ema_decay=ema_decay,
+            commitment=commitment,
             dead_code_threshold=dead_code_threshold,
         )
         self.commitment = commitment
