@@ -68,6 +68,7 @@ class Arm:
     seed: int = 0
     reuse: bool = False
     tokenizer_epochs: float = 0.0  # > 0: the arm trains its own tokenizer for this long
+    pretrain_from: str = ""  # fine-tune (with ``seed``) the encoder of this arm instead
 
 
 ARMS = [
@@ -85,7 +86,16 @@ ARMS = [
         "revdet",
         overrides=("generator.temperature=0.5",),
     ),
+    # Seeds: each pre-trained encoder fine-tuned again with the label subset and training
+    # seed of a scratch run, so that gains are paired (same labels, same seed).
+    Arm("scratch_seed2", "seed 2 (label subset and training)", None, seed=2),
+    *(
+        Arm(f"{enc}_seed{s}", f"seed {s}, {enc}'s encoder", "revdet", seed=s, pretrain_from=enc)
+        for enc in ("revdet", "revdet_pt4ep")
+        for s in (1, 2)
+    ),
 ]
+BY_NAME = {arm.name: arm for arm in ARMS}
 
 
 def arm_tokenizer(a: argparse.Namespace, p: Preset, n_train: int, work: Path, arm: Arm) -> Job:
@@ -108,6 +118,8 @@ def arm_jobs(
     """(pre-training, 10 % fine-tuning, kNN) jobs of ``arm``; reference arms point at the
     evidence study's runs, the others live under ``<work>/ablation/<arm>``."""
     b: Backbone = TINY_VIT if p.max_steps else VIT  # the evidence study's choice
+    if arm.pretrain_from:
+        return seeded_jobs(a, p, n_train, work, arm)
     pre = None
     init = "scratch" if arm.objective is None else f"cim-{arm.objective}"
     ft = finetune_job(a, p, n_train, work, b, init, 0.1)
@@ -166,6 +178,18 @@ def arm_jobs(
     return pre, ft, knn
 
 
+def seeded_jobs(
+    a: argparse.Namespace, p: Preset, n_train: int, work: Path, arm: Arm
+) -> tuple[Job | None, Job, Job | None]:
+    """The pre-training job of ``arm.pretrain_from`` (reused: the same encoder) and a 10 %
+    fine-tuning of it with ``arm.seed``; no kNN, which would repeat the source arm's."""
+    pre, ft, _ = arm_jobs(a, p, n_train, work, BY_NAME[arm.pretrain_from])
+    assert pre is not None, f"{arm.pretrain_from} has no pre-training"
+    run = work / "ablation" / arm.name / "finetune_10pct"
+    argv = [*ft.argv, f"run.dir={run}", f"init.checkpoint={pre.run_dir}", f"seed={arm.seed}"]
+    return pre, Job(f"ablation_{arm.name}_finetune10pct", argv, run, ft.done_file), None
+
+
 def last_pretrain_metrics(run_dir: Path) -> dict[str, float]:
     """The generator's token accuracy on masked positions and the share of masked tokens it
     replaced, at the last logged step: how plausible the corruption was (METHOD.md)."""
@@ -197,6 +221,8 @@ def run_arm(
         "arm": arm.name,
         "change": arm.change,
         "objective": arm.objective,
+        "seed": arm.seed,
+        "pretrain_from": arm.pretrain_from or None,
         "knn_top1": knn_res,
         "top1": None,
     }
@@ -231,19 +257,18 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "",
         "| arm | change | tokenizer PSNR | pre-training epochs | generator acc. "
         "| masked replaced "
-        "| kNN k=20 | kNN k=200 | fine-tune 10 % top-1 | vs scratch | pre-train wall |",
+        "| kNN k=20 | kNN k=200 | fine-tune 10 % top-1 | vs scratch, same seed "
+        "| pre-train wall |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    ref = next((r["top1"] for r in rows if r["arm"] == "scratch"), None)
+    scratch = scratch_by_seed(rows)
 
     def num(v: float | None, fmt: str = ".2f") -> str:
         return "" if v is None else format(v, fmt)
 
     for r in rows:
         knn = r["knn_top1"] or {}
-        gain = (
-            None if ref is None or r["top1"] is None or r["arm"] == "scratch" else r["top1"] - ref
-        )
+        gain = paired_gain(r, scratch)
         wall = r.get("pretrain_wallclock_s")
         gen = r.get("generator", {})
         lines.append(
@@ -253,7 +278,40 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"{num(knn.get('20'))} | {num(knn.get('200'))} | {num(r['top1'])} | "
             f"{num(gain, '+.2f')} | {'' if wall is None else f'{wall / 60:.0f} min'} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, *seed_summary(rows, scratch)]) + "\n"
+
+
+def scratch_by_seed(rows: list[dict[str, Any]]) -> dict[int, float]:
+    """Top-1 of the scratch rows, by seed (each seed has its own label subset)."""
+    return {r["seed"]: r["top1"] for r in rows if r["objective"] is None and r["top1"] is not None}
+
+
+def paired_gain(row: dict[str, Any], scratch: dict[int, float]) -> float | None:
+    """``row``'s top-1 minus scratch's with the same seed: same labels, same training noise
+    source. For a scratch row other than seed 0: its difference from seed 0, the spread."""
+    if row["top1"] is None:
+        return None
+    if row["objective"] is None:
+        return None if row["seed"] == 0 or 0 not in scratch else row["top1"] - scratch[0]
+    ref = scratch.get(row["seed"])
+    return None if ref is None else row["top1"] - ref
+
+
+def seed_summary(rows: list[dict[str, Any]], scratch: dict[int, float]) -> list[str]:
+    """Mean and range of the paired gains of each encoder fine-tuned with several seeds."""
+    gains: dict[str, list[float]] = {}
+    for r in rows:
+        gain = paired_gain(r, scratch)
+        if r["objective"] is not None and gain is not None:
+            gains.setdefault(r["pretrain_from"] or r["arm"], []).append(gain)
+    out = []
+    for enc, g in gains.items():
+        if len(g) > 1:
+            out.append(
+                f"- {enc}: paired gain over {len(g)} seeds, mean {sum(g) / len(g):+.2f} "
+                f"(from {min(g):+.2f} to {max(g):+.2f})"
+            )
+    return ["", *out] if out else []
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -277,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         help="run nothing: write the table from the jobs that have finished",
     )
     a = ap.parse_args(argv)
-    by_name = {arm.name: arm for arm in ARMS}
+    by_name = BY_NAME
     chosen = a.arms.split(",")
     unknown = [n for n in chosen if n not in by_name]
     if unknown:
