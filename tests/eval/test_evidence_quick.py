@@ -77,7 +77,7 @@ def test_quick_ablation_reuses_the_study_and_changes_one_thing_per_arm(
 ) -> None:
     root, code = evidence
     assert code == 0
-    arms = "scratch,revdet,revdet_mask0.6,scratch_seed1"
+    arms = "scratch,revdet,revdet_mask0.6,scratch_seed1,revdet_seed1"
     assert (
         _bench_module("cifar10_ablation").main(
             [
@@ -123,7 +123,17 @@ def test_quick_ablation_reuses_the_study_and_changes_one_thing_per_arm(
     )
     assert rows["scratch_seed1"]["finetune_config"]["seed"] == 1
     assert rows["scratch_seed1"]["finetune_config"]["init"]["checkpoint"] == ""
-    assert "| revdet_mask0.6 |" in (tmp_path / "cifar10_ablation.md").read_text()
+    # a seed arm fine-tunes the study's own REVDET encoder again, with seed 1 and no kNN
+    seeded = rows["revdet_seed1"]
+    assert seeded["finetune_config"]["seed"] == 1 and seeded["knn_top1"] is None
+    assert seeded["finetune_config"]["init"]["checkpoint"] == ref["run"]["dir"]
+    table = (tmp_path / "cifar10_ablation.md").read_text()
+    assert "| revdet_mask0.6 |" in table
+    # gains are paired by seed: seed 1 against scratch seed 1
+    gain1 = seeded["top1"] - rows["scratch_seed1"]["top1"]
+    gain0 = rows["revdet"]["top1"] - rows["scratch"]["top1"]
+    assert f"| {seeded['top1']:.2f} | {gain1:+.2f} |" in table
+    assert f"- revdet: paired gain over 2 seeds, mean {(gain0 + gain1) / 2:+.2f}" in table
 
 
 def test_ablation_rejects_unknown_arms_and_a_work_folder_without_study(
