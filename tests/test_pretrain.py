@@ -14,6 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -172,3 +173,19 @@ def test_missing_data_path(cim_overrides, tmp_path, e2e, capsys) -> None:
     missing = tmp_path / "no_such_folder"
     line = _fails(e2e, capsys, [*cim_overrides(tmp_path / "run"), f"data.path={missing}"])
     assert "data.path" in line and str(missing) in line
+
+
+def test_same_seed_same_run_other_seed_other_run(cim_overrides, tmp_path, e2e) -> None:
+    # Initial weights come from the seed too, not from whatever ran before in the process.
+    def weights(name: str, seed: int) -> dict[str, torch.Tensor]:
+        run = tmp_path / name
+        extra = [f"seed={seed}", "run.vis_every=1000"]
+        assert e2e.run_cli(["pretrain", str(e2e.CIM_CONFIG), *cim_overrides(run, extra=extra)]) == 0
+        return load_file(str(run / "checkpoints" / "step_00000002" / "model.safetensors"))
+
+    a = weights("a", 0)
+    torch.rand(3)  # disturb the global random stream between runs: it must not matter
+    b, other = weights("b", 0), weights("c", 1)
+    assert a.keys() == b.keys() == other.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], other[k]) for k in a)

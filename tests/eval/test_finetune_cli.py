@@ -158,3 +158,22 @@ def _unlabelled(tmp_path: Path, e2e: SimpleNamespace) -> Path:
     for i in range(8):
         e2e.structured_image(i).save(flat / f"{i}.png")
     return flat
+
+
+def test_same_seed_same_weights_other_seed_others(
+    ft_overrides, tmp_path: Path, e2e: SimpleNamespace
+) -> None:
+    # From scratch every weight is a fresh init, so this covers the head's init, the label
+    # subset, augmentation and order; the global random stream before a run must not matter.
+    def weights(name: str, seed: int) -> dict[str, torch.Tensor]:
+        run = tmp_path / name
+        extra = ("init.checkpoint=", f"seed={seed}", "data.label_fraction=0.5")
+        assert e2e.run_cli(["finetune", str(CONFIG), *ft_overrides(run, 2, extra)]) == 0
+        return load_file(str(latest_checkpoint(run) / "model.safetensors"))  # type: ignore[operator]
+
+    a = weights("a", 0)
+    torch.rand(3)
+    b, other = weights("b", 0), weights("c", 1)
+    assert a.keys() == b.keys() == other.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], other[k]) for k in a)

@@ -131,9 +131,9 @@ def build_loader(
     if not iterable and sampler is None:
         rank, world = distributed_rank_world()
         sampler = ResumableSampler(
-            len(dataset),
+            len(dataset),  # type: ignore[arg-type]
             shuffle=shuffle,
-            seed=seed,  # type: ignore[arg-type]
+            seed=seed,
             rank=rank,
             world=world,
             drop_last=False,

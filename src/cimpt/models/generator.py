@@ -60,8 +60,13 @@ class BEiTGenerator(nn.Module):
         rates = torch.linspace(0, drop_path, depth).tolist()
         self.blocks = nn.ModuleList(
             Block(
-                embed_dim, num_heads, mlp_ratio, qkv_bias=True, drop_path=r, norm_layer=_layer_norm
-            )  # type: ignore[arg-type]  # timm takes any callable
+                embed_dim,
+                num_heads,
+                mlp_ratio,
+                qkv_bias=True,
+                drop_path=r,
+                norm_layer=_layer_norm,  # type: ignore[arg-type]  # timm takes any callable
+            )
             for r in rates
         )
         self.norm = _layer_norm(embed_dim)
