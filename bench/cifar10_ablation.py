@@ -12,7 +12,11 @@ objective there), keeps everything else, and is measured twice:
 The reference arms reuse the evidence study's runs in ``--work`` (its tokenizer, its
 ``pretrain_respix``/``pretrain_revdet`` and 10 % fine-tuning runs); ``scratch_seed1`` repeats
 the scratch baseline with another seed (label subset and training), which measures how much
-two runs of the same recipe differ. Finished jobs are reused; interrupted ones resume.
+two runs of the same recipe differ. The seed arms (``scratch_seed2``, ``<encoder>_seed1`` and
+``_seed2``) fine-tune an existing encoder again with another seed; every gain is paired with
+the scratch run of the same seed (same labels), and encoders with several seeds get a mean.
+A seed arm needs its encoder's arm finished first: two jobs on one run directory are refused.
+Finished jobs are reused; interrupted ones resume.
 
     python bench/cifar10_ablation.py [--preset short] [--arms a,b] [--parallel 2] \
         [--work runs/evidence] [--out docs/results]
@@ -84,6 +88,14 @@ ARMS = [
         "revdet_temp0.5",
         "sampling temperature 0.5 (was 1.0)",
         "revdet",
+        overrides=("generator.temperature=0.5",),
+    ),
+    # Not one change: the two best single changes together.
+    Arm(
+        "revdet_pt4ep_temp0.5",
+        "pre-training 4 epochs and temperature 0.5",
+        "revdet",
+        4.0,
         overrides=("generator.temperature=0.5",),
     ),
     # Seeds: each pre-trained encoder fine-tuned again with the label subset and training
