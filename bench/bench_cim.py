@@ -310,6 +310,7 @@ def measure_components(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "params_trainable": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "params_tokenizer": sum(p.numel() for p in tok.parameters()),
     }
+    trainer.close()  # no fit: release the run directory ourselves
     want = args.profile == "always" or (args.profile == "auto" and result["glue"] > GLUE_TARGET)
     if want:
         result["profile_full_step"] = profile(parts["full"], steps=3)

@@ -202,6 +202,12 @@ def seeded_jobs(
     return pre, Job(f"ablation_{arm.name}_finetune10pct", argv, run, ft.done_file), None
 
 
+def job_commit(job: Job) -> str | None:
+    """The commit that ran ``job`` (None for runs made before jobs recorded it)."""
+    info = job.run_dir / "evidence_job.json"
+    return json.loads(info.read_text()).get("commit") if info.exists() else None
+
+
 def last_pretrain_metrics(run_dir: Path) -> dict[str, float]:
     """The generator's token accuracy on masked positions and the share of masked tokens it
     replaced, at the last logged step: how plausible the corruption was (METHOD.md)."""
@@ -248,6 +254,7 @@ def run_arm(
             "top1": res["last"]["top1"],
             "best_top1": res["best"]["top1"],
             "finetune_wallclock_s": round(ft.wallclock_s, 1),
+            "finetune_commit": job_commit(ft),
             "finetune_config": yaml.safe_load((ft.run_dir / "config.yaml").read_text()),
         }
     if pre is not None and (pre.run_dir / "config.yaml").exists():
@@ -257,6 +264,7 @@ def run_arm(
             "pretrain_steps": pcfg["train"]["max_steps"],
             "pretrain_epochs": round(pcfg["train"]["max_steps"] * 128 / n_train, 2),
             "pretrain_wallclock_s": round(pre.wallclock_s, 1),
+            "pretrain_commit": job_commit(pre),
             "pretrain_config": pcfg,
         }
     return row

@@ -52,6 +52,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -173,8 +174,23 @@ def budget(preset: Preset, epochs: float, n_images: int, batch: int) -> list[str
     return [f"train.max_steps={steps}"]
 
 
+_DIR_LOCKS: dict[Path, threading.Lock] = {}
+_DIR_LOCKS_GUARD = threading.Lock()
+
+
 def run_job(job: Job, threads: int, log_dir: Path, report_only: bool = False) -> Job:
-    """Run one ``cimpt`` command (resuming a partial run) unless its output exists."""
+    """Run one ``cimpt`` command (resuming a partial run) unless its output exists.
+
+    Jobs of parallel threads that share a run directory (an ablation arm and a seed arm of
+    the same encoder) run one at a time: the second waits, then reuses the first's output.
+    """
+    with _DIR_LOCKS_GUARD:
+        lock = _DIR_LOCKS.setdefault(job.run_dir.resolve(), threading.Lock())
+    with lock:
+        return _run_job(job, threads, log_dir, report_only)
+
+
+def _run_job(job: Job, threads: int, log_dir: Path, report_only: bool) -> Job:
     timing = job.run_dir / "evidence_job.json"
     if (job.run_dir / job.done_file).exists():
         job.reused = True
@@ -189,7 +205,7 @@ def run_job(job: Job, threads: int, log_dir: Path, report_only: bool = False) ->
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     log = log_dir / f"{job.name}.log"
     print(f"[evidence] {job.name}: started ({log})", flush=True)
-    t0 = time.time()
+    commit, t0 = git_commit(), time.time()  # the commit that runs it
     with open(log, "a") as f:
         code = subprocess.run(
             [sys.executable, "-m", "cimpt.cli", *job.argv, "resume=auto"],
@@ -201,7 +217,9 @@ def run_job(job: Job, threads: int, log_dir: Path, report_only: bool = False) ->
     job.wallclock_s = time.time() - t0
     if code != 0:
         raise SystemExit(f"error: evidence job {job.name} failed (exit {code}); see {log}")
-    timing.write_text(json.dumps({"wallclock_s": job.wallclock_s, "threads": threads}))
+    # Reused runs may predate the table's commit: each job keeps its own.
+    info = {"wallclock_s": job.wallclock_s, "threads": threads, "commit": commit}
+    timing.write_text(json.dumps(info))
     print(f"[evidence] {job.name}: done in {job.wallclock_s / 60:.1f} min", flush=True)
     return job
 

@@ -42,3 +42,23 @@ def test_json_written_whole(tmp_path: Path) -> None:
         write_json(tmp_path / "r.json", {"bad": object()})
     assert json.loads((tmp_path / "r.json").read_text()) == {"top1": 1.5}
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_written_files_get_the_mode_of_a_plain_open(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from cimpt.atomic import write_png, write_text
+
+    (tmp_path / "plain").write_text("x")  # what the umask gives an ordinary file
+    mode = (tmp_path / "plain").stat().st_mode & 0o777
+    written = [
+        write_safetensors(tmp_path / "w.safetensors", {"a": torch.ones(1)}, {}),
+        tmp_path / "t.json",
+        tmp_path / "t.txt",
+        write_png(tmp_path / "i.png", Image.new("RGB", (2, 2))),
+    ]
+    write_json(written[1], {"a": 1})
+    write_text(written[2], "é")
+    assert [p.stat().st_mode & 0o777 for p in written] == [mode] * 4
+    assert Image.open(written[3]).size == (2, 2)
+    assert written[2].read_bytes() == "é".encode()

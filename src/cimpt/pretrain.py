@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig
 
 from cimpt.engine.loop import FitResult, Trainer
-from cimpt.engine.rng import seed_everything
+from cimpt.engine.rng import seed_model_init
 from cimpt.engine.task import Task
 from cimpt.errors import CimptError
 from cimpt.tokenizers.base import ImageTokenizer
@@ -98,7 +98,7 @@ def build_cim_task(cfg: DictConfig, tokenizer: ImageTokenizer | None = None) -> 
         build_two_view_transform,
     )
 
-    seed_everything(int(cfg.seed), bool(cfg.train.deterministic))  # initial weights
+    seed_model_init(int(cfg.seed), bool(cfg.train.deterministic))
 
     tok = tokenizer if tokenizer is not None else load_frozen_tokenizer(cfg)
     model = build_cim(cfg, tok)  # checks the token grid against the patch grid first

@@ -7,12 +7,13 @@ the true replaced map). Maps on the token grid are shown enlarged with nearest-n
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
+
+from cimpt.atomic import write_png
 
 # (panel key, column title) in display order; missing keys are left out.
 COLUMNS = (
@@ -58,14 +59,5 @@ def cim_grid(panels: dict[str, torch.Tensor], tile: int = 96) -> Image.Image:
     return canvas
 
 
-def save_image_atomic(image: Image.Image, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
-
-
 def save_cim_figure(panels: dict[str, torch.Tensor], path: str | Path, tile: int = 96) -> Path:
-    return save_image_atomic(cim_grid(panels, tile), path)
+    return write_png(Path(path), cim_grid(panels, tile))

@@ -173,21 +173,57 @@ def test_two_process_gloo_ranks_stay_identical(tmp_path: Path) -> None:
     assert any(not torch.equal(w0[k], init[k]) for k in w0)  # it did train
 
 
-def test_second_run_on_a_run_dir_gets_one_clear_error(tmp_path: Path) -> None:
-    from cimpt.engine.runlock import RunLock
-
-    # Another process holds the directory: its pid is named, nothing is written.
+def _hold_lock(run_dir: Path) -> subprocess.Popen[bytes]:
+    """Another process that takes ``run_dir``'s lock and keeps it for a minute."""
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
             "import sys, time; from cimpt.engine.runlock import RunLock; "
-            f"RunLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)",
+            f"RunLock({str(run_dir)!r}).acquire(); print('held', flush=True); time.sleep(60)",
         ],
         stdout=subprocess.PIPE,
     )
+    assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+    return holder
+
+
+def test_ddp_ranks_all_stop_when_rank_0_cannot_take_the_run_dir(tmp_path: Path) -> None:
+    import socket
+
+    script = tmp_path / "worker.py"
+    script.write_text(_DDP_WORKER.format(here=str(Path(__file__).parent), run=str(tmp_path)))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": "2"}
+    holder = _hold_lock(tmp_path)
     try:
-        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        procs = [
+            subprocess.Popen(
+                [sys.executable, str(script)],
+                env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                stderr=subprocess.PIPE,
+            )
+            for r in range(2)
+        ]
+        # Rank 1 must not wait in a collective for a rank 0 that has left.
+        errs = [p.communicate(timeout=120)[1].decode() for p in procs]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert [p.returncode for p in procs] != [0, 0] and all(p.returncode for p in procs)
+    assert f"in use by another cimpt run (pid {holder.pid})" in errs[0]
+    assert "in use by another cimpt run (rank 0 says which)" in errs[1]
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_second_run_on_a_run_dir_gets_one_clear_error(tmp_path: Path) -> None:
+    from cimpt.engine.runlock import RunLock
+
+    # Another process holds the directory: its pid is named, nothing is written.
+    holder = _hold_lock(tmp_path)
+    try:
         with pytest.raises(CimptError) as err:
             run_toy(str(tmp_path), 4)
         assert f"in use by another cimpt run (pid {holder.pid})" in str(err.value)
@@ -225,3 +261,13 @@ def test_resume_drops_log_records_written_after_the_checkpoint(tmp_path: Path) -
     again = _metrics(tmp_path)
     assert [r["step"] for r in again] == [2, 4, 6]
     assert again[2]["loss"] == pytest.approx(first[6]["loss"], rel=1e-6)
+
+
+def test_trimming_keeps_records_it_does_not_understand(tmp_path: Path) -> None:
+    from cimpt.engine.metrics import keep_records_through
+
+    path = tmp_path / "metrics.jsonl"
+    lines = ['{"step": 2, "a": 1}', '{"step": 6}', '{"note": "x"}', '{"step": null}', "[1]"]
+    path.write_text("\n".join([*lines, '{"step": 3, "cut', ""]))
+    keep_records_through(path, 4)
+    assert path.read_text().splitlines() == [lines[0], *lines[2:]]

@@ -101,15 +101,35 @@ class Trainer:
         self.dist = dist or D.init_distributed(cfg.train.device)
         self.device = self.dist.device
         self.run_dir = Path(cfg.run.dir).expanduser()
-        # Before resuming or writing anything: one process per run directory.
-        self.lock = RunLock(self.run_dir)
-        if self.dist.is_main:
-            self.lock.acquire()
+        self.lock = self._take_lock()
         try:
             self._setup(task, cfg)
         except BaseException:
             self.lock.release()
             raise
+
+    def _take_lock(self) -> RunLock:
+        """Before resuming or writing anything: one process per run directory. Rank 0 takes
+        the lock; every rank learns whether it did, so that all stop together instead of the
+        others waiting in DDP's first collective for a rank 0 that has left."""
+        lock, refused = RunLock(self.run_dir), None
+        if self.dist.is_main:
+            try:
+                lock.acquire()
+            except CimptError as e:
+                refused = e
+        flag = torch.tensor([0.0 if refused is None else 1.0], device=self.device)
+        if D.all_reduce_sum(flag).item() > 0:
+            raise refused or CimptError(
+                f"run.dir {self.run_dir}: in use by another cimpt run (rank 0 says which)"
+            )
+        return lock
+
+    def close(self) -> None:
+        """Close the logs and release the run directory (``fit`` does it when it ends)."""
+        if hasattr(self, "logger"):
+            self.logger.close()
+        self.lock.release()
 
     def _setup(self, task: Task, cfg: DictConfig) -> None:
         self.amp_dtype = _amp_dtype(cfg.train.amp, self.device)
@@ -304,8 +324,7 @@ class Trainer:
         try:
             return self._fit()
         finally:
-            self.logger.close()
-            self.lock.release()
+            self.close()
 
     def _fit(self) -> FitResult:
         cfg, st = self.cfg, self.state

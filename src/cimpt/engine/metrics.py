@@ -61,7 +61,11 @@ def keep_records_through(path: Path, step: int) -> None:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(record, dict) and int(record.get("step", step + 1)) <= step:
+        try:
+            keep = int(record["step"]) <= step
+        except (TypeError, ValueError, KeyError):
+            keep = True  # not a step record of ours: leave it alone
+        if keep:
             kept.append(line + "\n")
     write_text(path, "".join(kept))
 

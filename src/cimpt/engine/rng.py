@@ -22,6 +22,18 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
         torch.backends.cudnn.benchmark = False
 
 
+# Initial weights come from their own stream: the trainer later seeds ``seed + rank`` for
+# training, and on CPU the same seed would make the first training draws (drop path, masks)
+# repeat the uniforms that drew the first weights.
+INIT_SEED_OFFSET = 1_000_003
+
+
+def seed_model_init(seed: int, deterministic: bool = True) -> None:
+    """Seed every RNG before a model is built, so that ``seed`` alone fixes the initial
+    weights, whatever ran before in the process; identical on every rank."""
+    seed_everything(seed + INIT_SEED_OFFSET, deterministic)
+
+
 def rng_state() -> dict[str, Any]:
     """Every RNG state as tensors and plain Python values (loadable with weights_only=True)."""
     np_state: tuple[Any, ...] = tuple(np.random.get_state())

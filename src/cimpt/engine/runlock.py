@@ -8,14 +8,15 @@ the process ends, even by SIGKILL, so a crashed run never leaves a stale lock; a
 ``flock`` it is not shared with forked data-loader workers, which may outlive a killed parent
 for a moment. POSIX locks do not conflict within one process, so a set of held paths covers
 two trainers in one process (a notebook). Where locking is missing (Windows) or unsupported
-(some network file systems) it is skipped: it guards against a mistake and must never stop a
-run that would otherwise work.
+(some network file systems, with a note) only that in-process check remains: the lock guards
+against a mistake and must never stop a run that would otherwise work.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import sys
 from pathlib import Path
 from types import TracebackType
 
@@ -39,14 +40,19 @@ class RunLock:
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir) / LOCK_NAME
         self._fd: int | None = None
+        self._key: Path | None = None  # our entry in _HELD
 
     def acquire(self) -> RunLock:
-        if fcntl is None or self._fd is not None:
+        if self._key is not None:
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         key = self.path.resolve()
         if key in _HELD:
             self._in_use(str(os.getpid()))
+        if fcntl is None:
+            _HELD.add(key)  # this process's own runs are still kept apart
+            self._key = key
+            return self
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -55,11 +61,19 @@ class RunLock:
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 self._in_use(holder)
-            return self  # no locking on this file system: run unguarded
+            print(
+                f"note: run.dir {self.path.parent}: cannot lock ({e.strerror}); "
+                "nothing stops a second run from writing to it",
+                file=sys.stderr,
+            )
+            _HELD.add(key)
+            self._key = key
+            return self
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
         _HELD.add(key)
+        self._key = key
         return self
 
     def _in_use(self, holder: str) -> None:
@@ -70,11 +84,12 @@ class RunLock:
         )
 
     def release(self) -> None:
-        if self._fd is None:
-            return
-        _HELD.discard(self.path.resolve())
-        os.close(self._fd)  # closing drops the POSIX lock
-        self._fd = None
+        if self._key is not None:
+            _HELD.discard(self._key)
+            self._key = None
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the POSIX lock
+            self._fd = None
 
     def __enter__(self) -> RunLock:
         return self.acquire()

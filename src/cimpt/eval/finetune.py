@@ -28,7 +28,7 @@ from cimpt.atomic import write_json, write_safetensors
 from cimpt.config import to_dict
 from cimpt.data import ImageCollate
 from cimpt.engine.loop import FitResult, Trainer
-from cimpt.engine.rng import seed_everything
+from cimpt.engine.rng import seed_model_init
 from cimpt.engine.task import Task
 from cimpt.errors import CimptError
 from cimpt.eval.accuracy import evaluate_classifier, topk_correct
@@ -218,7 +218,7 @@ def resolve_init(cfg: DictConfig) -> BackboneSource | None:
 
 def build_finetune_task(cfg: DictConfig) -> SupervisedTask:
     """Check everything (checkpoint, labels, label fraction) before anything is written."""
-    seed_everything(int(cfg.seed), bool(cfg.train.deterministic))  # initial weights
+    seed_model_init(int(cfg.seed), bool(cfg.train.deterministic))
     source = resolve_init(cfg)
     train_tf, val_tf = build_finetune_transforms(cfg)
     data = build_labelled_data(cfg, train_tf, val_tf)

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from cimpt.engine.loop import FitResult
-from cimpt.engine.rng import seed_everything
+from cimpt.engine.rng import seed_model_init
 from cimpt.eval.augment import build_finetune_transforms, build_mixup
 from cimpt.eval.classifier import classifier_args, load_backbone_into
 from cimpt.eval.finetune import SupervisedModel, SupervisedTask, run_supervised
@@ -62,7 +62,7 @@ class LinearProbe(nn.Module):
 
 
 def build_linprobe_task(cfg: DictConfig) -> SupervisedTask:
-    seed_everything(int(cfg.seed), bool(cfg.train.deterministic))  # initial weights
+    seed_model_init(int(cfg.seed), bool(cfg.train.deterministic))
     source = adopt_from_init(cfg, "probing")
     train_tf, val_tf = build_finetune_transforms(cfg)
     data = build_labelled_data(cfg, train_tf, val_tf)

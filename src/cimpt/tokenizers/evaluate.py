@@ -10,7 +10,6 @@ the whole held-out set. ``cimpt tokenizer eval CHECKPOINT [key=value ...]`` call
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
-from cimpt.atomic import atomic_target, write_json
+from cimpt.atomic import write_json, write_png
 from cimpt.errors import CimptError
 from cimpt.tokenizers.base import ImageTokenizer
 
@@ -107,15 +106,7 @@ def save_reconstruction_figure(
     pairs = torch.stack([images[:k].float().cpu(), recons[:k].float().cpu()], 1)  # [k,2,3,H,W]
     grid = make_grid(pairs.flatten(0, 1).clamp(0, 1), nrow=min(8, 2 * k), padding=2, pad_value=1)
     array = (grid * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    fd, tmp = atomic_target(path)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            Image.fromarray(array).save(fh, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_png(path, Image.fromarray(array))
 
 
 def _find_run_config(checkpoint: Path) -> Path | None:

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from cimpt.config import tokenizer_resolution
 from cimpt.engine.loop import FitResult, Trainer
-from cimpt.engine.rng import seed_everything
+from cimpt.engine.rng import seed_model_init
 from cimpt.engine.task import Task
 from cimpt.errors import CimptError
 from cimpt.tokenizers.base import ImageTokenizer
@@ -77,7 +77,7 @@ def build_tokenizer_task(cfg: DictConfig) -> TokenizerTask:
     from cimpt.data import ImageCollate, build_dataset, build_single_view_transform
     from cimpt.tokenizers.load import build_tokenizer
 
-    seed_everything(int(cfg.seed), bool(cfg.train.deterministic))  # initial weights
+    seed_model_init(int(cfg.seed), bool(cfg.train.deterministic))
 
     if cfg.tokenizer.kind != "vqvae":
         raise CimptError(f"tokenizer.kind: only 'vqvae' can be trained, not '{cfg.tokenizer.kind}'")
