@@ -257,7 +257,7 @@ def run_arm(
             "finetune_commit": job_commit(ft),
             "finetune_config": yaml.safe_load((ft.run_dir / "config.yaml").read_text()),
         }
-    if pre is not None and (pre.run_dir / "config.yaml").exists():
+    if pre is not None and (pre.run_dir / pre.done_file).exists():  # finished runs only
         pcfg = yaml.safe_load((pre.run_dir / "config.yaml").read_text())
         row |= {
             "generator": last_pretrain_metrics(pre.run_dir),
