@@ -144,6 +144,7 @@ def test_fewer_images_than_a_batch(tmp_path, tokenizer_file, e2e, capsys) -> Non
     args = e2e.tiny_cim_overrides(tmp_path / "run", few, tokenizer_file)
     line = _fails(e2e, capsys, args)
     assert "2 images" in line and "train.batch_size=4" in line
+    assert not (tmp_path / "run").exists()  # found before anything was written
 
 
 def test_empty_tokenizer_checkpoint_says_how_to_get_one(cim_overrides, tmp_path, e2e, capsys):

@@ -105,7 +105,7 @@ class Trainer:
         try:
             self._setup(task, cfg)
         except BaseException:
-            self.lock.release()
+            self.lock.release(undo=not (self.run_dir / "config.yaml").exists())
             raise
 
     def _take_lock(self) -> RunLock:

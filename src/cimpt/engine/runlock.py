@@ -14,6 +14,7 @@ against a mistake and must never stop a run that would otherwise work.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import sys
@@ -41,10 +42,13 @@ class RunLock:
         self.path = Path(run_dir) / LOCK_NAME
         self._fd: int | None = None
         self._key: Path | None = None  # our entry in _HELD
+        self._made: list[Path] = []
 
     def acquire(self) -> RunLock:
         if self._key is not None:
             return self
+        # What acquire creates, so that a run that fails to start can leave nothing behind.
+        self._made = [p for p in (self.path.parent, self.path) if not p.exists()]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         key = self.path.resolve()
         if key in _HELD:
@@ -83,13 +87,21 @@ class RunLock:
             "wait for it to end or choose another run.dir"
         )
 
-    def release(self) -> None:
+    def release(self, undo: bool = False) -> None:
+        """Unlock; with ``undo`` (a run that failed before writing anything) also remove the
+        lock file and the run directory if ``acquire`` created them and they hold nothing else.
+        """
         if self._key is not None:
             _HELD.discard(self._key)
             self._key = None
         if self._fd is not None:
             os.close(self._fd)  # closing drops the POSIX lock
             self._fd = None
+        if undo:
+            for made in reversed(self._made):  # the file, then its directory
+                with contextlib.suppress(OSError):  # not empty, or gone: leave it
+                    made.rmdir() if made.is_dir() else made.unlink()
+        self._made = []
 
     def __enter__(self) -> RunLock:
         return self.acquire()
