@@ -100,11 +100,14 @@ ARMS = [
     ),
     # Seeds: each pre-trained encoder fine-tuned again with the label subset and training
     # seed of a scratch run, so that gains are paired (same labels, same seed).
-    Arm("scratch_seed2", "seed 2 (label subset and training)", None, seed=2),
+    *(
+        Arm(f"scratch_seed{s}", f"seed {s} (label subset and training)", None, seed=s)
+        for s in (2, 3)
+    ),
     *(
         Arm(f"{enc}_seed{s}", f"seed {s}, {enc}'s encoder", "revdet", seed=s, pretrain_from=enc)
         for enc in ("revdet", "revdet_pt4ep")
-        for s in (1, 2)
+        for s in (1, 2, 3)
     ),
 ]
 BY_NAME = {arm.name: arm for arm in ARMS}
