@@ -14,7 +14,10 @@ interrupted job resumes (``resume=auto``), so rerunning the command continues th
 
 Presets (``--preset``), with wall times on this project's 2-core CPU (``--parallel 2``):
 
-- ``full`` (default): tokenizer 3 epochs, pre-training 3 epochs per objective, fine-tuning 2
+- ``standard`` (default): ``short`` for the ViT and ``mini`` for the ResNet, the study in
+  docs/BENCHMARKS.md: measured 2.5 h for both backbones (14:34 to 17:05 UTC, all jobs of both
+  sharing the 2 cores). ``--report-only`` on that study's work folder rebuilds its table.
+- ``full``: tokenizer 3 epochs, pre-training 3 epochs per objective, fine-tuning 2
   epochs at 100 % labels and 20 epochs at 10 %. Estimated from the step costs measured in the
   ``short``/``mini`` runs (ViT: 2.3 s per pre-training step, 2.9 s per fine-tuning step with
   its evaluations; ResNet-10t: 3.7 s and 2.6-3.0 s; one thread per job): about 2.6 h for the
@@ -40,7 +43,7 @@ for every row: ``configs/cifar10_finetune.yaml`` (mixup 0.8, cutmix 1.0, label s
 applied to the scratch baseline it would slow its lower layers and widen the gap
 in CIM's favour, so it is off for every row.
 
-    python bench/cifar10_evidence.py [--preset full|short|quick] [--parallel 2] \
+    python bench/cifar10_evidence.py [--preset standard|full|short|mini|quick] [--parallel 2] \
         [--backbones vit,resnet] [--data DIR --val-data DIR] [--work runs/evidence] \
         [--out docs/results]
 """
@@ -149,6 +152,14 @@ PRESETS = {
         ],
     ),
 }
+# Presets that give each backbone its own budget: ``standard`` is the measured study.
+BACKBONE_PRESETS = {"standard": {"vit": "short", "resnet": "mini"}}
+
+
+def preset_for(name: str, backbone: str) -> tuple[str, Preset]:
+    """The concrete preset (name, budgets) that ``--preset name`` gives ``backbone``."""
+    concrete = BACKBONE_PRESETS.get(name, {}).get(backbone, name)
+    return concrete, PRESETS[concrete]
 
 
 @dataclass
@@ -364,7 +375,8 @@ def merge_rows(path: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def run_study(a: argparse.Namespace) -> list[dict[str, Any]]:
-    p = PRESETS[a.preset]
+    keys = a.backbones.split(",")
+    p = preset_for(a.preset, keys[0])[1]  # the tokenizer's budget (the same in every preset)
     work = Path(a.work).expanduser().resolve()
     log_dir = work / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -372,14 +384,15 @@ def run_study(a: argparse.Namespace) -> list[dict[str, Any]]:
     threads = max(1, (os.cpu_count() or 2) // a.parallel)
     run_job(tokenizer_job(a, p, n_train, work), threads * a.parallel, log_dir, a.report_only)
     rows = []
-    for key in a.backbones.split(","):
+    for key in keys:
+        name, p = preset_for(a.preset, key)
         b = TINY_VIT if (p.max_steps and key == "vit") else BACKBONES[key]
         with ThreadPoolExecutor(a.parallel) as pool:
             pre = dict(
                 zip(
                     ("respix", "revdet"),
                     pool.map(
-                        lambda o, b=b: run_job(
+                        lambda o, b=b, p=p: run_job(
                             pretrain_job(a, p, n_train, work, b, o), threads, log_dir, a.report_only
                         ),
                         ("respix", "revdet"),
@@ -390,7 +403,7 @@ def run_study(a: argparse.Namespace) -> list[dict[str, Any]]:
             plan = [(i, f) for f in (0.1, 1.0) for i in INITS]
             jobs = list(
                 pool.map(
-                    lambda jf, b=b: run_job(
+                    lambda jf, b=b, p=p: run_job(
                         finetune_job(a, p, n_train, work, b, jf[0], jf[1]),
                         threads,
                         log_dir,
@@ -400,7 +413,7 @@ def run_study(a: argparse.Namespace) -> list[dict[str, Any]]:
                 )
             )
         rows += [
-            make_row(job, init, f, b, pre.get(init.split("-")[-1]), a.preset)
+            make_row(job, init, f, b, pre.get(init.split("-")[-1]), name)
             for job, (init, f) in zip(jobs, plan, strict=True)
             if not job.missing
         ]
@@ -409,7 +422,7 @@ def run_study(a: argparse.Namespace) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", choices=sorted(PRESETS), default="full")
+    ap.add_argument("--preset", choices=sorted([*PRESETS, *BACKBONE_PRESETS]), default="standard")
     ap.add_argument("--data", default=str(CIFAR / "train"))
     ap.add_argument("--val-data", default=str(CIFAR / "test"))
     ap.add_argument("--work", default="runs/evidence")

@@ -145,3 +145,12 @@ def test_ablation_rejects_unknown_arms_and_a_work_folder_without_study(
     assert ablation.main(["--arms", "revdet", "--work", str(tmp_path)]) == 2
     assert "has no tokenizer" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_default_preset_gives_each_backbone_the_measured_budget() -> None:
+    evidence = _bench_module("cifar10_evidence")
+    assert evidence.preset_for("standard", "vit") == ("short", evidence.PRESETS["short"])
+    assert evidence.preset_for("standard", "resnet") == ("mini", evidence.PRESETS["mini"])
+    assert evidence.preset_for("full", "resnet") == ("full", evidence.PRESETS["full"])
+    # the shared tokenizer gets one budget whatever the backbone
+    assert evidence.PRESETS["short"].tokenizer_epochs == evidence.PRESETS["mini"].tokenizer_epochs
