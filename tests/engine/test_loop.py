@@ -271,3 +271,17 @@ def test_trimming_keeps_records_it_does_not_understand(tmp_path: Path) -> None:
     path.write_text("\n".join([*lines, '{"step": 3, "cut', ""]))
     keep_records_through(path, 4)
     assert path.read_text().splitlines() == [lines[0], *lines[2:]]
+
+
+def test_fit_can_keep_the_run_dir_for_writes_after_training(tmp_path: Path) -> None:
+    from cimpt.engine.loop import Trainer
+    from cimpt.engine.runlock import RunLock
+
+    torch.manual_seed(123)
+    trainer = Trainer(ToyTask(ToyModel(), ToyData(), toy_collate), toy_config(str(tmp_path), 2))
+    trainer.fit(keep_lock=True)
+    with pytest.raises(CimptError, match="in use"):
+        RunLock(tmp_path).acquire()  # still ours while the caller evaluates
+    trainer.close()
+    with RunLock(tmp_path):
+        pass

@@ -320,11 +320,15 @@ class Trainer:
         return float(norm), ok, stop
 
     # ----- the loop -----------------------------------------------------------------------
-    def fit(self) -> FitResult:
+    def fit(self, keep_lock: bool = False) -> FitResult:
+        """Train to the end (or a signal). ``keep_lock``: the caller writes more into the run
+        directory afterwards (an evaluation) and calls ``close`` itself."""
         try:
             return self._fit()
         finally:
-            self.close()
+            self.logger.close()
+            if not keep_lock:
+                self.lock.release()
 
     def _fit(self) -> FitResult:
         cfg, st = self.cfg, self.state

@@ -90,17 +90,23 @@ def train_tokenizer(cfg: DictConfig) -> FitResult:
     """Train, then evaluate on ``data.val_path`` when it is set; print where things are."""
     task = build_tokenizer_task(cfg)
     trainer = Trainer(task, cfg)
-    result = trainer.fit()
-    if not trainer.dist.is_main:
-        return result
+    try:
+        result = trainer.fit(keep_lock=True)  # the evaluation below writes into the run too
+        if trainer.dist.is_main:
+            _report_and_evaluate(cfg, result)
+    finally:
+        trainer.close()
+    return result
+
+
+def _report_and_evaluate(cfg: DictConfig, result: FitResult) -> None:
     out = result.run_dir / TOKENIZER_FILE
     if result.interrupted:
         print(f"stopped at step {result.state.step}; checkpoint: {result.last_checkpoint}")
         print(f"continue with: cimpt tokenizer train <config> run.dir={result.run_dir} resume=auto")
-        return result
+        return
     print(f"tokenizer written to {out}")
     if cfg.data.val_path or cfg.data.source in ("cifar10", "cifar100"):
         from cimpt.tokenizers.evaluate import evaluate_tokenizer_command
 
         evaluate_tokenizer_command(str(out), [f"run.dir={result.run_dir}"])
-    return result
