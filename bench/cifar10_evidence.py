@@ -25,7 +25,9 @@ Presets (``--preset``), with wall times on this project's 2-core CPU (``--parall
 - ``short``: tokenizer 1.5 epochs, pre-training 1.6 epochs, fine-tuning 2 epochs (100 %) and
   12 epochs (10 %); measured 1.6 h for the ViT (docs/BENCHMARKS.md).
 - ``mini``: pre-training 0.5 epoch, fine-tuning 1 epoch (100 %) and 5 epochs (10 %); measured
-  55 min for the ResNet (the tokenizer, 3 min, is shared by both backbones).
+  55 min for the ResNet (the tokenizer, 3 min, is shared by both backbones). Its one epoch at
+  100 % labels is all warm-up (the recipe warms up for 1 epoch), so those rows compare models
+  at the peak lr; docs/BENCHMARKS.md shows the ResNet rerun with 2 epochs.
 - ``quick``: a tiny model and a few steps per job on a tiny subset, minutes; for CI and smoke
   tests (its numbers mean nothing).
 
