@@ -358,12 +358,11 @@ def main(argv: list[str] | None = None) -> int:
         help="run nothing: write the table from the jobs that have finished",
     )
     a = ap.parse_args(argv)
-    by_name = BY_NAME
     chosen = a.arms.split(",")
-    unknown = [n for n in chosen if n not in by_name]
+    unknown = [n for n in chosen if n not in BY_NAME]
     if unknown:
         print(
-            f"error: --arms: unknown {', '.join(unknown)} (known: {', '.join(by_name)})",
+            f"error: --arms: unknown {', '.join(unknown)} (known: {', '.join(BY_NAME)})",
             file=sys.stderr,
         )
         return 2
@@ -380,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     n_train = count_images(Path(a.data).expanduser())
     threads = a.threads or max(1, (os.cpu_count() or 2) // a.parallel)
     with ThreadPoolExecutor(a.parallel) as pool:
-        rows = list(pool.map(lambda n: run_arm(a, p, n_train, work, by_name[n], threads), chosen))
+        rows = list(pool.map(lambda n: run_arm(a, p, n_train, work, BY_NAME[n], threads), chosen))
     meta = {
         "preset": a.preset,
         "commit": git_commit(),

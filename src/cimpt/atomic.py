@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,32 +26,31 @@ def _umask() -> int:
 _UMASK = _umask()  # read once, at import: os.umask can only be read by setting it
 
 
-def atomic_target(path: Path) -> tuple[int, str]:
-    """An open temporary file (fd, name) next to ``path``; parents are created."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+@contextmanager
+def atomic_path(path: Path) -> Iterator[str]:
+    """A temporary file name next to ``path`` (parents are created) for the caller to write;
+    on success it is renamed to ``path``, on any error removed.
 
-
-def publish(tmp: str, path: Path) -> None:
-    """Rename the finished ``tmp`` to ``path``, with the mode a plain ``open`` would give.
-
-    ``mkstemp`` makes files private (0600); the result gets 0666 less the umask, so that other
-    users and a TensorBoard service on a shared machine can read it.
+    ``mkstemp`` makes files private (0600); the result gets the mode a plain ``open`` would
+    give (0666 less the umask), so that other users and a TensorBoard service on a shared
+    machine can read it.
     """
-    os.chmod(tmp, 0o666 & ~_UMASK)
-    os.replace(tmp, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)  # writers here open by name
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def write_text(path: Path, text: str) -> None:
     """``text`` at ``path``, atomically."""
-    fd, tmp = atomic_target(path)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text, encoding="utf-8")
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -64,27 +65,15 @@ def write_safetensors(
     at ``path``, atomically; parents are created."""
     from safetensors.torch import save_file
 
-    fd, tmp = atomic_target(path)
-    os.close(fd)  # safetensors writes by name
-    try:
+    with atomic_path(path) as tmp:
         save_file(
             {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata
         )
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
 def write_png(path: Path, image: Any) -> Path:
     """A ``PIL.Image`` as a PNG file at ``path``, atomically; parents are created."""
-    fd, tmp = atomic_target(path)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            image.save(fh, format="PNG")
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
     return path

@@ -22,6 +22,12 @@ def _bench_module(name: str) -> ModuleType:
         sys.path.remove(str(BENCH))
 
 
+def _quick_args(data: Path, val: Path, work: Path, out: Path) -> list[str]:
+    """The quick preset on the tiny folders, one job at a time."""
+    return ["--preset", "quick", "--data", str(data), "--val-data", str(val),
+            "--work", str(work), "--out", str(out), "--parallel", "1"]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def evidence(
     image_folder: Path, val_folder: Path, tmp_path_factory: pytest.TempPathFactory
@@ -29,20 +35,7 @@ def evidence(
     """(folder of the quick evidence study: ``w`` work, ``out`` results; its exit code)."""
     root = tmp_path_factory.mktemp("evidence")
     code = _bench_module("cifar10_evidence").main(
-        [
-            "--preset",
-            "quick",
-            "--data",
-            str(image_folder),
-            "--val-data",
-            str(val_folder),
-            "--work",
-            str(root / "w"),
-            "--out",
-            str(root / "out"),
-            "--parallel",
-            "1",
-        ]
+        _quick_args(image_folder, val_folder, root / "w", root / "out")
     )
     return root, code
 
@@ -80,22 +73,7 @@ def test_quick_ablation_reuses_the_study_and_changes_one_thing_per_arm(
     arms = "scratch,revdet,revdet_mask0.6,scratch_seed1,revdet_seed1"
     assert (
         _bench_module("cifar10_ablation").main(
-            [
-                "--preset",
-                "quick",
-                "--data",
-                str(image_folder),
-                "--val-data",
-                str(val_folder),
-                "--work",
-                str(root / "w"),
-                "--out",
-                str(tmp_path),
-                "--parallel",
-                "1",
-                "--arms",
-                arms,
-            ]
+            [*_quick_args(image_folder, val_folder, root / "w", tmp_path), "--arms", arms]
         )
         == 0
     )

@@ -127,8 +127,7 @@ class Trainer:
 
     def close(self) -> None:
         """Close the logs and release the run directory (``fit`` does it when it ends)."""
-        if hasattr(self, "logger"):
-            self.logger.close()
+        self.logger.close()
         self.lock.release()
 
     def _setup(self, task: Task, cfg: DictConfig) -> None:
