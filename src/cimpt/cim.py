@@ -17,6 +17,7 @@ moves it along (see ``_apply``).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -25,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from cimpt.config import token_grid, tokenizer_resolution
+from cimpt.engine.precision import full_precision
 from cimpt.errors import CimptError
 from cimpt.losses import (
     mlm_loss,
@@ -39,6 +41,8 @@ from cimpt.models.heads import RespixHead, RevdetHead
 from cimpt.tokenizers.base import ImageTokenizer
 
 OBJECTIVES = ("respix", "revdet")
+# fp32: the tokenizer ignores autocast; amp: it follows the run's autocast (train.amp).
+TOKENIZER_PRECISIONS = ("fp32", "amp")
 
 
 class CIM(nn.Module):
@@ -57,6 +61,8 @@ class CIM(nn.Module):
             sliding-window-normalized image (a choice, METHOD.md step 7).
         temperature: sampling temperature T; an engine schedule may overwrite
             ``self.temperature`` every step.
+        tokenizer_precision: "fp32" (default) runs the frozen tokenizer in fp32 even inside
+            the run's autocast; "amp" lets it follow autocast (faster, some ids flip).
     """
 
     _tokenizer: ImageTokenizer
@@ -77,6 +83,7 @@ class CIM(nn.Module):
         respix_window: int = 0,
         respix_residual: bool = False,
         temperature: float = 1.0,
+        tokenizer_precision: str = "fp32",
     ) -> None:
         super().__init__()
         if objective not in OBJECTIVES:
@@ -93,6 +100,12 @@ class CIM(nn.Module):
         self.respix_window = int(respix_window) or enhancer.patch_size
         self.respix_residual = bool(respix_residual)
         self.temperature = float(temperature)
+        if tokenizer_precision not in TOKENIZER_PRECISIONS:
+            raise CimptError(
+                f"tokenizer.precision: '{tokenizer_precision}' is not one of "
+                f"{', '.join(TOKENIZER_PRECISIONS)}"
+            )
+        self.tokenizer_precision = tokenizer_precision
         self.img_size = enhancer.grid * enhancer.patch_size
         # Non-persistent: derived from the config, so kept out of checkpoints.
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
@@ -116,6 +129,14 @@ class CIM(nn.Module):
         present = {n for n, _ in self.named_parameters()}
         return names & present
 
+    def _tokenizer_precision(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """fp32 for the frozen tokenizer unless ``tokenizer_precision="amp"``: under bf16
+        autocast its argmax ids flip (docs/BENCHMARKS.md, "Precision"), which would change
+        the golden tokens the generator learns and the replaced labels REVDET learns."""
+        if self.tokenizer_precision == "amp":
+            return contextlib.nullcontext()
+        return full_precision(device)
+
     # ---- METHOD.md step 3 -------------------------------------------------------------------
     @torch.no_grad()
     def golden_tokens(self, x_tok: torch.Tensor) -> torch.Tensor:
@@ -127,7 +148,8 @@ class CIM(nn.Module):
         Returns:
             z ``[B, g, g]`` int64.
         """
-        return self._tokenizer.encode(x_tok).long()
+        with self._tokenizer_precision(x_tok.device):
+            return self._tokenizer.encode(x_tok.float()).long()
 
     # ---- step 4 -----------------------------------------------------------------------------
     def generator_step(
@@ -164,15 +186,15 @@ class CIM(nn.Module):
         Returns:
             z_hat ``[B, g, g]`` int64.
         """
-        mask = mask.bool()
-        picked = logits.detach().float()[mask]  # [M, V]: only masked positions are sampled
+        # Static shapes: every position is sampled and ``where`` keeps the original id outside
+        # the mask, so no host-device sync and no data-dependent shape (GPU, torch.compile).
+        scores = logits.detach().float()  # [B, g, g, V]
         if self.temperature > 0:
             # G = -log(-log(U)); torch.rand + log is several times faster on CPU than
-            # exponential_ and this runs over M x V values every step.
-            u = torch.rand_like(picked).clamp_(min=torch.finfo(picked.dtype).tiny)
-            picked = picked - self.temperature * torch.log(-torch.log(u))
-        z_hat = z.clone()
-        z_hat[mask] = picked.argmax(-1)
+            # exponential_ and this runs over B x g x g x V values every step.
+            u = torch.rand_like(scores).clamp_(min=torch.finfo(scores.dtype).tiny)
+            scores = scores - self.temperature * torch.log(-torch.log(u))
+        z_hat = torch.where(mask.bool(), scores.argmax(-1), z)
         return z_hat
 
     # ---- step 6 -----------------------------------------------------------------------------
@@ -186,7 +208,8 @@ class CIM(nn.Module):
         Returns:
             ``[B, 3, R, R]`` float32 in [0, 1].
         """
-        img = self._tokenizer.decode(ids).float()
+        with self._tokenizer_precision(ids.device):
+            img = self._tokenizer.decode(ids).float()
         if img.shape[-1] != self.img_size or img.shape[-2] != self.img_size:
             # antialias only matters when shrinking; bicubic can overshoot, hence the clamp.
             img = F.interpolate(
@@ -415,4 +438,5 @@ def build_cim(cfg: DictConfig, tokenizer: ImageTokenizer) -> CIM:
         respix_window=int(cfg.loss.respix_window),
         respix_residual=bool(cfg.loss.respix_residual),
         temperature=float(g.temperature),
+        tokenizer_precision=str(cfg.tokenizer.precision),
     )

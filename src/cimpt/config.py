@@ -76,6 +76,7 @@ class TokenizerConfig:
     ema_decay: float = 0.99
     commitment: float = 0.25
     dead_code_threshold: float = 0.01
+    precision: str = "fp32"
 
 
 @dataclass
@@ -175,6 +176,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "objective": ("respix", "revdet"),
     "data.source": ("auto", "folder", "tar", "cifar10", "cifar100", "bundled"),
     "tokenizer.kind": ("vqvae", "dalle"),
+    "tokenizer.precision": ("fp32", "amp"),
     "train.amp": ("auto", "bf16", "fp16", "none"),
     "finetune.global_pool": ("avg", "token"),
 }

@@ -10,8 +10,9 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from cimpt.engine import distributed as D
 from cimpt.engine.checkpoint import module_tensors, save_checkpoint
 from cimpt.engine.metrics import MetricsLogger, RunningMeans, peak_memory_mb
 from cimpt.engine.optim import build_adamw
+from cimpt.engine.precision import autocast, choose_attention, describe, resolve_amp
 from cimpt.engine.resume import find_resume_checkpoint, restore
 from cimpt.engine.rng import rng_state, seed_everything
 from cimpt.engine.runlock import RunLock
@@ -44,6 +46,17 @@ class LoopState:
     skipped_images: int = 0
     nan_streak: int = 0
     nan_total: int = 0
+
+
+@dataclass
+class StepOutput:
+    """What ``Trainer.train_step`` did."""
+
+    values: dict[str, torch.Tensor | float]  # mean scalars over micro-batches, on the device
+    schedule: dict[str, float]  # lr and the task's schedule values for this step
+    ok: bool  # the update was applied (every rank had finite gradients)
+    stop: bool  # some rank asked to stop (signal)
+    batch: dict[str, Any]  # the last micro-batch (for figures)
 
 
 @dataclass
@@ -74,12 +87,6 @@ class _StopFlag:
     def __exit__(self, *exc: object) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
-
-
-def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    if amp == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[amp]
 
 
 def _micro_batch(cfg: DictConfig, world: int) -> int:
@@ -131,13 +138,14 @@ class Trainer:
         self.lock.release()
 
     def _setup(self, task: Task, cfg: DictConfig) -> None:
-        self.amp_dtype = _amp_dtype(cfg.train.amp, self.device)
+        self.amp_dtype = resolve_amp(cfg.train.amp, self.device)
         self.micro = _micro_batch(cfg, self.dist.world_size)
         self.state = LoopState()
         seed_everything(cfg.seed + self.dist.rank, cfg.train.deterministic)
         self._build_data()
         self.model = task.model.to(self.device)
-        if cfg.train.channels_last and self.device.type == "cuda":
+        choose_attention(self.model, self.device, self.amp_dtype)
+        if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         task.on_device(self.device)
         self.base_lr = scaled_lr(cfg.train.blr, cfg.train.lr, cfg.train.batch_size)
@@ -160,6 +168,8 @@ class Trainer:
         )
         if self.dist.is_main:
             save_config(cfg, self.run_dir / "config.yaml")
+            if cfg.run.progress:
+                print(f"precision: {describe(self.amp_dtype, self.device)}", file=sys.stderr)
 
     # ----- set-up -------------------------------------------------------------------------
     def _build_data(self) -> None:
@@ -263,7 +273,7 @@ class Trainer:
         for k, v in batch.items():
             if isinstance(v, torch.Tensor):
                 v = v.to(self.device, non_blocking=True)
-                if self.cfg.train.channels_last and v.ndim == 4 and self.device.type == "cuda":
+                if self.cfg.train.channels_last and v.ndim == 4:
                     v = v.contiguous(memory_format=torch.channels_last)
             out[k] = v
         return out
@@ -288,35 +298,60 @@ class Trainer:
             else contextlib.nullcontext()
         )
         with ctx:
-            with torch.autocast(
-                self.device.type,
-                dtype=self.amp_dtype or torch.float32,
-                enabled=self.amp_dtype is not None,
-            ):
+            with autocast(self.device, self.amp_dtype):
                 out = self.wrapped(batch)
             loss = out["loss"] / self.cfg.train.accum_steps
             self.scaler.scale(loss).backward()
         return out
 
-    def _optimizer_step(self, finite_local: bool, stop_local: bool) -> tuple[float, bool, bool]:
-        """Clip, check finiteness on every rank, step or skip. Returns (grad norm, ok, stop)."""
+    def _optimizer_step(
+        self, finite_local: torch.Tensor | bool, stop_local: bool
+    ) -> tuple[torch.Tensor, bool, bool]:
+        """Clip, check finiteness on every rank, step or skip. Returns (grad norm, ok, stop).
+
+        The grad norm stays a device tensor; the one host read per step is the two flags that
+        decide, for all ranks alike, whether to apply the update and whether to stop.
+        """
         self.scaler.unscale_(self.optimizer)
         clip = self.cfg.train.clip_grad if self.cfg.train.clip_grad > 0 else math.inf
         params = [p for p in self.model.parameters() if p.requires_grad]
         norm = torch.nn.utils.clip_grad_norm_(params, clip)
-        flags = torch.tensor(
-            [float(finite_local and bool(torch.isfinite(norm))), float(stop_local)],
-            device=self.device,
-        )
+        finite = torch.isfinite(norm) & torch.as_tensor(finite_local, device=norm.device)
+        flags = torch.stack([finite.float(), torch.tensor(float(stop_local), device=norm.device)])
         # One reduction decides for all ranks, so they skip or stop together.
-        flags = D.all_reduce_sum(flags)
-        ok = bool(flags[0] == self.dist.world_size)
-        stop = bool(flags[1] > 0)
+        n_ok, n_stop = D.all_reduce_sum(flags.to(self.device)).tolist()
+        ok, stop = n_ok == self.dist.world_size, n_stop > 0
         if ok:
             self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(norm), ok, stop
+        return norm.detach(), ok, stop
+
+    def train_step(
+        self, next_batch: Callable[[], dict[str, Any]], stop_requested: bool = False
+    ) -> StepOutput:
+        """One optimizer update: schedules, ``accum_steps`` micro-batches from ``next_batch``
+        (forward + backward each), then clip, the NaN guard and AdamW.
+
+        Scalars stay on the device (``StepOutput.values``); nothing is read back but the
+        step/stop flags (see ``_optimizer_step``).
+        """
+        sched = self.task.on_step(self.state.step, self.total_steps)
+        lr = self._set_lr()
+        finite: torch.Tensor | bool = True
+        step_vals = RunningMeans()
+        batch: dict[str, Any] = {}
+        accum = self.cfg.train.accum_steps
+        for micro in range(accum):
+            batch = next_batch()
+            out = self._forward_backward(self._to_device(batch), sync=micro == accum - 1)
+            scalars = {k: v.detach() for k, v in out.items() if v.numel() == 1}
+            finite = torch.isfinite(scalars["loss"]) & finite
+            step_vals.add(scalars)
+        norm, ok, stop = self._optimizer_step(finite, stop_requested)
+        return StepOutput(
+            {**step_vals.pop_lazy(), "grad_norm": norm}, {**sched, "lr": lr}, ok, stop, batch
+        )
 
     # ----- the loop -----------------------------------------------------------------------
     def fit(self, keep_lock: bool = False) -> FitResult:
@@ -344,30 +379,25 @@ class Trainer:
         batches = self._batches()
         window_t0, window_images, window_wait = time.perf_counter(), 0, 0.0
         interrupted = False
+
+        def next_batch() -> dict[str, Any]:
+            nonlocal window_wait, window_images
+            t0 = time.perf_counter()
+            b = next(batches)
+            window_wait += time.perf_counter() - t0
+            window_images += self.task.batch_size_of(b) * self.dist.world_size
+            return b
+
         self.model.train()
         with _StopFlag() as stop_flag:
             while st.step < self.total_steps:
-                sched = self.task.on_step(st.step, self.total_steps)
-                lr = self._set_lr()
-                finite, step_vals = True, RunningMeans()
-                batch: dict[str, Any] = {}
-                for micro in range(cfg.train.accum_steps):
-                    t0 = time.perf_counter()
-                    batch = next(batches)
-                    window_wait += time.perf_counter() - t0
-                    window_images += self.task.batch_size_of(batch) * self.dist.world_size
-                    out = self._forward_backward(
-                        self._to_device(batch), sync=micro == cfg.train.accum_steps - 1
-                    )
-                    vals = {k: float(v.detach()) for k, v in out.items() if v.numel() == 1}
-                    finite = finite and math.isfinite(vals["loss"])
-                    step_vals.add(vals)
-                norm, ok, stop = self._optimizer_step(finite, stop_flag.set)
+                step = self.train_step(next_batch, stop_flag.set)
+                stop, batch = step.stop, step.batch
                 st.step += 1
                 bar.update(1)
-                if ok:
+                if step.ok:
                     st.nan_streak = 0
-                    means.add({**step_vals.pop(), "grad_norm": norm})
+                    means.add(step.values)
                     self.task.after_optimizer_step(st.step)
                 else:
                     st.nan_streak += 1
@@ -377,8 +407,7 @@ class Trainer:
                     elapsed = max(time.perf_counter() - window_t0, 1e-9)
                     last_metrics = {
                         **means.pop(),
-                        **sched,
-                        "lr": lr,
+                        **step.schedule,
                         "epoch": st.epoch,
                         "img_per_s": window_images / elapsed,
                         "data_wait_frac": window_wait / elapsed,

@@ -10,6 +10,7 @@ import json
 import resource
 import sys
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +20,40 @@ from cimpt.atomic import write_text
 
 
 class RunningMeans:
-    """Averages scalars over the steps between two log lines."""
+    """Averages scalars over the steps between two log lines.
+
+    Values may be Python numbers or 0-d tensors. Tensors are summed where they live (on a
+    GPU: no synchronisation per step); ``pop`` reads all of them back with one transfer.
+    """
 
     def __init__(self) -> None:
-        self._sum: dict[str, float] = defaultdict(float)
+        self._sum: dict[str, torch.Tensor | float] = {}
         self._n: dict[str, int] = defaultdict(int)
 
-    def add(self, values: dict[str, float]) -> None:
+    def add(self, values: Mapping[str, torch.Tensor | float]) -> None:
         for k, v in values.items():
-            self._sum[k] += float(v)
+            v = v.detach().float() if isinstance(v, torch.Tensor) else float(v)
+            self._sum[k] = self._sum[k] + v if k in self._sum else v
             self._n[k] += 1
 
-    def pop(self) -> dict[str, float]:
-        out = {k: self._sum[k] / self._n[k] for k in self._sum}
+    def pop_lazy(self) -> dict[str, torch.Tensor | float]:
+        """The means, tensors left on their device (nothing is read back)."""
+        out = {k: v / self._n[k] for k, v in self._sum.items()}
         self._sum.clear()
         self._n.clear()
         return out
+
+    def pop(self) -> dict[str, float]:
+        """The means as numbers: one device-to-host transfer for all tensor values."""
+        lazy = self.pop_lazy()
+        out = {k: v for k, v in lazy.items() if not isinstance(v, torch.Tensor)}
+        tensors = {k: v for k, v in lazy.items() if isinstance(v, torch.Tensor)}
+        if tensors:
+            devices = {t.device for t in tensors.values()}
+            device = devices.pop() if len(devices) == 1 else torch.device("cpu")
+            stacked = torch.stack([t.reshape(()).to(device) for t in tensors.values()])
+            out.update(zip(tensors, stacked.tolist(), strict=True))
+        return {k: out[k] for k in lazy}
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -221,6 +221,8 @@ class DalleTokenizer(ImageTokenizer):
         input_channels, output_channels: image channels (3).
     """
 
+    kind = "dalle"  # the file kind save_tokenizer records
+
     downsample = DOWNSAMPLE
 
     def __init__(

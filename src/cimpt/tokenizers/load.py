@@ -59,7 +59,8 @@ def build_tokenizer(tok_cfg: Any) -> ImageTokenizer:
 def save_tokenizer(tok: ImageTokenizer, path: str | Path) -> Path:
     """Write weights and buffers to one safetensors file, atomically; parents are created."""
     arch = tok.arch_config()
-    metadata = {"cimpt_tokenizer": str(arch.get("kind", "vqvae")), "arch": json.dumps(arch)}
+    kind = getattr(tok, "kind", None) or arch.get("kind", "vqvae")
+    metadata = {"cimpt_tokenizer": str(kind), "arch": json.dumps(arch)}
     return write_safetensors(Path(path).expanduser(), tok.state_dict(), metadata)
 
 

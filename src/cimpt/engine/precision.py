@@ -1,0 +1,109 @@
+"""Which floating-point precision a job computes in, chosen once per run.
+
+``train.amp=auto`` means bf16 autocast where the hardware has bf16 matrix units and fp32
+elsewhere:
+
+* CUDA: bf16 where the GPU supports it (Ampere and later), else fp16 with a gradient scaler.
+* CPU: bf16 only where the processor has Intel AMX (``amx_bf16``). Without matrix units,
+  oneDNN emulates bf16 matrix products and a CIM step runs many times *slower* than in fp32
+  (measured on an AMD EPYC without AVX-512: docs/BENCHMARKS.md, "Precision"), so bf16 there
+  would be a trap, not a speed-up.
+* other devices (MPS, ...): fp32.
+
+The frozen tokenizer is not affected by this choice: ``tokenizer_precision`` keeps it in fp32
+unless asked otherwise, because bf16 rounding flips some of its argmax token ids.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+# Keys of ``train.amp`` and what they mean; "auto" is resolved by ``resolve_amp``.
+_FIXED = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_amx_bf16() -> bool:
+    """Whether this CPU has AMX bf16 tiles (Intel Sapphire Rapids and later).
+
+    torch's own probe is used where it exists (it also checks that the OS enabled the tiles);
+    otherwise the ``amx_bf16`` flag of ``/proc/cpuinfo`` (Linux).
+    """
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    if callable(probe):
+        try:
+            if not probe():
+                return False
+        except RuntimeError:
+            pass
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return "amx_bf16" in line.split()
+    return False
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``train.amp`` on ``device`` (``None``: fp32, no autocast)."""
+    if amp != "auto":
+        return _FIXED[amp]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_has_amx_bf16():
+        return torch.bfloat16
+    return None
+
+
+def describe(dtype: torch.dtype | None, device: torch.device) -> str:
+    """A short start-up line, e.g. ``bf16 autocast (CPU with AMX)``."""
+    if dtype is None:
+        return f"fp32 ({device.type})"
+    name = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
+    where = "CPU with AMX" if device.type == "cpu" and cpu_has_amx_bf16() else device.type
+    return f"{name} autocast ({where})"
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for ``dtype``, or a no-op context when ``dtype`` is ``None``."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def full_precision(device: torch.device) -> Iterator[None]:
+    """Turn any enclosing autocast off: everything inside computes in the inputs' dtype."""
+    if device.type in ("cpu", "cuda"):
+        with torch.autocast(device.type, enabled=False):
+            yield
+    else:
+        yield
+
+
+def choose_attention(
+    model: torch.nn.Module, device: torch.device, dtype: torch.dtype | None
+) -> int:
+    """Pick the attention kernel of timm's attention modules for this device and dtype.
+
+    On a CPU under bf16 autocast, torch's fused CPU attention (flash) has a slow backward:
+    on an AMX Xeon it took 40 % of a CIM step at width 192, five times its fp32 time
+    (docs/BENCHMARKS.md, "Precision"). timm's explicit form (``q @ k^T``, softmax, ``@ v``)
+    runs its matrix products on the AMX tiles instead, so it is chosen there; everywhere
+    else timm's default (fused) stays. Returns the number of modules switched.
+    """
+    if not (device.type == "cpu" and dtype == torch.bfloat16):
+        return 0
+    switched = 0
+    for module in model.modules():
+        if getattr(module, "fused_attn", None) is True:
+            module.fused_attn = False
+            switched += 1
+    return switched
