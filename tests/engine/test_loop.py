@@ -103,19 +103,20 @@ def _wait_for_checkpoint(run: Path, proc: subprocess.Popen[bytes], step: int) ->
     raise AssertionError("no checkpoint in time")
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_sigkill_then_resume_equals_uninterrupted(tmp_path: Path, workers: int) -> None:
+@pytest.mark.parametrize(("workers", "amp"), [(0, "none"), (2, "none"), (0, "bf16")])
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path: Path, workers: int, amp: str) -> None:
     # 16 steps of 8 over 96 samples = 1.33 epochs, so the kill and resume cross an epoch.
-    steps, w = 16, f"data.num_workers={workers}"
+    # bf16: the exact resume holds under bf16 autocast too (the optimizer state stays fp32).
+    steps, w, a = 16, f"data.num_workers={workers}", f"train.amp={amp}"
     full, killed = tmp_path / "full", tmp_path / "killed"
-    subprocess.run([*_python(), str(full), str(steps), "0", w], check=True, capture_output=True)
-    proc = subprocess.Popen([*_python(), str(killed), str(steps), "0.02", w])
+    subprocess.run([*_python(), str(full), str(steps), "0", w, a], check=True, capture_output=True)
+    proc = subprocess.Popen([*_python(), str(killed), str(steps), "0.02", w, a])
     _wait_for_checkpoint(killed, proc, 8)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "final.pt").exists()  # it really died mid-run
     out = subprocess.run(
-        [*_python(), str(killed), str(steps), "0", "resume=auto", w],
+        [*_python(), str(killed), str(steps), "0", "resume=auto", w, a],
         check=True,
         capture_output=True,
     )
