@@ -1,8 +1,9 @@
 """CPU throughput and memory of one CIM pre-training step, its parts, and the real Trainer.
 
 Fang et al., "Corrupted Image Modeling" (ICLR 2023, arXiv 2202.03382); METHOD.md "One training
-step". For one config (default ``configs/cifar10_vit.yaml``), fp32 on CPU, at the config's
-batch size, this measures in one run:
+step". For one config (default ``configs/cifar10_vit.yaml``) on CPU, at the config's batch
+size, in the precision ``train.amp`` resolves to (``auto``: bf16 on a CPU with AMX, else fp32;
+pass ``train.amp=none`` or ``train.amp=bf16`` to choose), this measures in one run:
 
 1. **Components**, all on the SAME batch tensors from the real data pipeline (JPEG folder,
    two-view transform, block masks, ``CIMCollate``), interleaved round-robin over ``--reps``
@@ -11,20 +12,24 @@ batch size, this measures in one run:
    * tokenizer: ``golden_tokens(x_tok)`` + ``corrupt(z_hat)`` (encode, decode, resize,
      normalize), no gradient;
    * generator: ``generator_step`` forward + backward of its masked cross-entropy;
+   * sample: the Gumbel sampling of the replacements (METHOD.md step 5);
    * enhancer + head: ``enhancer_step`` forward + backward of the objective's loss on a fixed
      corrupted image;
    * optimizer: the Trainer's ``_optimizer_step`` (clip, AdamW over all trainable
      parameters, zero_grad) on fixed gradients;
-   * the full CIM step: exactly the body of ``Trainer.fit`` for one step (``on_step``,
-     ``_set_lr``, ``_forward_backward``, the loss scalars read back, ``_optimizer_step``),
-     by calling the Trainer's own methods;
-   * diagnostics, not part of the sum: the Gumbel sampling of step 5 alone, and the full
-     step with ``torch.utils.deterministic.fill_uninitialized_memory`` off (the engine now
-     turns it off itself, so the two should agree; the row guards against a regression);
+   * the full CIM step: ``Trainer.train_step``, the step ``Trainer.fit`` runs (schedules,
+     forward + backward under autocast, NaN guard, clip, AdamW);
+   * diagnostic, not part of the sum: the full step with
+     ``torch.utils.deterministic.fill_uninitialized_memory`` off (the engine now turns it off
+     itself, so the two should agree; the row guards against a regression);
    * a plain supervised step of the same enhancer backbone (timm model, 10-class head,
-     cross-entropy on labels, clip, AdamW with the same parameter groups).
+     cross-entropy on labels, clip, AdamW with the same parameter groups): the cost of a
+     fine-tuning step, in the same precision.
 
-   glue = full / (tokenizer + generator + enhancer + optimizer); target <= 1.10.
+   glue = full / (tokenizer + generator + sample + enhancer + optimizer); target <= 1.05.
+   Every part also gets its FLOPs per image (torch's FLOP counter) and its share of the
+   matmul peak in the dtype it computes in (MFU); the peak is a 2048^3 product timed in the
+   same rounds (fp32, and bf16 where the CPU has AMX; emulated bf16 is no ceiling).
 
 2. **End to end**: the real ``Trainer`` on the config for ``--warmup`` + ``--steps`` steps
    (CIFAR images, ``data.num_workers`` from the config), in a fresh child process; img/s and
@@ -36,7 +41,7 @@ batch size, this measures in one run:
 
 The tokenizer is a randomly initialised VQ-VAE of the config's tokenizer architecture unless
 ``--tokenizer`` names a ``tokenizer.safetensors``: throughput does not depend on the weights.
-If glue > 1.10 (or ``--profile always``), a few full steps run under ``torch.profiler`` and the
+If glue > 1.05 (or ``--profile always``), a few full steps run under ``torch.profiler`` and the
 top operators by self CPU time are printed and saved.
 
 Usage:
@@ -47,6 +52,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import gc
 import json
@@ -74,20 +80,24 @@ from cimpt.config import load_config
 from cimpt.data import build_loader
 from cimpt.engine.loop import Trainer
 from cimpt.engine.optim import build_adamw
+from cimpt.engine.precision import autocast, choose_attention, cpu_has_amx_bf16, describe
 from cimpt.errors import CimptError
 from cimpt.pretrain import CIMTask, build_cim_task, load_frozen_tokenizer
 from cimpt.tokenizers.base import ImageTokenizer
 from cimpt.tokenizers.load import build_tokenizer
+from compute import step_flops
 from records import git, git_commit, write_record
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = "configs/cifar10_vit.yaml"
 DEFAULT_DATA = "~/.cache/cimpt/data/CIFAR-10-images/train"
 DEFAULT_OUT = "bench/results/cim_throughput.json"
-GLUE_TARGET = 1.10
+GLUE_TARGET = 1.05
 DATA_WAIT_TARGET = 0.05
 # The parts whose sum a full step should not exceed by more than the glue target.
-SUM_PARTS = ("tokenizer", "generator", "enhancer", "optimizer")
+SUM_PARTS = ("tokenizer", "generator", "sample", "enhancer", "optimizer")
+# Side of the matmul whose rate is the ceiling (MFU); timed inside the round-robin.
+PEAK_N = 2048
 # Settings for the benchmark's own Trainer runs: no checkpoints or figures mid-run, no
 # progress bar, no TensorBoard, and every step logged so the warm-up can be dropped.
 QUIET = (
@@ -179,7 +189,7 @@ def cim_parts(trainer: Trainer, batch: dict[str, Any]) -> dict[str, Part]:
     model, b = trainer.model, trainer._to_device(batch)
     x, x_tok, mask = b["x"], b["x_tok"], b["mask"].bool()
     model.train()
-    with torch.no_grad():
+    with torch.no_grad(), autocast(trainer.device, trainer.amp_dtype):
         z = model.golden_tokens(x_tok)
         logits = model.generator(x, mask)
         z_hat = model.sample(logits, z, mask)
@@ -189,17 +199,22 @@ def cim_parts(trainer: Trainer, batch: dict[str, Any]) -> dict[str, Part]:
     def clear() -> None:
         model.zero_grad(set_to_none=True)
 
+    def amp() -> contextlib.AbstractContextManager:
+        return autocast(trainer.device, trainer.amp_dtype)  # as the full step runs
+
     def tokenizer() -> None:
-        with torch.no_grad():
+        with torch.no_grad(), amp():
             model.golden_tokens(x_tok)
             model.corrupt(z_hat)
 
     def generator() -> None:
-        _, loss, _ = model.generator_step(x, mask, z)
+        with amp():
+            _, loss, _ = model.generator_step(x, mask, z)
         loss.backward()
 
     def enhancer() -> None:
-        out = model.enhancer_step(x_cor, x, z, z_hat)
+        with amp():
+            out = model.enhancer_step(x_cor, x, z, z_hat)
         (model.enh_weight * out["enh_loss"]).backward()
 
     def set_grads() -> None:
@@ -210,13 +225,9 @@ def cim_parts(trainer: Trainer, batch: dict[str, Any]) -> dict[str, Part]:
         trainer._optimizer_step(True, False)
 
     def full() -> None:
-        # The body of Trainer.fit for one step, minus the data fetch (timed end to end below)
-        # and the logging bookkeeping.
-        trainer.task.on_step(trainer.state.step, trainer.total_steps)
-        trainer._set_lr()
-        out = trainer._forward_backward(trainer._to_device(batch), sync=True)
-        vals = {k: float(v.detach()) for k, v in out.items() if v.numel() == 1}
-        trainer._optimizer_step(math.isfinite(vals["loss"]), False)
+        # One optimizer step exactly as Trainer.fit runs it, minus the data fetch (timed end
+        # to end below) and the logging bookkeeping.
+        trainer.train_step(lambda: batch)
 
     def full_without_fill() -> None:
         # Diagnostic: train.deterministic=true makes torch fill every new tensor with NaN
@@ -240,6 +251,13 @@ def cim_parts(trainer: Trainer, batch: dict[str, Any]) -> dict[str, Part]:
     }
 
 
+def matmul_part(dtype: str, n: int) -> Part:
+    """One ``n x n @ n x n`` product in ``dtype``: the ceiling the parts' MFU is read against."""
+    dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    a, b = torch.randn(n, n, dtype=dt), torch.randn(n, n, dtype=dt)
+    return Part(lambda: a @ b)
+
+
 def _fixed_gradients(trainer: Trainer, batch: dict[str, Any]) -> list[tuple[Any, torch.Tensor]]:
     """Gradients of one real step, copied, so the optimizer part sees every parameter's grad."""
     trainer.model.zero_grad(set_to_none=True)
@@ -253,8 +271,9 @@ def _fixed_gradients(trainer: Trainer, batch: dict[str, Any]) -> list[tuple[Any,
     return grads
 
 
-def supervised_part(cfg: DictConfig, batch: dict[str, Any]) -> Part:
-    """A plain supervised step of the same timm backbone with a 10-class head, fp32 on CPU."""
+def supervised_part(cfg: DictConfig, batch: dict[str, Any], dtype: torch.dtype | None) -> Part:
+    """A plain supervised step (fine-tuning's cost) of the same timm backbone with a 10-class
+    head, in the run's precision (``dtype``: the autocast dtype, None for fp32)."""
     e = cfg.enhancer
     kwargs = OmegaConf.to_container(e.kwargs, resolve=True) if e.kwargs else {}
     net = timm.create_model(
@@ -267,12 +286,15 @@ def supervised_part(cfg: DictConfig, batch: dict[str, Any]) -> Part:
         **dict(kwargs),
     )  # type: ignore[arg-type]
     net.train()
+    cpu = torch.device("cpu")
+    choose_attention(net, cpu, dtype)  # as the engine does
     opt = build_adamw(net, 1e-3, float(cfg.train.weight_decay), tuple(cfg.train.betas))
     clip = float(cfg.train.clip_grad) if cfg.train.clip_grad > 0 else math.inf
     x, labels = batch["x"], batch["label"] % 10
 
     def step() -> None:
-        loss = F.cross_entropy(net(x), labels)
+        with autocast(cpu, dtype):
+            loss = F.cross_entropy(net(x), labels)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
         opt.step()
@@ -289,21 +311,39 @@ def measure_components(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     batch = first_batch(task, trainer.micro, int(cfg.seed))
     n = int(batch["x"].shape[0])
     parts = cim_parts(trainer, batch)
-    parts["supervised"] = supervised_part(cfg, batch)
+    parts["supervised"] = supervised_part(cfg, batch, trainer.amp_dtype)
+    # The ceilings, timed in the same rounds as the parts so that noise hits them alike:
+    # bf16 only where the CPU has matrix units (emulated bf16 is no ceiling worth a minute).
+    dtypes = ("fp32", "bf16") if cpu_has_amx_bf16() else ("fp32",)
+    for d in dtypes:
+        parts[f"peak_{d}"] = matmul_part(d, PEAK_N)
     time_round_robin(parts, args.reps, args.rep_warmup)
     stats = {name: _stats(p.times, n) for name, p in parts.items()}
+    peaks = {
+        f"{d}_tflops": 2 * PEAK_N**3 / (stats.pop(f"peak_{d}")["median_ms"] / 1e3) / 1e12
+        for d in dtypes
+    }
+    dtype = "bf16" if trainer.amp_dtype == torch.bfloat16 else "fp32"
+    peak = peaks[f"{dtype}_tflops"]
+    for name in (*SUM_PARTS, "full", "supervised"):
+        part = parts[name]
+        part.setup()
+        flops = step_flops(part.run) / n
+        stats[name]["gflops_per_image"] = flops / 1e9
+        stats[name]["mfu"] = stats[name]["img_per_s"] * flops / 1e12 / peak
     sum_ms = sum(stats[k]["median_ms"] for k in SUM_PARTS)
     full_ms = stats["full"]["median_ms"]
     result: dict[str, Any] = {
         "batch_size": n,
+        "precision": describe(trainer.amp_dtype, trainer.device),
+        "matmul_peak_tflops": peaks,
+        "mfu_peak": f"{dtype} matmul peak, {peak:.3f} TFLOP/s (measured in this run)",
         "tokenizer_weights": tok_note,
         "parts": stats,
         "sum_of_parts_ms": sum_ms,
         "glue": full_ms / sum_ms,
         "glue_ms": full_ms - sum_ms,
-        "share_of_full": {
-            k: stats[k]["median_ms"] / full_ms for k in (*SUM_PARTS, "sample", "full_no_fill")
-        },
+        "share_of_full": {k: stats[k]["median_ms"] / full_ms for k in (*SUM_PARTS, "full_no_fill")},
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
         "fill_uninitialized_memory": bool(torch.utils.deterministic.fill_uninitialized_memory),
         "cim_over_supervised": full_ms / stats["supervised"]["median_ms"],
@@ -449,10 +489,14 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def _row(name: str, ms: float | None, ips: float | None, note: str) -> str:
+def _row(
+    name: str, ms: float | None, ips: float | None, note: str, part: dict[str, Any] | None = None
+) -> str:
     ms_s = f"{ms:.1f}" if ms is not None else ""
     ips_s = f"{ips:.1f}" if ips is not None else ""
-    return f"| {name} | {ms_s} | {ips_s} | {note} |"
+    gf = f"{part['gflops_per_image']:.3f}" if part and "gflops_per_image" in part else ""
+    mfu = f"{100 * part['mfu']:.1f} %" if part and "mfu" in part else ""
+    return f"| {name} | {ms_s} | {ips_s} | {gf} | {mfu} | {note} |"
 
 
 def markdown_table(res: dict[str, Any]) -> str:
@@ -461,10 +505,14 @@ def markdown_table(res: dict[str, Any]) -> str:
     labels = {
         "tokenizer": "tokenizer encode + decode (no grad)",
         "generator": "generator fwd + bwd (masked CE)",
+        "sample": "Gumbel sampling of the replacements (no grad)",
         "enhancer": f"enhancer + head fwd + bwd ({res['objective']})",
         "optimizer": "optimizer step (clip + AdamW + zero_grad)",
     }
-    lines = ["| measurement | ms / step | img/s | note |", "|---|---:|---:|---|"]
+    lines = [
+        "| measurement | ms / step | img/s | GFLOP / img | MFU | note |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
     for k in SUM_PARTS:
         lines.append(
             _row(
@@ -472,11 +520,14 @@ def markdown_table(res: dict[str, Any]) -> str:
                 p[k]["median_ms"],
                 p[k]["img_per_s"],
                 f"{100 * share[k]:.1f} % of full step",
+                p[k],
             )
         )
     lines.append(
         _row("sum of parts", c["sum_of_parts_ms"], c["batch_size"] * 1e3 / c["sum_of_parts_ms"], "")
     )
+    peaks = ", ".join(f"{k[:4]} {1e3 * v:.0f} GFLOP/s" for k, v in c["matmul_peak_tflops"].items())
+    lines.append(f"| matmul peak ({PEAK_N}^3, same rounds) | | | | | {peaks} |")
     ok = "ok" if c["glue"] <= GLUE_TARGET else "OVER TARGET"
     lines.append(
         _row(
@@ -484,14 +535,7 @@ def markdown_table(res: dict[str, Any]) -> str:
             p["full"]["median_ms"],
             p["full"]["img_per_s"],
             f"glue = full / sum = {c['glue']:.3f} (target <= {GLUE_TARGET}: {ok})",
-        )
-    )
-    lines.append(
-        _row(
-            "  of which Gumbel sampling (diagnostic, not in sum)",
-            p["sample"]["median_ms"],
-            None,
-            f"{100 * share['sample']:.1f} % of full",
+            p["full"],
         )
     )
     lines.append(
@@ -509,6 +553,7 @@ def markdown_table(res: dict[str, Any]) -> str:
             p["supervised"]["median_ms"],
             p["supervised"]["img_per_s"],
             f"CIM step = {c['cim_over_supervised']:.2f} x supervised",
+            p["supervised"],
         )
     )
     ok = "ok" if e["data_wait_frac"] <= DATA_WAIT_TARGET else "OVER TARGET"
@@ -524,7 +569,8 @@ def markdown_table(res: dict[str, Any]) -> str:
     worker = e.get("peak_rss_worker_mb")
     wnote = f"; largest DataLoader worker {worker:.0f} MB" if worker else ""
     lines.append(
-        f"| peak RSS, batch {c['batch_size']} | | | {e['peak_rss_mb']:.0f} MB main process{wnote} |"
+        f"| peak RSS, batch {c['batch_size']} | | | | | {e['peak_rss_mb']:.0f} MB main process"
+        f"{wnote} |"
     )
     return "\n".join(lines)
 
@@ -583,7 +629,8 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> int:
         "overrides": args.overrides,
         "objective": str(cfg.objective),
         "enhancer": f"{cfg.enhancer.name} {OmegaConf.to_container(cfg.enhancer.kwargs)}",
-        "precision": "fp32 (CPU)",
+        "precision": components["precision"],
+        "matmul_peak_tflops": components["matmul_peak_tflops"],
         "data": os.path.expanduser(args.data),
         "components": components,
         "end_to_end": e2e,

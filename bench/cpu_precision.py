@@ -43,7 +43,8 @@ from cimpt.engine.optim import build_adamw
 from cimpt.engine.precision import choose_attention, cpu_has_amx_bf16
 from cimpt.pretrain import build_cim_task
 from cimpt.tokenizers.load import build_tokenizer
-from gpu_check import machine, matmul_peak, step_flops
+from compute import matmul_peak, step_flops
+from gpu_check import machine
 from records import git_commit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -148,9 +149,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "depth": args.depth,
         "bf16_measured": args.bf16,
     }
-    res["peak_tflops"] = matmul_peak(torch.device("cpu"), args.peak_n, reps=3)
-    if not args.bf16:
-        res["peak_tflops"].pop("bf16_tflops", None)
+    dtypes = ("fp32", "bf16") if args.bf16 else ("fp32",)
+    res["peak_tflops"] = matmul_peak(torch.device("cpu"), args.peak_n, reps=3, dtypes=dtypes)
     with tempfile.TemporaryDirectory(prefix="cpu_precision_") as tmp:
         steps = build_variants(args, Path(tmp))
         times: dict[str, list[float]] = {k: [] for k in steps}

@@ -48,7 +48,6 @@ import timm
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
-from torch.utils.flop_counter import FlopCounterMode
 
 from cimpt.config import load_config
 from cimpt.engine.loop import Trainer
@@ -57,6 +56,7 @@ from cimpt.engine.precision import cpu_has_amx_bf16, full_precision
 from cimpt.pretrain import build_cim_task
 from cimpt.tokenizers.dalle import DalleTokenizer
 from cimpt.tokenizers.load import save_tokenizer
+from compute import matmul_peak, step_flops, sync
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "imagenet_vit_b.yaml"
@@ -107,11 +107,6 @@ class Record:
         self.path.write_text(json.dumps(self.data, indent=1, default=str) + "\n")
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def machine(device: torch.device) -> dict[str, Any]:
     info: dict[str, Any] = {
         "torch": torch.__version__,
@@ -140,31 +135,6 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor()
-
-
-def matmul_peak(device: torch.device, n: int, reps: int = 10) -> dict[str, float]:
-    """Dense n x n x n matmul rate in TFLOP/s, bf16 and fp32 (TF32 off), median of ``reps``."""
-    out: dict[str, float] = {}
-    tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
-            a = torch.randn(n, n, device=device, dtype=dtype)
-            b = torch.randn(n, n, device=device, dtype=dtype)
-            for _ in range(3):
-                a @ b
-            times = []
-            for _ in range(reps):
-                sync(device)
-                t0 = time.perf_counter()
-                a @ b
-                sync(device)
-                times.append(time.perf_counter() - t0)
-            times.sort()
-            out[f"{name}_tflops"] = 2 * n**3 / times[len(times) // 2] / 1e12
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-    return out
 
 
 # ---- the CIM step --------------------------------------------------------------------------
@@ -203,13 +173,6 @@ def time_steps(step: Callable[[], object], device: torch.device, warmup: int, st
         step()
     sync(device)
     return (time.perf_counter() - t0) / steps
-
-
-def step_flops(step: Callable[[], object]) -> int:
-    """FLOPs of one call (forward + backward + optimizer) by torch's FLOP counter."""
-    with FlopCounterMode(display=False) as counter:
-        step()
-    return int(counter.get_total_flops())
 
 
 def measure(

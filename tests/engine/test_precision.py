@@ -135,3 +135,16 @@ def test_running_means_reads_tensors_back_once(monkeypatch) -> None:
     assert list(out) == ["loss", "acc", "gn"]  # the order values were first added in
     assert len(stacks) == 1  # one transfer for all tensor values
     assert means.pop() == {}
+
+
+def test_codebook_lookup_is_fp32_under_bf16_autocast() -> None:
+    from cimpt.tokenizers.vqvae import EMACodebook
+
+    torch.manual_seed(0)
+    book = EMACodebook(vocab_size=512, embed_dim=16, decay=0.99, dead_code_threshold=0.01)
+    book.embedding.copy_(torch.randn(512, 16))
+    z = torch.randn(4096, 16)
+    want = torch.cdist(z.double(), book.embedding.double()).argmin(1)  # independent, float64
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = book.nearest(z)
+    assert torch.equal(got, want)

@@ -24,6 +24,7 @@ from cimpt.atomic import write_json
 from cimpt.config import save_config
 from cimpt.data import ImageCollate
 from cimpt.engine.distributed import pick_device
+from cimpt.engine.precision import autocast, describe, resolve_amp
 from cimpt.eval.augment import NormalizedEval
 from cimpt.eval.classifier import classifier_args, load_backbone_into
 from cimpt.eval.labelled import build_labelled_data
@@ -41,8 +42,10 @@ def extract_features(
     num_workers: int,
     device: torch.device,
     progress: bool,
+    amp: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """L2-normalized pooled features ``[N, C]`` and labels ``[N]`` of a labelled dataset."""
+    """L2-normalized pooled features ``[N, C]`` (fp32) and labels ``[N]`` of a labelled
+    dataset; the backbone runs under ``amp`` autocast when given (``train.amp``)."""
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -53,7 +56,9 @@ def extract_features(
     feats, labels = [], []
     for batch in tqdm(loader, disable=not progress, unit="batch", leave=False):
         if batch["label"].numel():
-            feats.append(F.normalize(model(batch["x"].to(device)).float(), dim=1).cpu())
+            with autocast(device, amp):
+                out = model(batch["x"].to(device))
+            feats.append(F.normalize(out.float(), dim=1).cpu())
             labels.append(batch["label"])
     return torch.cat(feats), torch.cat(labels)
 
@@ -98,14 +103,16 @@ def knn_command(cfg: DictConfig) -> dict[str, Any]:
     device = pick_device(str(cfg.train.device))
     model.to(device).eval()
     bs, workers, bar = int(cfg.eval.batch_size), int(cfg.data.num_workers), bool(cfg.run.progress)
-    train_f, train_y = extract_features(model, data.train, bs, workers, device, bar)
-    val_f, val_y = extract_features(model, data.val, bs, workers, device, bar)
+    amp = resolve_amp(str(cfg.train.amp), device)
+    train_f, train_y = extract_features(model, data.train, bs, workers, device, bar, amp)
+    val_f, val_y = extract_features(model, data.val, bs, workers, device, bar, amp)
     results: dict[str, Any] = {
         "init": str(source.path) if source else "scratch",
         "label_fraction": float(cfg.data.label_fraction),
         "train_images": len(train_y),
         "val_images": len(val_y),
         "temperature": float(cfg.eval.knn_temperature),
+        "precision": describe(amp, device),
         "top1": {},
     }
     for k in cfg.eval.knn_k:

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import distributed as dist
 from torch import nn
 
+from cimpt.engine.precision import full_precision
 from cimpt.errors import CimptError
 from cimpt.tokenizers.base import ImageTokenizer
 from cimpt.tokenizers.evaluate import batch_psnr, codebook_stats
@@ -158,9 +159,11 @@ class EMACodebook(nn.Module):
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
         """Flat latents ``[N, D]`` -> ids ``[N]`` of the nearest codes (squared L2)."""
         # ||z||^2 is the same for every code, so only ||e||^2 - 2 z.e decides the argmin.
-        e = self.embedding
-        dist_ = (e * e).sum(1)[None, :] - 2.0 * z @ e.t()
-        return dist_.argmin(1)
+        # fp32 even under a bf16 autocast (train.amp): rounding would change the argmin.
+        with full_precision(z.device):
+            e = self.embedding.float()
+            dist_ = (e * e).sum(1)[None, :] - 2.0 * z.float() @ e.t()
+            return dist_.argmin(1)
 
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
         """Ids ``[...]`` -> codes ``[..., D]``."""
@@ -306,7 +309,7 @@ class VQVAE(ImageTokenizer):
             "loss": recon_loss + self.commitment * commit_loss,
             "recon_loss": recon_loss.detach(),
             "commit_loss": commit_loss.detach(),
-            "psnr": batch_psnr(recon.detach(), x).mean(),
+            "psnr": batch_psnr(recon.detach().float(), x.float()).mean(),
             "perplexity": stats["perplexity"],
             "usage": stats["usage"],
         }
