@@ -21,7 +21,13 @@ DEFAULT_KEYS = ("gen_loss", "gen_acc", "replaced", "respix_loss", "revdet_acc", 
 
 def read_metrics(run_dir: Path) -> list[dict[str, float]]:
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(s) for s in lines if s.strip()]
+    records = []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line a killed run cut short
+    return records
 
 
 def plot(records: list[dict[str, float]], keys: list[str], out: Path, title: str) -> None:

@@ -1,8 +1,9 @@
 """The ``cimpt`` command line.
 
 Every command exits 0 on success; on bad input it exits 2 with one line on stderr that starts
-with ``error:``. Heavy imports (torch, timm) happen inside the command functions so that
-``cimpt --help`` is instant.
+with ``error:``. A training run stopped by SIGINT or SIGTERM writes a checkpoint and exits with
+128 + the signal (130 for Ctrl-C, 143 for SIGTERM); a second signal quits at once. Heavy
+imports (torch, timm) happen inside the command functions so that ``cimpt --help`` is instant.
 """
 
 from __future__ import annotations
@@ -10,18 +11,21 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from cimpt.errors import CimptError
 
-Handler = Callable[[argparse.Namespace], None]
+if TYPE_CHECKING:
+    from cimpt.engine.loop import FitResult
+
+Handler = Callable[[argparse.Namespace], object]
 
 
-def _tokenizer_train(args: argparse.Namespace) -> None:
+def _tokenizer_train(args: argparse.Namespace) -> FitResult:
     from cimpt.config import load_config
     from cimpt.tokenizers.train import train_tokenizer
 
-    train_tokenizer(load_config(args.config, args.overrides))
+    return train_tokenizer(load_config(args.config, args.overrides))
 
 
 def _tokenizer_eval(args: argparse.Namespace) -> None:
@@ -37,25 +41,25 @@ def _tokenizer_convert(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
-def _pretrain(args: argparse.Namespace) -> None:
+def _pretrain(args: argparse.Namespace) -> FitResult:
     from cimpt.config import load_config
     from cimpt.pretrain import pretrain
 
-    pretrain(load_config(args.config, args.overrides))
+    return pretrain(load_config(args.config, args.overrides))
 
 
-def _finetune(args: argparse.Namespace) -> None:
+def _finetune(args: argparse.Namespace) -> FitResult:
     from cimpt.config import load_config
     from cimpt.eval.finetune import finetune
 
-    finetune(load_config(args.config, args.overrides))
+    return finetune(load_config(args.config, args.overrides))
 
 
-def _linprobe(args: argparse.Namespace) -> None:
+def _linprobe(args: argparse.Namespace) -> FitResult:
     from cimpt.config import load_config
     from cimpt.eval.linprobe import linprobe
 
-    linprobe(load_config(args.config, args.overrides))
+    return linprobe(load_config(args.config, args.overrides))
 
 
 def _knn(args: argparse.Namespace) -> None:
@@ -152,14 +156,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.func(args)
+        result = args.func(args)
     except CimptError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
-    return 0
+    if result is None:
+        return 0
+    # A run stopped by a signal checkpointed and ends with 128 + signal (130, 143), not 0.
+    from cimpt.engine.loop import FitResult, exit_status
+
+    return exit_status(result) if isinstance(result, FitResult) else 0
 
 
 if __name__ == "__main__":

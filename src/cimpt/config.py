@@ -34,6 +34,7 @@ class RunConfig:
     tensorboard: bool = True
     progress: bool = True
     max_nan_steps: int = 5
+    overwrite: bool = False
 
 
 @dataclass
@@ -296,6 +297,19 @@ def tokenizer_resolution(cfg: DictConfig) -> int:
     return int(cfg.tokenizer.img_size) or token_grid(cfg) * int(cfg.tokenizer.downsample)
 
 
+def _check_kwargs(kwargs: Any) -> None:
+    """``enhancer.kwargs`` goes to timm, which silently drops keys whose value is null, so
+    ``{embed_dim:64}`` (no space after the colon: YAML reads the key ``embed_dim:64`` with no
+    value) would train the default model without a word."""
+    empty = [str(k) for k, v in (kwargs or {}).items() if v is None]
+    _require(
+        not empty,
+        "enhancer.kwargs",
+        f"no value for {', '.join(repr(k) for k in empty)} (write 'key: value', with a space "
+        "after the colon)",
+    )
+
+
 def validate(cfg: DictConfig) -> None:
     """Check choices, ranges and sizes that must agree; one line per failure."""
     for key, choices in _CHOICES.items():
@@ -356,6 +370,9 @@ def validate(cfg: DictConfig) -> None:
     _require(cfg.run.vis_every >= 0, "run.vis_every", "must be >= 0 (0: no figures)")
     _require(cfg.run.keep_last >= 1, "run.keep_last", "must keep at least 1 checkpoint")
     _require(cfg.run.max_nan_steps >= 1, "run.max_nan_steps", "must be >= 1")
+    _require(t.lr >= 0, "train.lr", f"{t.lr} must be >= 0 (0: derive it from train.blr)")
+    _require(t.blr > 0, "train.blr", f"{t.blr} must be positive")
+    _check_kwargs(cfg.enhancer.kwargs)
     _require(t.batch_size > 0, "train.batch_size", "must be positive")
     _require(t.accum_steps > 0, "train.accum_steps", "must be positive")
     _require(

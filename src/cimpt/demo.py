@@ -63,13 +63,18 @@ def run_demo(overrides: list[str]) -> Path:
     root = Path(load_config(None, overrides).run.dir if _has(overrides, "run.dir") else "runs/demo")
     t0 = time.perf_counter()
     print(f"[1/2] training a tiny tokenizer on the bundled photographs -> {root / 'tokenizer'}")
-    tok_cfg = load_config(None, [*TOKENIZER_STAGE, *overrides, f"run.dir={root / 'tokenizer'}"])
+    # A demo is meant to be run again: each run replaces the last one's checkpoints.
+    again = "run.overwrite=true"
+    tok_cfg = load_config(
+        None, [*TOKENIZER_STAGE, again, *overrides, f"run.dir={root / 'tokenizer'}"]
+    )
     train_tokenizer(tok_cfg)
     print(f"[2/2] CIM pre-training (RESPIX, ViT enhancer) -> {root / 'cim'}")
     cim_cfg = load_config(
         None,
         [
             *CIM_STAGE,
+            again,
             *overrides,
             f"run.dir={root / 'cim'}",
             f"tokenizer.checkpoint={root / 'tokenizer' / TOKENIZER_FILE}",

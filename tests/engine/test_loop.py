@@ -138,7 +138,7 @@ def test_sigterm_writes_checkpoint_and_exits_cleanly(tmp_path: Path) -> None:
     _wait_for_checkpoint(tmp_path, proc, 4)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0
+    assert proc.returncode == 128 + signal.SIGTERM  # stopped, checkpointed, not "done"
     assert out.decode().strip().startswith("interrupted")
     step = int(out.decode().split()[-1])
     assert 4 <= step < 400
@@ -246,8 +246,13 @@ def test_restart_in_an_old_run_dir_does_not_duplicate_log_records(tmp_path: Path
     run_toy(str(tmp_path), 6)
     with open(tmp_path / "metrics.jsonl", "a") as fh:
         fh.write('{"step": 7, "loss": 1.')  # a line a crash cut short
-    run_toy(str(tmp_path), 4)  # no resume: a fresh start logs every step again
+    # No resume: a fresh start is refused, then with run.overwrite=true it replaces the old
+    # run (checkpoints and log) instead of mixing with it.
+    with pytest.raises(CimptError, match=r"holds an earlier run .*resume=auto.*run\.overwrite"):
+        run_toy(str(tmp_path), 4)
+    run_toy(str(tmp_path), 4, ["run.overwrite=true"])
     assert [r["step"] for r in _metrics(tmp_path)] == [2, 4]
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000004"]
 
 
 def test_resume_drops_log_records_written_after_the_checkpoint(tmp_path: Path) -> None:

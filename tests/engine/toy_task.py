@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from cimpt.config import load_config
-from cimpt.engine.loop import FitResult, Trainer
+from cimpt.engine.loop import FitResult, Trainer, exit_status
 from cimpt.engine.task import Task
 
 
@@ -107,3 +107,4 @@ if __name__ == "__main__":
     result, model = run_toy(run_dir, steps, sys.argv[4:], sleep)
     torch.save(model.state_dict(), f"{run_dir}/final.pt")
     print("interrupted" if result.interrupted else "finished", result.state.step)
+    sys.exit(exit_status(result))

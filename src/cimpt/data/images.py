@@ -31,6 +31,11 @@ class BrokenImageWarning(UserWarning):
     """A file could not be decoded as an image and its sample was skipped."""
 
 
+# Largest image decoded (width x height); larger files are skipped and counted like broken
+# ones. 50 megapixels covers every camera photo a training set usually holds.
+MAX_PIXELS = 50_000_000
+
+
 def has_image_extension(name: str, extensions: Iterable[str] = IMAGE_EXTENSIONS) -> bool:
     """Case-insensitive check of a file name against the supported image extensions."""
     return os.path.splitext(name)[1].lower() in tuple(extensions)
@@ -82,6 +87,13 @@ def decode_rgb(source: str | os.PathLike[str] | bytes | IO[bytes]) -> Image.Imag
     if isinstance(source, bytes):
         source = io.BytesIO(source)
     with Image.open(source) as img:
+        # Image.open reads only the header: refuse a huge image before decoding it (a
+        # 12000 x 12000 photo took about 2 GB), as a skipped and counted file.
+        if img.width * img.height > MAX_PIXELS:
+            raise ValueError(
+                f"{img.width}x{img.height} pixels is over the limit of {MAX_PIXELS:,} "
+                "(cimpt.data.images.MAX_PIXELS); downscale it first"
+            )
         # ``load`` forces the full decode now, so a truncated file fails here and not later in
         # a transform. LOAD_TRUNCATED_IMAGES is deliberately left off: it would silently pad
         # truncated files with grey.

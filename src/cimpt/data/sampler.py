@@ -12,6 +12,7 @@ epoch.
 from __future__ import annotations
 
 import random
+import signal
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -104,6 +105,11 @@ def _seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+    # A scheduler's stop (timeout, scancel, kill -- -PGID) signals the whole process group.
+    # Workers ignore it so that the main process can finish its step and checkpoint; they
+    # end when the main process shuts the loader down (or exits: they watch their parent).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def build_loader(

@@ -92,14 +92,44 @@ def save_checkpoint(
         else:
             tmp.rename(final)
         _fsync_dir(root)
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:
+        # torch.save reports a full disk as RuntimeError ("file write failed"), not OSError.
         shutil.rmtree(tmp, ignore_errors=True)
+        reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
         raise CimptError(
-            f"could not write checkpoint step {step} in {root} ({exc.strerror or exc}); "
+            f"could not write checkpoint step {step} in {root} ({reason}); "
             "earlier checkpoints are intact"
         ) from exc
     prune_checkpoints(root, keep_last)
     return final
+
+
+def remove_stale_temporaries(run_dir: str | Path) -> list[Path]:
+    """Remove what interrupted writers left in ``run_dir``: half-written checkpoint folders
+    (``checkpoints/.tmp-step_*``, ``.old-step_*``) and atomic-write temporaries (``.*.tmp``).
+
+    Call it only while holding the run directory's lock: then no live process is writing
+    there, so every such file is stale (its writer was killed). Returns what was removed.
+    """
+    run_dir = Path(run_dir)
+    ckpts = run_dir / CKPT_SUBDIR
+    stale = [*ckpts.glob(".tmp-step_*"), *ckpts.glob(".old-step_*")]
+    stale += [p for p in run_dir.glob(".*.tmp") if p.is_file()]
+    for path in stale:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return stale
+
+
+def clear_run(run_dir: str | Path) -> None:
+    """Delete what a training run writes (checkpoints, metrics, TensorBoard events, figures),
+    for ``run.overwrite=true``; other files in ``run_dir`` stay."""
+    run_dir = Path(run_dir)
+    for name in (CKPT_SUBDIR, "tensorboard", "figures"):
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:

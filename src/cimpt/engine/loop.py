@@ -24,7 +24,13 @@ from tqdm import tqdm
 
 from cimpt.config import save_config, to_dict
 from cimpt.engine import distributed as D
-from cimpt.engine.checkpoint import module_tensors, save_checkpoint
+from cimpt.engine.checkpoint import (
+    clear_run,
+    list_checkpoints,
+    module_tensors,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
 from cimpt.engine.metrics import MetricsLogger, RunningMeans, peak_memory_mb
 from cimpt.engine.optim import build_adamw
 from cimpt.engine.precision import autocast, choose_attention, describe, resolve_amp
@@ -66,13 +72,19 @@ class FitResult:
     interrupted: bool
     last_checkpoint: Path | None
     last_metrics: dict[str, float]
+    signal: int = 0  # the signal that stopped the run (0: it ran to the end)
 
 
 class _StopFlag:
-    """Set by SIGTERM/SIGINT; the loop checkpoints and exits after the current step."""
+    """Set by SIGTERM/SIGINT; the loop checkpoints and exits after the current step.
+
+    A second signal while the first is being handled quits at once (the checkpoint being
+    written, if any, is atomic, so nothing is left half-written).
+    """
 
     def __init__(self) -> None:
         self.set = False
+        self.signum = 0
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> _StopFlag:
@@ -82,11 +94,28 @@ class _StopFlag:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.set = True
+        if self.set:
+            raise SystemExit(128 + signum)  # second signal: force quit
+        self.set, self.signum = True, signum
+        tqdm.write(
+            f"{signal.Signals(signum).name}: stopping after this step with a checkpoint "
+            "(send it again to quit at once)",
+            file=sys.stderr,
+        )
 
     def __exit__(self, *exc: object) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+
+def exit_status(result: FitResult) -> int:
+    """The process exit status for a finished ``fit``: 0, or 128 + the signal that stopped
+    it (130 for Ctrl-C, 143 for SIGTERM), so that ``cimpt pretrain ... && next`` and
+    schedulers that requeue on failure do not treat a stopped run as done."""
+    if not result.interrupted:
+        return 0
+    # A rank stopped because another rank was signalled knows no signal of its own.
+    return 128 + (result.signal or int(signal.SIGTERM))
 
 
 def _micro_batch(cfg: DictConfig, world: int) -> int:
@@ -140,6 +169,10 @@ class Trainer:
     def _setup(self, task: Task, cfg: DictConfig) -> None:
         self.amp_dtype = resolve_amp(cfg.train.amp, self.device)
         self.micro = _micro_batch(cfg, self.dist.world_size)
+        if self.dist.is_main:
+            stale = remove_stale_temporaries(self.run_dir)
+            if stale:
+                print(f"note: removed {len(stale)} temporary file(s) left by a killed run")
         self.state = LoopState()
         seed_everything(cfg.seed + self.dist.rank, cfg.train.deterministic)
         self._build_data()
@@ -157,7 +190,10 @@ class Trainer:
             task.param_groups(cfg.train.weight_decay),
         )
         self.scaler = torch.amp.GradScaler(enabled=self.amp_dtype == torch.float16)
+        self._check_fresh_start()
         self.resumed_from = self._maybe_resume()
+        self._last_saved_step: int | None = self.state.step if self.resumed_from else None
+        self._before_streak: int | None = None
         self.total_steps = self._total_steps()
         self.warmup_steps = min(
             self.total_steps, round(cfg.train.warmup_epochs * self.steps_per_epoch_or_total())
@@ -223,6 +259,24 @@ class Trainer:
         if self.steps_per_epoch() == 0:
             raise CimptError("data: not enough images for one optimizer step per epoch")
         return int(t.epochs * self.steps_per_epoch())
+
+    def _check_fresh_start(self) -> None:
+        """A run started without ``resume`` in a directory that holds another run's checkpoints
+        would mix the two (and a later ``resume=auto`` would pick up the old weights): refuse,
+        unless ``run.overwrite=true`` asks to delete the old run's checkpoints and logs."""
+        if self.cfg.resume or not list_checkpoints(self.run_dir):
+            return
+        latest = list_checkpoints(self.run_dir)[-1].name
+        if not self.cfg.run.overwrite:
+            raise CimptError(
+                f"run.dir {self.run_dir} holds an earlier run (checkpoint {latest}): continue it "
+                "with resume=auto, or start afresh with run.overwrite=true (deletes its "
+                "checkpoints and logs), or choose another run.dir"
+            )
+        if self.dist.is_main:
+            clear_run(self.run_dir)
+            print(f"note: run.overwrite=true: removed the earlier run in {self.run_dir}")
+        D.barrier()
 
     def _maybe_resume(self) -> Path | None:
         ckpt = find_resume_checkpoint(self.cfg.resume, self.run_dir)
@@ -338,6 +392,10 @@ class Trainer:
         """
         sched = self.task.on_step(self.state.step, self.total_steps)
         lr = self._set_lr()
+        # Forward passes update buffers (BatchNorm running statistics); a skipped step must
+        # leave them as they were too, so keep a copy to put back (small next to a step).
+        buffers = list(self.model.buffers())
+        saved = [b.detach().clone() for b in buffers]
         finite: torch.Tensor | bool = True
         step_vals = RunningMeans()
         batch: dict[str, Any] = {}
@@ -349,6 +407,10 @@ class Trainer:
             finite = torch.isfinite(scalars["loss"]) & finite
             step_vals.add(scalars)
         norm, ok, stop = self._optimizer_step(finite, stop_requested)
+        if not ok:
+            with torch.no_grad():
+                for b, old in zip(buffers, saved, strict=True):
+                    b.copy_(old)
         return StepOutput(
             {**step_vals.pop_lazy(), "grad_norm": norm}, {**sched, "lr": lr}, ok, stop, batch
         )
@@ -427,7 +489,13 @@ class Trainer:
                 vis_now = every > 0 and (st.step % every == 0 or st.step == self.total_steps)
                 if self.dist.is_main and vis_now:
                     self.task.visualize(st.step, batch, self.run_dir)
-                if stop or st.step % cfg.run.ckpt_every == 0 or st.step == self.total_steps:
+                due = stop or st.step % cfg.run.ckpt_every == 0 or st.step == self.total_steps
+                if due and st.nan_streak > 0:
+                    # Never a checkpoint in a NaN streak: the last good one must survive the
+                    # pruning, for the advice of the NaN error to work.
+                    if self.dist.is_main:
+                        tqdm.write(f"step {st.step}: checkpoint withheld (in a NaN streak)")
+                elif due:
                     last_ckpt = self.save()
                 if stop:
                     interrupted = True
@@ -435,7 +503,8 @@ class Trainer:
         bar.close()
         if self.dist.is_main and not interrupted:
             self.task.finish(self.run_dir)
-        return FitResult(st, self.run_dir, interrupted, last_ckpt, last_metrics)
+        signum = stop_flag.signum if interrupted else 0
+        return FitResult(st, self.run_dir, interrupted, last_ckpt, last_metrics, signum)
 
     def _eval_due(self) -> bool:
         """At the end of every ``task.eval_every_epochs``-th epoch, and after the last step."""
@@ -461,20 +530,36 @@ class Trainer:
                 tqdm.write(f"step {self.state.step} (epoch {epochs:.2f}): {shown}")
 
     def _on_nonfinite(self) -> None:
+        """A skipped step: warn (its count reaches metrics.jsonl with the next log record,
+        so each step keeps one record) and stop after ``run.max_nan_steps`` in a row."""
         st = self.state
-        self.logger.log(st.step, {"nan_skipped": st.nan_total, "nan_streak": st.nan_streak})
+        if st.nan_streak == 1:
+            self._before_streak = self._last_saved_step
+        if self.dist.is_main:
+            tqdm.write(
+                f"step {st.step}: loss or gradients not finite; update skipped "
+                f"({st.nan_streak} in a row, {st.nan_total} in all)",
+                file=sys.stderr,
+            )
         if st.nan_streak >= self.cfg.run.max_nan_steps:
+            where = (
+                f"resume=auto restarts from the step-{self._before_streak} checkpoint, the "
+                "last one written before the streak"
+                if self._before_streak is not None
+                else "no checkpoint was written before it: start afresh"
+            )
             raise CimptError(
                 f"the loss was NaN or inf for {st.nan_streak} steps in a row (up to step "
-                f"{st.step}); no update was applied on those steps. Lower train.blr or "
-                "check the data; resume=auto restarts from the last good checkpoint"
+                f"{st.step}); no update was applied on those steps. Lower train.blr (or "
+                f"train.lr) or check the data; {where}"
             )
 
     def save(self) -> Path | None:
         """Checkpoint on rank 0 (never one with non-finite weights); others wait."""
         path = None
         if self.dist.is_main:
-            tensors_ok = all(torch.isfinite(p).all() for p in self.model.parameters())
+            tensors = [*self.model.parameters(), *self.model.buffers()]
+            tensors_ok = all(torch.isfinite(t).all() for t in tensors if t.is_floating_point())
             if not tensors_ok:
                 raise CimptError(
                     f"weights hold NaN or inf at step {self.state.step}; checkpoint not written"
@@ -501,5 +586,6 @@ class Trainer:
                 meta,
                 self.cfg.run.keep_last,
             )
+        self._last_saved_step = self.state.step
         D.barrier()
         return path

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from cimpt.atomic import write_text
+from cimpt.errors import CimptError
 
 
 class RunningMeans:
@@ -104,9 +105,14 @@ class MetricsLogger:
         self._tb: Any = None
         if not enabled:
             return
-        run_dir.mkdir(parents=True, exist_ok=True)
-        keep_records_through(run_dir / "metrics.jsonl", start_step)
-        self._file = open(run_dir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            keep_records_through(run_dir / "metrics.jsonl", start_step)
+            self._file = open(run_dir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115
+        except OSError as exc:
+            raise CimptError(
+                f"could not write {run_dir / 'metrics.jsonl'} ({exc.strerror or exc})"
+            ) from None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -123,7 +129,13 @@ class MetricsLogger:
         if not self.enabled or self._file is None:
             return
         record = {"step": step, **values}
-        self._file.write(json.dumps(record) + "\n")
+        try:
+            self._file.write(json.dumps(record) + "\n")
+        except OSError as exc:  # a full disk, say: one line, not a traceback
+            raise CimptError(
+                f"could not write {self._file.name} ({exc.strerror or exc}); the checkpoints "
+                "written so far are intact"
+            ) from None
         if self._tb is not None:
             for k, v in values.items():
                 if isinstance(v, (int, float)):

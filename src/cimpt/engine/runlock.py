@@ -49,7 +49,14 @@ class RunLock:
             return self
         # What acquire creates, so that a run that fails to start can leave nothing behind.
         self._made = [p for p in (self.path.parent, self.path) if not p.exists()]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise CimptError(
+                f"run.dir {self.path.parent}: cannot write there ({e.strerror or e})"
+            ) from None
+        os.close(fd)
         key = self.path.resolve()
         if key in _HELD:
             self._in_use(str(os.getpid()))

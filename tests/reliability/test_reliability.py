@@ -1,0 +1,200 @@
+"""What a long run meets at the worst moment: NaN steps, signals to the whole process group,
+kills during checkpoint writes, full disks, unwritable run directories, malformed config.
+
+Each case runs the engine's toy task (tests/engine/toy_task.py) at tiny size in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from cimpt.config import load_config
+from cimpt.engine.checkpoint import latest_checkpoint, list_checkpoints, save_checkpoint
+from cimpt.engine.loop import Trainer
+from cimpt.errors import CimptError, ConfigError
+
+HERE = Path(__file__).resolve().parents[1] / "engine"
+sys.path.insert(0, str(HERE))
+from toy_task import ToyData, ToyTask, run_toy, toy_collate, toy_config  # noqa: E402
+
+SCRIPT = HERE / "toy_task.py"
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _records(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+class BatchNormToy(nn.Module):
+    """A model with running statistics; loss NaN on the given forward calls."""
+
+    def __init__(self, nan_at: tuple[int, ...]) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(4)
+        self.head = nn.Linear(4, 1)
+        self.nan_at, self.calls = set(nan_at), 0
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        self.calls += 1
+        x = batch["x"] * (1e6 if self.calls in self.nan_at else 1.0)  # moves the statistics
+        loss = ((self.head(self.bn(x)).squeeze(-1) - batch["label"].float()) ** 2).mean()
+        if self.calls in self.nan_at:
+            loss = loss * float("nan")
+        return {"loss": loss}
+
+
+def _bn_run(run_dir: Path, steps: int, nan_at: tuple[int, ...]) -> tuple[Trainer, BatchNormToy]:
+    torch.manual_seed(0)
+    model = BatchNormToy(nan_at)
+    cfg = toy_config(str(run_dir), steps, ["run.ckpt_every=1", "run.keep_last=20"])
+    trainer = Trainer(ToyTask(model, ToyData(), toy_collate), cfg)
+    trainer.fit()
+    return trainer, model
+
+
+def test_a_skipped_step_leaves_every_tensor_as_it_was(tmp_path: Path) -> None:
+    _, clean = _bn_run(tmp_path / "clean", 2, ())
+    _, skipped = _bn_run(tmp_path / "nan", 3, (3,))
+    # Step 3 was skipped: parameters AND BatchNorm running statistics equal the 2-step run's.
+    for k, v in clean.state_dict().items():
+        assert torch.equal(v, skipped.state_dict()[k]), k
+    for ckpt in list_checkpoints(tmp_path / "nan"):
+        for name, t in load_file(str(ckpt / "model.safetensors")).items():
+            assert torch.isfinite(t.float()).all(), (ckpt.name, name)
+
+
+def test_nan_streak_keeps_the_last_good_checkpoint_and_the_advice_works(tmp_path: Path) -> None:
+    extra = ["run.ckpt_every=1", "run.keep_last=1", "run.max_nan_steps=3"]
+    with pytest.raises(CimptError, match="restarts from the step-4 checkpoint") as err:
+        run_toy(str(tmp_path), 12, extra, nan_at=(5, 6, 7))
+    assert "NaN or inf for 3 steps in a row" in str(err.value)
+    # keep_last=1, yet the step-4 checkpoint survived: nothing was written in the streak.
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000004"]
+    # Following the advice (a lower lr; here the NaNs are gone) continues from step 4.
+    result, _ = run_toy(str(tmp_path), 12, [*extra, "resume=auto", "train.lr=0.01"])
+    assert result.state.step == 12 and result.state.nan_total == 0
+
+
+def test_nan_steps_get_one_log_record_each(tmp_path: Path) -> None:
+    run_toy(str(tmp_path), 8, ["run.log_every=1"], nan_at=(3, 4))
+    steps = [r["step"] for r in _records(tmp_path)]
+    assert steps == sorted(set(steps)) == list(range(1, 9))
+    assert _records(tmp_path)[-1]["nan_skipped"] == 2
+
+
+def _wait_for(run: Path, proc: subprocess.Popen[bytes], step: int) -> None:
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        ck = latest_checkpoint(run)
+        if ck is not None and int(ck.name.split("_")[1]) >= step:
+            return
+        assert proc.poll() is None, "the run ended before the checkpoint appeared"
+        time.sleep(0.02)
+    raise AssertionError("no checkpoint in time")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_to_the_process_group_checkpoints_and_exits_non_zero(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    # As timeout, Slurm's scancel or kill -- -PGID do: every process of the group, the two
+    # DataLoader workers included, gets the signal.
+    args = [sys.executable, str(SCRIPT), str(tmp_path), "400", "0.02", "data.num_workers=2"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, start_new_session=True)
+    _wait_for(tmp_path, proc, 4)
+    os.killpg(proc.pid, sig)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig, out  # 143 / 130: not "done" for `&&` or a scheduler
+    words = out.decode().split()
+    assert words[-2] == "interrupted"
+    step = int(words[-1])
+    assert latest_checkpoint(tmp_path).name == f"step_{step:08d}"  # type: ignore[union-attr]
+    done = subprocess.run(
+        [*args[:3], str(step + 2), "0", "data.num_workers=2", "resume=auto"],
+        capture_output=True,
+    )
+    assert done.returncode == 0 and done.stdout.split()[-2:] == [b"finished", b"%d" % (step + 2)]
+
+
+def test_stale_temporaries_of_killed_writers_are_removed_at_start(tmp_path: Path) -> None:
+    run_toy(str(tmp_path), 4)
+    dead = [
+        tmp_path / "checkpoints" / ".tmp-step_00000008-999999",
+        tmp_path / "checkpoints" / ".old-step_00000004-999999",
+    ]
+    for d in dead:
+        d.mkdir()
+        (d / "model.safetensors").write_bytes(b"x" * 1000)
+    leftover = tmp_path / ".metrics.jsonl.abc123.tmp"
+    leftover.write_text("{}")
+    run_toy(str(tmp_path), 6, ["resume=auto"])
+    assert not any(d.exists() for d in dead) and not leftover.exists()
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000004", "step_00000006"]
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_error_and_leaves_no_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t = {"w": torch.zeros(2)}
+    first = save_checkpoint(tmp_path, 1, t, {"a": 1}, {"step": 1})
+
+    def full_disk(*args: Any, **kwargs: Any) -> None:
+        # What torch.save raises on ENOSPC: a RuntimeError, not an OSError.
+        raise RuntimeError("[enforce fail at inline_container.cc:642] . unexpected pos 64")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CimptError, match="could not write checkpoint step 2"):
+        save_checkpoint(tmp_path, 2, t, {"a": 2}, {"step": 2})
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == [first.name]
+
+
+def test_a_run_dir_that_cannot_be_written_is_one_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(CimptError, match=r"run\.dir .*cannot write there"):
+        run_toy(str(blocker / "run"), 2)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("enhancer.kwargs={embed_dim:64,depth:2}", "enhancer.kwargs"),  # YAML: keys, no values
+        ("train.lr=-1", "train.lr"),
+    ],
+)
+def test_config_mistakes_that_were_silent(override: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_a_huge_image_is_skipped_before_it_is_decoded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import warnings
+
+    from PIL import Image
+
+    import cimpt.data.images as images
+
+    monkeypatch.setattr(images, "MAX_PIXELS", 64 * 64)
+    Image.new("RGB", (65, 64)).save(tmp_path / "big.png")
+    Image.new("RGB", (64, 64)).save(tmp_path / "ok.png")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        big = tmp_path / "big.png"
+        assert images.load_rgb_or_none(big, "big.png", images.BrokenFileReporter()) is None
+    assert "over the limit" in str(caught[0].message)
+    ok = images.load_rgb_or_none(tmp_path / "ok.png", "ok.png", images.BrokenFileReporter())
+    assert ok is not None
