@@ -52,7 +52,9 @@ CONFIG = ROOT / "configs" / "cifar10_vit.yaml"
 AMPS = {"fp32": "none", "bf16": "bf16"}
 
 
-def cim_trainer(width: int, amp: str, batch: int, run_dir: Path, depth: int) -> Trainer:
+def cim_trainer(
+    width: int, amp: str, batch: int, run_dir: Path, depth: int, compile_: bool = False
+) -> Trainer:
     heads = max(1, width // 64)
     cfg = load_config(
         CONFIG,
@@ -64,6 +66,7 @@ def cim_trainer(width: int, amp: str, batch: int, run_dir: Path, depth: int) -> 
             "train.max_steps=1000",
             "train.warmup_epochs=0",
             f"train.amp={amp}",
+            f"train.compile={str(compile_).lower()}",
             "train.device=cpu",
             f"enhancer.kwargs={{embed_dim: {width}, depth: {depth}, num_heads: {heads}}}",
             f"run.dir={run_dir}",
@@ -116,6 +119,11 @@ def build_variants(args: argparse.Namespace, work: Path) -> dict[str, Callable[[
             batch = next(iter(trainer.loader))
             steps[f"cim/{w}/{dt}"] = _cim_step(trainer, batch)
             steps[f"finetune/{w}/{dt}"] = finetune_step(w, dt, args.batch, args.depth)
+        for dt in dtypes if w in args.compile_widths else []:
+            trainer = cim_trainer(
+                w, AMPS[dt], args.batch, work / f"cim_{w}_{dt}_c", args.depth, True
+            )
+            steps[f"cim/{w}/{dt}-compiled"] = _cim_step(trainer, next(iter(trainer.loader)))
         if args.bf16 and w in args.fused_widths:
             # The alternative the engine turns away from on CPU: torch's fused attention.
             trainer = cim_trainer(w, "bf16", args.batch, work / f"cim_{w}_fused", args.depth)
@@ -160,7 +168,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 step()
                 if rnd >= args.warmup:
                     times[name].append(time.perf_counter() - t0)
-        flops = {name: step_flops(step) / args.batch for name, step in steps.items()}
+        # A compiled step does the eager step's work (the counter cannot see inside Inductor).
+        eager = {k: v for k, v in steps.items() if not k.endswith("-compiled")}
+        flops = {name: step_flops(step) / args.batch for name, step in eager.items()}
+        for name in steps.keys() - eager.keys():
+            flops[name] = flops[name.removesuffix("-compiled")]
     res["rows"] = rows(times, flops, res["peak_tflops"], args.batch)
     return res
 
@@ -185,20 +197,26 @@ def rows(
         fp32 = times.get(f"{job}/{width}/fp32")
         if dt.startswith("bf16") and fp32:
             row["speedup_over_fp32"] = statistics.median(fp32) / med
+        eager = times.get(f"{job}/{width}/{dt.removesuffix('-compiled')}")
+        if dt.endswith("-compiled") and eager:
+            row["speedup_over_eager"] = statistics.median(eager) / med
         out.append(row)
     return out
 
 
 def table(res: dict[str, Any]) -> str:
     lines = [
-        "| job | width | dtype | ms/step | img/s | bf16 / fp32 | GFLOP/img | MFU |",
-        "|---|---:|---|---:|---:|---:|---:|---:|",
+        "| job | width | dtype | ms/step | img/s | bf16 / fp32 | compiled / eager | GFLOP/img "
+        "| MFU |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in res["rows"]:
         sp = f"{r['speedup_over_fp32']:.2f}x" if "speedup_over_fp32" in r else ""
+        ce = f"{r['speedup_over_eager']:.2f}x" if "speedup_over_eager" in r else ""
         lines.append(
             f"| {r['job']} | {r['width']} | {r['dtype']} | {r['ms_per_step']:.0f} | "
-            f"{r['img_per_s']:.1f} | {sp} | {r['gflops_per_image']:.3f} | {100 * r['mfu']:.1f} % |"
+            f"{r['img_per_s']:.1f} | {sp} | {ce} | {r['gflops_per_image']:.3f} | "
+            f"{100 * r['mfu']:.1f} % |"
         )
     return "\n".join(lines)
 
@@ -218,6 +236,13 @@ def main(argv: list[str] | None = None) -> int:
         nargs="*",
         default=[192],
         help="widths that also get a bf16 row with torch's fused attention",
+    )
+    p.add_argument(
+        "--compile-widths",
+        type=int,
+        nargs="*",
+        default=[],
+        help="widths that also get CIM rows with train.compile=true (compiled in warm-up)",
     )
     p.add_argument("--force-bf16", action="store_true", help="measure bf16 without AMX too")
     p.add_argument("--out", default="bench/results/cpu_precision.json")

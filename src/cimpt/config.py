@@ -253,10 +253,15 @@ def load_config(
 ) -> DictConfig:
     """Build the config: typed defaults, then the YAML file, then ``key=value`` overrides.
 
+    ``path`` may be a run directory: its ``config.yaml`` (the merged config the run was
+    started with) is read, so ``cimpt pretrain RUN_DIR resume=auto`` continues a run.
+
     Raises ``ConfigError`` with one line naming the key for unknown keys, wrong types and
     inconsistent sizes.
     """
     cfg = _schema()
+    if path is not None and Path(path).is_dir() and (Path(path) / "config.yaml").is_file():
+        path = Path(path) / "config.yaml"  # a run directory: the config it ran with
     if path is not None:
         origin = str(path)
         try:

@@ -114,7 +114,7 @@ def pretrain(cfg: DictConfig, tokenizer: ImageTokenizer | None = None) -> FitRes
     if trainer.dist.is_main:
         if result.interrupted:
             print(f"stopped at step {result.state.step}; checkpoint: {result.last_checkpoint}")
-            print(f"continue with: cimpt pretrain <config> run.dir={result.run_dir} resume=auto")
+            print(f"continue with: cimpt pretrain {result.run_dir} resume=auto")
         else:
             print(
                 f"pre-training done: {result.run_dir} (enhancer: {result.run_dir / ENHANCER_FILE})"

@@ -198,3 +198,19 @@ def test_a_huge_image_is_skipped_before_it_is_decoded(
     assert "over the limit" in str(caught[0].message)
     ok = images.load_rgb_or_none(tmp_path / "ok.png", "ok.png", images.BrokenFileReporter())
     assert ok is not None
+
+
+def test_compiled_model_trains_and_resumes(tmp_path: Path) -> None:
+    # train.compile=true wraps the model in torch.compile; checkpoints hold the plain module's
+    # weights (same keys as an eager run's), so a compiled run resumes like an eager one.
+    # (Losses are not compared: Inductor draws dropout masks from its own RNG.)
+    run_toy(str(tmp_path / "eager"), 4)
+    compiled, _ = run_toy(str(tmp_path / "compiled"), 4, ["train.compile=true"])
+    assert compiled.state.nan_total == 0
+    keys = {
+        name: set(load_file(str(latest_checkpoint(tmp_path / name) / "model.safetensors")))  # type: ignore[operator]
+        for name in ("eager", "compiled")
+    }
+    assert keys["compiled"] == keys["eager"]
+    again, _ = run_toy(str(tmp_path / "compiled"), 6, ["train.compile=true", "resume=auto"])
+    assert again.state.step == 6

@@ -240,8 +240,8 @@ def run_supervised(task: SupervisedTask, cfg: DictConfig) -> FitResult:
     result = trainer.fit()
     if trainer.dist.is_main and result.interrupted:
         print(
-            f"stopped at step {result.state.step}; continue with the same command and "
-            f"run.dir={result.run_dir} resume=auto"
+            f"stopped at step {result.state.step}; continue with: cimpt finetune "
+            f"{result.run_dir} resume=auto (or cimpt linprobe, as it was started)"
         )
     return result
 

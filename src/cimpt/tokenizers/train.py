@@ -103,7 +103,7 @@ def _report_and_evaluate(cfg: DictConfig, result: FitResult) -> None:
     out = result.run_dir / TOKENIZER_FILE
     if result.interrupted:
         print(f"stopped at step {result.state.step}; checkpoint: {result.last_checkpoint}")
-        print(f"continue with: cimpt tokenizer train <config> run.dir={result.run_dir} resume=auto")
+        print(f"continue with: cimpt tokenizer train {result.run_dir} resume=auto")
         return
     print(f"tokenizer written to {out}")
     if cfg.data.val_path or cfg.data.source in ("cifar10", "cifar100"):
