@@ -78,7 +78,7 @@ def load_frozen_tokenizer(cfg: DictConfig) -> ImageTokenizer:
             "configs/cifar10_tokenizer.yaml` (or convert the DALL-E files) and pass "
             "tokenizer.checkpoint=<run dir or .safetensors>"
         )
-    tok = load_tokenizer(cfg.tokenizer.checkpoint)
+    tok = load_tokenizer(cfg.tokenizer.checkpoint, kind=str(cfg.tokenizer.kind))
     arch = {**tok.arch_config(), "vocab_size": tok.vocab_size, "downsample": tok.downsample}
     for key, value in arch.items():
         if key in cfg.tokenizer and key not in ("kind", "checkpoint", "img_size"):

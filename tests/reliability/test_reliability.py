@@ -214,3 +214,61 @@ def test_compiled_model_trains_and_resumes(tmp_path: Path) -> None:
     assert keys["compiled"] == keys["eager"]
     again, _ = run_toy(str(tmp_path / "compiled"), 6, ["train.compile=true", "resume=auto"])
     assert again.state.step == 6
+
+
+def test_tokenizer_files_of_the_wrong_format(tmp_path: Path) -> None:
+    import pickle
+
+    from cimpt.tokenizers.dalle import DalleTokenizer
+    from cimpt.tokenizers.load import load_tokenizer
+
+    pkl = tmp_path / "encoder.pkl"
+    pkl.write_bytes(pickle.dumps({"not": "run"}))
+    with pytest.raises(CimptError, match="cimpt tokenizer convert-dalle"):
+        load_tokenizer(pkl)
+    # A torch.save'd dVAE state dict is accepted when the config says tokenizer.kind=dalle.
+    torch.manual_seed(0)
+    small = {"encoder_hid": 8, "encoder_blocks": 1, "decoder_init": 8, "decoder_hid": 8}
+    dvae = DalleTokenizer(vocab_size=64, **small)
+    torch.save(dvae.state_dict(), tmp_path / "dalle.pt")
+    with pytest.raises(CimptError, match=r"tokenizer\.kind=dalle"):
+        load_tokenizer(tmp_path / "dalle.pt")
+    loaded = load_tokenizer(tmp_path / "dalle.pt", kind="dalle")
+    x = torch.rand(1, 3, 16, 16)
+    assert torch.equal(loaded.encode(x), dvae.eval().encode(x))
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A 1 MiB tmpfs, where the OS lets this process mount one (else the test is skipped)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()[:80]}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_a_really_full_disk_is_one_error_and_the_run_continues_after(small_disk: Path) -> None:
+    run = small_disk / "run"
+    run_toy(str(run), 4)
+    filler = small_disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:  # fill every free byte
+        with pytest.raises(OSError):
+            while True:
+                os.write(fd, b"\0" * 4096)
+    finally:
+        os.close(fd)
+    with pytest.raises(CimptError, match="No space left on device"):
+        run_toy(str(run), 8, ["resume=auto", "run.ckpt_every=2"])
+    assert [p.name for p in list_checkpoints(run)] == ["step_00000004"]
+    assert not list((run / "checkpoints").glob(".tmp-*"))
+    filler.unlink()  # space again: the same command continues from step 4
+    result, _ = run_toy(str(run), 8, ["resume=auto", "run.ckpt_every=2"])
+    assert result.state.step == 8

@@ -149,7 +149,16 @@ def _load_dalle(path: Path) -> ImageTokenizer:
     return load_dalle_tokenizer(path).freeze()
 
 
-def load_tokenizer(path: str | Path, expected: Any = None) -> ImageTokenizer:
+def _is_torch_or_pickle(path: Path) -> bool:
+    """A torch.save zip archive or a raw pickle (checked by magic bytes, nothing unpickled)."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return head == b"PK" or head[:1] == b"\x80"
+
+
+def load_tokenizer(
+    path: str | Path, expected: Any = None, kind: str | None = None
+) -> ImageTokenizer:
     """Load a frozen tokenizer from a safetensors file, checkpoint dir or run dir.
 
     Args:
@@ -159,6 +168,8 @@ def load_tokenizer(path: str | Path, expected: Any = None) -> ImageTokenizer:
             the released DALL-E ``encoder.pkl`` and ``decoder.pkl``.
         expected: a ``tokenizer`` config section; any architecture field that differs from
             the checkpoint is an error.
+        kind: the configured ``tokenizer.kind``; with "dalle" a ``torch.save``d state dict of
+            the dVAE is accepted too.
 
     Returns the tokenizer in eval mode with gradients off (``freeze()``), on the CPU.
     """
@@ -170,6 +181,16 @@ def load_tokenizer(path: str | Path, expected: Any = None) -> ImageTokenizer:
         if expected is not None:
             _check_expected(path, "dalle", {}, expected)
         return _load_dalle(path)
+    kind = kind or (str(getattr(expected, "kind", "")) or None if expected is not None else None)
+    if path.is_file() and _is_torch_or_pickle(path):
+        if kind == "dalle":  # a torch.save'd dVAE state dict (read with weights_only=True)
+            return _load_dalle(path)
+        raise CimptError(
+            f"{path} is a pickle or torch file, not a tokenizer .safetensors: convert the "
+            "released DALL-E files once with `cimpt tokenizer convert-dalle encoder.pkl "
+            "decoder.pkl dalle.safetensors` (or pass the folder holding both); a dVAE state "
+            "dict loads with tokenizer.kind=dalle"
+        )
     file, prefix = _resolve_file(path)
     kind, arch = _read_header(file)
     if expected is not None:
