@@ -108,13 +108,21 @@ def test_resume_auto_continues_to_the_new_max_steps(cim_overrides, tmp_path, e2e
     assert meta["step"] == 6 and meta["config"]["train"]["max_steps"] == 6
 
 
-def test_a_run_directory_is_a_config_for_resuming(cim_overrides, tmp_path, e2e) -> None:
-    # What the interrupt hint prints: `cimpt pretrain RUN_DIR resume=auto`, no other keys.
-    run = tmp_path / "run"
-    first = cim_overrides(run, steps=4, extra=["run.ckpt_every=2", "run.vis_every=1000"])
+def test_a_run_directory_is_a_config_for_resuming(
+    cim_overrides, tmp_path, e2e, monkeypatch
+) -> None:
+    # What the interrupt hint prints: `cimpt pretrain RUN_DIR resume=auto`, no other keys,
+    # also from another working directory when the run was started with a relative run.dir.
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    first = cim_overrides(Path("run"), steps=4, extra=["run.ckpt_every=2", "run.vis_every=1000"])
     assert e2e.run_cli(["pretrain", str(e2e.CIM_CONFIG), *first]) == 0
+    monkeypatch.chdir(tmp_path / "b")
+    run = tmp_path / "a" / "run"
     assert e2e.run_cli(["pretrain", str(run), "train.max_steps=6", "resume=auto"]) == 0
     assert [m["step"] for m in _metrics(run)] == [1, 2, 3, 4, 5, 6]
+    assert not (tmp_path / "b" / "run").exists()
 
 
 def test_resume_with_another_model_names_the_key(cim_overrides, tmp_path, e2e, capsys) -> None:

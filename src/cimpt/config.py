@@ -260,8 +260,9 @@ def load_config(
     inconsistent sizes.
     """
     cfg = _schema()
+    run_dir = None
     if path is not None and Path(path).is_dir() and (Path(path) / "config.yaml").is_file():
-        path = Path(path) / "config.yaml"  # a run directory: the config it ran with
+        run_dir, path = Path(path), Path(path) / "config.yaml"  # the config it ran with
     if path is not None:
         origin = str(path)
         try:
@@ -270,6 +271,11 @@ def load_config(
             raise ConfigError(_one_line(exc, origin)) from None
         assert isinstance(merged, DictConfig)
         cfg = merged
+    if run_dir is not None:
+        # The directory given is the run, wherever it now lies and whatever cwd; and naming a
+        # run never deletes it (a stored run.overwrite=true, as the demo's, is not inherited).
+        cfg.run.dir = str(run_dir)
+        cfg.run.overwrite = False
     cfg = apply_overrides(cfg, overrides)
     validate(cfg)
     return cfg

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from cimpt.config import load_config
+from cimpt.engine.loop import FitResult, exit_status
 
 # Sizes for a run of a few minutes on 2 CPU cores; any key=value given to `cimpt demo`
 # is applied on top of these, to both stages.
@@ -68,7 +69,7 @@ def run_demo(overrides: list[str]) -> Path:
     tok_cfg = load_config(
         None, [*TOKENIZER_STAGE, again, *overrides, f"run.dir={root / 'tokenizer'}"]
     )
-    train_tokenizer(tok_cfg)
+    _stop_if_interrupted(train_tokenizer(tok_cfg))
     print(f"[2/2] CIM pre-training (RESPIX, ViT enhancer) -> {root / 'cim'}")
     cim_cfg = load_config(
         None,
@@ -80,7 +81,7 @@ def run_demo(overrides: list[str]) -> Path:
             f"tokenizer.checkpoint={root / 'tokenizer' / TOKENIZER_FILE}",
         ],
     )
-    pretrain(cim_cfg)
+    _stop_if_interrupted(pretrain(cim_cfg))
     figures = sorted((root / "cim" / "figures").glob("cim_*.png"))
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s")
     print(f"  figure:  {figures[-1] if figures else '(none)'}")
@@ -93,6 +94,13 @@ def run_demo(overrides: list[str]) -> Path:
         "tokenizer.checkpoint=runs/cifar10_tokenizer"
     )
     return root
+
+
+def _stop_if_interrupted(result: FitResult) -> None:
+    """A stage stopped by a signal ends the demo with its exit status (the next stage must
+    not run on a half-trained tokenizer)."""
+    if result.interrupted:
+        raise SystemExit(exit_status(result))
 
 
 def _has(overrides: list[str], key: str) -> bool:

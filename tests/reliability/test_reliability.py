@@ -201,9 +201,9 @@ def test_a_huge_image_is_skipped_before_it_is_decoded(
 
 
 def test_compiled_model_trains_and_resumes(tmp_path: Path) -> None:
-    # train.compile=true wraps the model in torch.compile; checkpoints hold the plain module's
-    # weights (same keys as an eager run's), so a compiled run resumes like an eager one.
-    # (Losses are not compared: Inductor draws dropout masks from its own RNG.)
+    # train.compile=true (untested before): a compiled run trains, writes checkpoints with the
+    # same keys as an eager run, and resumes. (Losses are not compared with the eager run:
+    # Inductor draws dropout masks from its own RNG.)
     run_toy(str(tmp_path / "eager"), 4)
     compiled, _ = run_toy(str(tmp_path / "compiled"), 4, ["train.compile=true"])
     assert compiled.state.nan_total == 0
@@ -272,3 +272,40 @@ def test_a_really_full_disk_is_one_error_and_the_run_continues_after(small_disk:
     filler.unlink()  # space again: the same command continues from step 4
     result, _ = run_toy(str(run), 8, ["resume=auto", "run.ckpt_every=2"])
     assert result.state.step == 8
+
+
+def test_overwrite_replaces_outputs_and_is_not_inherited_by_naming_the_run(tmp_path: Path) -> None:
+    run_toy(str(tmp_path), 4)
+    (tmp_path / "enhancer.safetensors").write_text("the old run's export")
+    run_toy(str(tmp_path), 2, ["run.overwrite=true"])
+    assert not (tmp_path / "enhancer.safetensors").exists()
+    # The run stored run.overwrite=true; naming the run directory as config does not inherit
+    # it (so `cimpt pretrain RUN_DIR` without resume is refused, not a deletion).
+    cfg = load_config(tmp_path)
+    assert cfg.run.overwrite is False and cfg.run.dir == str(tmp_path)
+
+
+def test_a_checkpoint_whose_resave_was_killed_between_renames_is_restored(tmp_path: Path) -> None:
+    run_toy(str(tmp_path), 4)
+    ckpts = tmp_path / "checkpoints"
+    (ckpts / "step_00000004").rename(ckpts / ".old-step_00000004-999999")  # the only copy
+    result, _ = run_toy(str(tmp_path), 6, ["resume=auto"])
+    assert result.state.step == 6
+    assert "step_00000004" in [p.name for p in list_checkpoints(tmp_path)]
+
+
+def test_a_refused_second_lock_keeps_the_first(tmp_path: Path) -> None:
+    from cimpt.engine.runlock import RunLock
+
+    first = RunLock(tmp_path).acquire()
+    with pytest.raises(CimptError, match="in use"):
+        RunLock(tmp_path).acquire()
+    probe = (
+        "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR)\n"
+        "try: fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+        "except OSError: sys.exit(3)\n"
+    )
+    lock_file = first.path
+    taken = subprocess.run([sys.executable, "-c", probe, str(lock_file)])
+    assert taken.returncode == 3  # another process still cannot take it
+    first.release()

@@ -95,7 +95,7 @@ def save_checkpoint(
     except (OSError, RuntimeError) as exc:
         # torch.save reports a full disk as RuntimeError ("file write failed"), not OSError.
         shutil.rmtree(tmp, ignore_errors=True)
-        reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+        reason = getattr(exc, "strerror", None) or (str(exc).splitlines() or [repr(exc)])[0]
         raise CimptError(
             f"could not write checkpoint step {step} in {root} ({reason}); "
             "earlier checkpoints are intact"
@@ -113,6 +113,11 @@ def remove_stale_temporaries(run_dir: str | Path) -> list[Path]:
     """
     run_dir = Path(run_dir)
     ckpts = run_dir / CKPT_SUBDIR
+    for old in ckpts.glob(".old-step_*"):
+        # A kill between the two renames of a re-save left the old copy as the only one.
+        final = ckpts / old.name[len(".old-") :].rsplit("-", 1)[0]
+        if not final.exists():
+            old.rename(final)
     stale = [*ckpts.glob(".tmp-step_*"), *ckpts.glob(".old-step_*")]
     stale += [p for p in run_dir.glob(".*.tmp") if p.is_file()]
     for path in stale:
@@ -123,13 +128,29 @@ def remove_stale_temporaries(run_dir: str | Path) -> list[Path]:
     return stale
 
 
+# Files the tasks write into a run directory when they finish (tokenizer, CIM pre-training,
+# fine-tuning, evaluation).
+RUN_OUTPUTS = (
+    "tokenizer.safetensors",
+    "tokenizer_eval.json",
+    "tokenizer_recon.png",
+    "enhancer.safetensors",
+    "best.safetensors",
+    "results.json",
+    "knn.json",
+)
+
+
 def clear_run(run_dir: str | Path) -> None:
     """Delete what a training run writes (checkpoints, metrics, TensorBoard events, figures),
     for ``run.overwrite=true``; other files in ``run_dir`` stay."""
     run_dir = Path(run_dir)
     for name in (CKPT_SUBDIR, "tensorboard", "figures"):
         shutil.rmtree(run_dir / name, ignore_errors=True)
-    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    # What runs export at their end: the old run's must not pass for the new one's (the
+    # tokenizer loader prefers tokenizer.safetensors over checkpoints, for one).
+    for name in (*RUN_OUTPUTS, "metrics.jsonl"):
+        (run_dir / name).unlink(missing_ok=True)
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:

@@ -85,6 +85,7 @@ class _StopFlag:
     def __init__(self) -> None:
         self.set = False
         self.signum = 0
+        self._announced = False
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> _StopFlag:
@@ -96,12 +97,18 @@ class _StopFlag:
     def _handle(self, signum: int, frame: Any) -> None:
         if self.set:
             raise SystemExit(128 + signum)  # second signal: force quit
+        # Only flags here: writing to stderr from a handler can collide with the progress bar.
         self.set, self.signum = True, signum
-        tqdm.write(
-            f"{signal.Signals(signum).name}: stopping after this step with a checkpoint "
-            "(send it again to quit at once)",
-            file=sys.stderr,
-        )
+
+    def announce(self) -> None:
+        """Say once, from the loop, that a signal arrived and what happens next."""
+        if self.signum and not self._announced:
+            self._announced = True
+            tqdm.write(
+                f"{signal.Signals(self.signum).name}: stopping after this step with a "
+                "checkpoint (send it again to quit at once)",
+                file=sys.stderr,
+            )
 
     def __exit__(self, *exc: object) -> None:
         for sig, old in self._old.items():
@@ -263,15 +270,22 @@ class Trainer:
     def _check_fresh_start(self) -> None:
         """A run started without ``resume`` in a directory that holds another run's checkpoints
         would mix the two (and a later ``resume=auto`` would pick up the old weights): refuse,
-        unless ``run.overwrite=true`` asks to delete the old run's checkpoints and logs."""
-        if self.cfg.resume or not list_checkpoints(self.run_dir):
+        unless ``run.overwrite=true`` asks to delete the old run's checkpoints and outputs.
+
+        Rank 0 looks and decides for every rank (one reduction), so all ranks refuse or wait
+        together while it deletes."""
+        if self.cfg.resume:
             return
-        latest = list_checkpoints(self.run_dir)[-1].name
+        found = list_checkpoints(self.run_dir) if self.dist.is_main else []
+        flag = torch.tensor([1.0 if found else 0.0], device=self.device)
+        if D.all_reduce_sum(flag).item() == 0:
+            return
         if not self.cfg.run.overwrite:
+            where = f" (checkpoint {found[-1].name})" if found else ""
             raise CimptError(
-                f"run.dir {self.run_dir} holds an earlier run (checkpoint {latest}): continue it "
-                "with resume=auto, or start afresh with run.overwrite=true (deletes its "
-                "checkpoints and logs), or choose another run.dir"
+                f"run.dir {self.run_dir} holds an earlier run{where}: continue it with "
+                "resume=auto, or start afresh with run.overwrite=true (deletes its "
+                "checkpoints and outputs), or choose another run.dir"
             )
         if self.dist.is_main:
             clear_run(self.run_dir)
@@ -454,6 +468,7 @@ class Trainer:
         with _StopFlag() as stop_flag:
             while st.step < self.total_steps:
                 step = self.train_step(next_batch, stop_flag.set)
+                stop_flag.announce()
                 stop, batch = step.stop, step.batch
                 st.step += 1
                 bar.update(1)
@@ -556,36 +571,48 @@ class Trainer:
 
     def save(self) -> Path | None:
         """Checkpoint on rank 0 (never one with non-finite weights); others wait."""
-        path = None
-        if self.dist.is_main:
-            tensors = [*self.model.parameters(), *self.model.buffers()]
-            tensors_ok = all(torch.isfinite(t).all() for t in tensors if t.is_floating_point())
-            if not tensors_ok:
-                raise CimptError(
-                    f"weights hold NaN or inf at step {self.state.step}; checkpoint not written"
-                )
-            st = self.state
-            state = {
-                "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "rng": rng_state(),
-                "loop": dict(st.__dict__),
-                "task": self.task.extra_state(),
-            }
-            meta = {
-                "kind": self.task.kind,
-                "step": st.step,
-                "epoch": st.epoch,
-                "config": to_dict(self.cfg),
-            }
-            path = save_checkpoint(
-                self.run_dir,
-                st.step,
-                module_tensors(self.task.saved_modules()),
-                state,
-                meta,
-                self.cfg.run.keep_last,
-            )
+        path, error = None, None
+        try:
+            if self.dist.is_main:
+                path = self._save_on_main()
+        except CimptError as exc:
+            error = exc
+        # Every rank learns whether rank 0 failed, so that all stop together instead of the
+        # others waiting in the next collective.
+        flag = torch.tensor([0.0 if error is None else 1.0], device=self.device)
+        if D.all_reduce_sum(flag).item() > 0:
+            raise error or CimptError("rank 0 could not write the checkpoint (see its error)")
         self._last_saved_step = self.state.step
-        D.barrier()
+        return path
+
+    def _save_on_main(self) -> Path:
+        """Rank 0's part of ``save``: never a checkpoint with non-finite tensors."""
+        tensors = [*self.model.parameters(), *self.model.buffers()]
+        tensors_ok = all(torch.isfinite(t).all() for t in tensors if t.is_floating_point())
+        if not tensors_ok:
+            raise CimptError(
+                f"weights hold NaN or inf at step {self.state.step}; checkpoint not written"
+            )
+        st = self.state
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_state(),
+            "loop": dict(st.__dict__),
+            "task": self.task.extra_state(),
+        }
+        meta = {
+            "kind": self.task.kind,
+            "step": st.step,
+            "epoch": st.epoch,
+            "config": to_dict(self.cfg),
+        }
+        path = save_checkpoint(
+            self.run_dir,
+            st.step,
+            module_tensors(self.task.saved_modules()),
+            state,
+            meta,
+            self.cfg.run.keep_last,
+        )
         return path

@@ -3,7 +3,7 @@
 ``train.amp=auto`` means bf16 autocast where the hardware has bf16 matrix units and fp32
 elsewhere:
 
-* CUDA: bf16 where the GPU supports it (Ampere and later), else fp16 with a gradient scaler.
+* CUDA: bf16 where the GPU supports it (Ampere and later), else fp32.
 * CPU: bf16 only where the processor has Intel AMX (``amx_bf16``). Without matrix units,
   oneDNN emulates bf16 matrix products and a CIM step runs many times *slower* than in fp32
   (measured on an AMD EPYC without AVX-512: docs/BENCHMARKS.md, "Precision"), so bf16 there
@@ -56,7 +56,9 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     if amp != "auto":
         return _FIXED[amp]
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # Without bf16 (before Ampere) fp32: fp16 needs loss scaling, whose skipped overflow
+        # steps the NaN guard would count; ask for train.amp=fp16 explicitly there.
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
     if device.type == "cpu" and cpu_has_amx_bf16():
         return torch.bfloat16
     return None

@@ -44,6 +44,9 @@ class RunLock:
         self._key: Path | None = None  # our entry in _HELD
         self._made: list[Path] = []
 
+    def _unwritable(self, e: OSError) -> CimptError:
+        return CimptError(f"run.dir {self.path.parent}: cannot write there ({e.strerror or e})")
+
     def acquire(self) -> RunLock:
         if self._key is not None:
             return self
@@ -51,20 +54,22 @@ class RunLock:
         self._made = [p for p in (self.path.parent, self.path) if not p.exists()]
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as e:
-            raise CimptError(
-                f"run.dir {self.path.parent}: cannot write there ({e.strerror or e})"
-            ) from None
-        os.close(fd)
+            raise self._unwritable(e) from None
         key = self.path.resolve()
         if key in _HELD:
+            # Checked before opening the file: closing any descriptor of it would drop the
+            # POSIX lock this process already holds.
             self._in_use(str(os.getpid()))
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise self._unwritable(e) from None
         if fcntl is None:
+            os.close(fd)
             _HELD.add(key)  # this process's own runs are still kept apart
             self._key = key
             return self
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
