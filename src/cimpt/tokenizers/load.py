@@ -186,10 +186,10 @@ def load_tokenizer(
         if kind == "dalle":  # a torch.save'd dVAE state dict (read with weights_only=True)
             return _load_dalle(path)
         raise CimptError(
-            f"{path} is a pickle or torch file, not a tokenizer .safetensors: convert the "
-            "released DALL-E files once with `cimpt tokenizer convert-dalle encoder.pkl "
-            "decoder.pkl dalle.safetensors` (or pass the folder holding both); a dVAE state "
-            "dict loads with tokenizer.kind=dalle"
+            f"{path} is not a cimpt tokenizer checkpoint (a pickle or torch file, not "
+            "safetensors): convert the released DALL-E files once with `cimpt tokenizer "
+            "convert-dalle encoder.pkl decoder.pkl dalle.safetensors` (or pass the folder "
+            "holding both); a dVAE state dict loads with tokenizer.kind=dalle"
         )
     file, prefix = _resolve_file(path)
     kind, arch = _read_header(file)
