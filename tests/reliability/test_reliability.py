@@ -80,11 +80,20 @@ def test_nan_streak_keeps_the_last_good_checkpoint_and_the_advice_works(tmp_path
     with pytest.raises(CimptError, match="restarts from the step-4 checkpoint") as err:
         run_toy(str(tmp_path), 12, extra, nan_at=(5, 6, 7))
     assert "NaN or inf for 3 steps in a row" in str(err.value)
+    # One step before the first NaN: it may already hold diverging weights, and says so.
+    assert "may already hold diverging weights" in str(err.value)
     # keep_last=1, yet the step-4 checkpoint survived: nothing was written in the streak.
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000004"]
     # Following the advice (a lower lr; here the NaNs are gone) continues from step 4.
     result, _ = run_toy(str(tmp_path), 12, [*extra, "resume=auto", "train.lr=0.01"])
     assert result.state.step == 12 and result.state.nan_total == 0
+
+
+def test_nan_advice_without_the_caveat_when_the_checkpoint_is_well_before(tmp_path: Path) -> None:
+    extra = ["run.ckpt_every=10", "run.max_nan_steps=3"]
+    with pytest.raises(CimptError, match="restarts from the step-10 checkpoint") as err:
+        run_toy(str(tmp_path), 30, extra, nan_at=(15, 16, 17))
+    assert "diverging" not in str(err.value)
 
 
 def test_nan_steps_get_one_log_record_each(tmp_path: Path) -> None:

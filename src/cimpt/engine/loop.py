@@ -544,6 +544,25 @@ class Trainer:
                 shown = ", ".join(f"{k}={v:.4g}" for k, v in vals.items())
                 tqdm.write(f"step {self.state.step} (epoch {epochs:.2f}): {shown}")
 
+    def _nan_advice(self, first_bad: int) -> str:
+        """Where to go after a NaN streak that began at step ``first_bad``."""
+        fresh = "start afresh with a lower lr (run.overwrite=true)"
+        before = self._before_streak
+        if before is None:
+            return f"no checkpoint was written before it: {fresh}"
+        advice = (
+            f"resume=auto restarts from the step-{before} checkpoint, the last one written "
+            "before the streak"
+        )
+        if first_bad - before <= self.cfg.run.max_nan_steps:
+            # Finite is not sound: weights can diverge for a few steps before a loss overflows.
+            advice += (
+                f"; it was written {first_bad - before} step(s) before the first bad one and "
+                f"may already hold diverging weights: if the resumed run fails the same way, "
+                f"{fresh}"
+            )
+        return advice
+
     def _on_nonfinite(self) -> None:
         """A skipped step: warn (its count reaches metrics.jsonl with the next log record,
         so each step keeps one record) and stop after ``run.max_nan_steps`` in a row."""
@@ -557,12 +576,7 @@ class Trainer:
                 file=sys.stderr,
             )
         if st.nan_streak >= self.cfg.run.max_nan_steps:
-            where = (
-                f"resume=auto restarts from the step-{self._before_streak} checkpoint, the "
-                "last one written before the streak"
-                if self._before_streak is not None
-                else "no checkpoint was written before it: start afresh"
-            )
+            where = self._nan_advice(st.step - st.nan_streak + 1)
             raise CimptError(
                 f"the loss was NaN or inf for {st.nan_streak} steps in a row (up to step "
                 f"{st.step}); no update was applied on those steps. Lower train.blr (or "
