@@ -371,7 +371,11 @@ def validate(cfg: DictConfig) -> None:
         "generator.embed_dim",
         f"{cfg.generator.embed_dim} is not divisible by generator.num_heads",
     )
-    _require(cfg.generator.temperature > 0, "generator.temperature", "must be positive")
+    _require(
+        cfg.generator.temperature >= 0,
+        "generator.temperature",
+        f"{cfg.generator.temperature} must be >= 0 (0: argmax, the deterministic corruption)",
+    )
     _require(cfg.run.log_every > 0, "run.log_every", "must be positive")
     _require(
         cfg.run.ckpt_every > 0,

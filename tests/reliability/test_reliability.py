@@ -181,6 +181,7 @@ def test_a_run_dir_that_cannot_be_written_is_one_error(tmp_path: Path) -> None:
     [
         ("enhancer.kwargs={embed_dim:64,depth:2}", "enhancer.kwargs"),  # YAML: keys, no values
         ("train.lr=-1", "train.lr"),
+        ("generator.temperature=-0.5", "generator.temperature"),
     ],
 )
 def test_config_mistakes_that_were_silent(override: str, key: str) -> None:
@@ -318,3 +319,15 @@ def test_a_refused_second_lock_keeps_the_first(tmp_path: Path) -> None:
     taken = subprocess.run([sys.executable, "-c", probe, str(lock_file)])
     assert taken.returncode == 3  # another process still cannot take it
     first.release()
+
+
+def test_temperature_zero_is_accepted_and_is_argmax() -> None:
+    # T = 0 is the argmax corruption the paper compares sampling against (its claim 4).
+    from cimpt.cim import CIM
+
+    assert load_config(None, ["generator.temperature=0"]).generator.temperature == 0
+    logits = torch.randn(2, 4, 4, 16)
+    z, mask = torch.zeros(2, 4, 4, dtype=torch.long), torch.rand(2, 4, 4) < 0.5
+    stub = type("Stub", (), {"temperature": 0.0})()
+    z_hat = CIM.sample.__wrapped__(stub, logits, z, mask)  # type: ignore[attr-defined]
+    assert torch.equal(z_hat, torch.where(mask, logits.argmax(-1), z))
