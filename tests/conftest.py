@@ -8,9 +8,11 @@ one-block ViT enhancer of width 32 and a one-block generator of width 32.
 from __future__ import annotations
 
 import contextlib
+import importlib
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 
 import numpy as np
 import pytest
@@ -200,6 +202,16 @@ def error_line(stderr: str) -> str:
     return lines[0]
 
 
+def import_bench(name: str) -> ModuleType:
+    """A benchmark script under bench/ as a module (they import their siblings by name)."""
+    bench = str(REPO / "bench")
+    sys.path.insert(0, bench)
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(bench)
+
+
 @pytest.fixture(scope="session")
 def e2e() -> SimpleNamespace:
     """The helpers of this file for the test modules (they cannot import a conftest)."""
@@ -217,6 +229,7 @@ def e2e() -> SimpleNamespace:
         tiny_cim_overrides=tiny_cim_overrides,
         tiny_tokenizer_overrides=tiny_tokenizer_overrides,
         single_thread=single_thread,
+        import_bench=import_bench,
     )
 
 

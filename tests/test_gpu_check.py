@@ -3,30 +3,18 @@ and the records hold what docs/BENCHMARKS.md reads from them."""
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _bench(name: str) -> ModuleType:
-    sys.path.insert(0, str(BENCH))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(str(BENCH))
-
-
-def test_gpu_check_tiny_on_cpu(tmp_path: Path) -> None:
+def test_gpu_check_tiny_on_cpu(tmp_path: Path, e2e) -> None:
     out = tmp_path / "gpu_check.json"
     args = ["--tiny", "--device", "cpu", "--no-compile", "--steps", "2", "--warmup", "1"]
-    assert _bench("gpu_check").main([*args, "--out", str(out)]) == 0
+    assert e2e.import_bench("gpu_check").main([*args, "--out", str(out)]) == 0
     rec = json.loads(out.read_text())
     for section in ("machine", "peak", "flips", "cim_eager", "supervised_eager", "summary"):
         assert "error" not in rec[section], rec[section]
@@ -37,11 +25,11 @@ def test_gpu_check_tiny_on_cpu(tmp_path: Path) -> None:
     assert "skipped" in rec["ddp"]  # no GPUs here
 
 
-def test_cpu_precision_tiny(tmp_path: Path) -> None:
+def test_cpu_precision_tiny(tmp_path: Path, e2e) -> None:
     out = tmp_path / "cpu.json"
     args = ["--widths", "32", "--depth", "1", "--batch", "4", "--reps", "1", "--peak-n", "64"]
     args += ["--force-bf16", "--fused-widths", "32"]
-    assert _bench("cpu_precision").main([*args, "--out", str(out)]) == 0
+    assert e2e.import_bench("cpu_precision").main([*args, "--out", str(out)]) == 0
     rows = {(r["job"], r["dtype"]): r for r in json.loads(out.read_text())["rows"]}
     assert set(rows) == {
         ("cim", "fp32"),

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,15 @@ from cimpt.engine.checkpoint import latest_checkpoint, list_checkpoints
 from cimpt.errors import CimptError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from toy_task import ToyData, ToyModel, ToyTask, run_toy, toy_collate, toy_config
+from toy_task import (
+    ToyData,
+    ToyModel,
+    ToyTask,
+    run_toy,
+    toy_collate,
+    toy_config,
+    wait_for_checkpoint,
+)
 
 SCRIPT = Path(__file__).parent / "toy_task.py"
 
@@ -91,18 +98,6 @@ def _python() -> list[str]:
     return [sys.executable, str(SCRIPT)]
 
 
-def _wait_for_checkpoint(run: Path, proc: subprocess.Popen[bytes], step: int) -> None:
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        ck = latest_checkpoint(run)
-        if ck is not None and int(ck.name.split("_")[1]) >= step:
-            return
-        if proc.poll() is not None:
-            raise AssertionError("run ended before the checkpoint appeared")
-        time.sleep(0.02)
-    raise AssertionError("no checkpoint in time")
-
-
 @pytest.mark.parametrize(("workers", "amp"), [(0, "none"), (2, "none"), (0, "bf16")])
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path: Path, workers: int, amp: str) -> None:
     # 16 steps of 8 over 96 samples = 1.33 epochs, so the kill and resume cross an epoch.
@@ -111,7 +106,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path: Path, workers: int, 
     full, killed = tmp_path / "full", tmp_path / "killed"
     subprocess.run([*_python(), str(full), str(steps), "0", w, a], check=True, capture_output=True)
     proc = subprocess.Popen([*_python(), str(killed), str(steps), "0.02", w, a])
-    _wait_for_checkpoint(killed, proc, 8)
+    wait_for_checkpoint(killed, proc, 8)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "final.pt").exists()  # it really died mid-run
@@ -135,7 +130,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path: Path, workers: int, 
 
 def test_sigterm_writes_checkpoint_and_exits_cleanly(tmp_path: Path) -> None:
     proc = subprocess.Popen([*_python(), str(tmp_path), "400", "0.02"], stdout=subprocess.PIPE)
-    _wait_for_checkpoint(tmp_path, proc, 4)
+    wait_for_checkpoint(tmp_path, proc, 4)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM  # stopped, checkpointed, not "done"

@@ -5,8 +5,10 @@ python toy_task.py RUN_DIR MAX_STEPS [SLEEP_S] [key=value ...]
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,6 +16,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from cimpt.config import load_config
+from cimpt.engine.checkpoint import latest_checkpoint
 from cimpt.engine.loop import FitResult, Trainer, exit_status
 from cimpt.engine.task import Task
 
@@ -99,6 +102,20 @@ def run_toy(
     model = ToyModel(sleep, nan_at)
     task = ToyTask(model, ToyData(n), toy_collate)
     return Trainer(task, cfg).fit(), model
+
+
+def wait_for_checkpoint(run: Path, proc: subprocess.Popen[bytes], step: int) -> None:
+    """Wait (at most 60 s) until ``run`` holds a checkpoint of ``step`` or later, written by
+    the still-running ``proc`` (for tests that signal or kill it then)."""
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        ck = latest_checkpoint(run)
+        if ck is not None and int(ck.name.split("_")[1]) >= step:
+            return
+        if proc.poll() is not None:
+            raise AssertionError("run ended before the checkpoint appeared")
+        time.sleep(0.02)
+    raise AssertionError("no checkpoint in time")
 
 
 if __name__ == "__main__":

@@ -3,23 +3,11 @@ on tiny folders."""
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
+from typing import Any
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-
-
-def _bench_module(name: str) -> ModuleType:
-    sys.path.insert(0, str(BENCH))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(str(BENCH))
 
 
 def _quick_args(data: Path, val: Path, work: Path, out: Path) -> list[str]:
@@ -30,11 +18,11 @@ def _quick_args(data: Path, val: Path, work: Path, out: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def evidence(
-    image_folder: Path, val_folder: Path, tmp_path_factory: pytest.TempPathFactory
+    image_folder: Path, val_folder: Path, tmp_path_factory: pytest.TempPathFactory, e2e: Any
 ) -> tuple[Path, int]:
     """(folder of the quick evidence study: ``w`` work, ``out`` results; its exit code)."""
     root = tmp_path_factory.mktemp("evidence")
-    code = _bench_module("cifar10_evidence").main(
+    code = e2e.import_bench("cifar10_evidence").main(
         _quick_args(image_folder, val_folder, root / "w", root / "out")
     )
     return root, code
@@ -66,13 +54,13 @@ def test_quick_pass_writes_one_row_per_init_and_fraction(evidence: tuple[Path, i
 
 @pytest.mark.timeout(600)
 def test_quick_ablation_reuses_the_study_and_changes_one_thing_per_arm(
-    evidence: tuple[Path, int], image_folder: Path, val_folder: Path, tmp_path: Path
+    evidence: tuple[Path, int], image_folder: Path, val_folder: Path, tmp_path: Path, e2e: Any
 ) -> None:
     root, code = evidence
     assert code == 0
     arms = "scratch,revdet,revdet_mask0.6,scratch_seed1,revdet_seed1"
     assert (
-        _bench_module("cifar10_ablation").main(
+        e2e.import_bench("cifar10_ablation").main(
             [*_quick_args(image_folder, val_folder, root / "w", tmp_path), "--arms", arms]
         )
         == 0
@@ -115,9 +103,9 @@ def test_quick_ablation_reuses_the_study_and_changes_one_thing_per_arm(
 
 
 def test_ablation_rejects_unknown_arms_and_a_work_folder_without_study(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], e2e: Any
 ) -> None:
-    ablation = _bench_module("cifar10_ablation")
+    ablation = e2e.import_bench("cifar10_ablation")
     assert ablation.main(["--arms", "revdet,bogus", "--work", str(tmp_path)]) == 2
     assert "unknown bogus" in capsys.readouterr().err
     assert ablation.main(["--arms", "revdet", "--work", str(tmp_path)]) == 2
@@ -125,8 +113,8 @@ def test_ablation_rejects_unknown_arms_and_a_work_folder_without_study(
     assert not any(tmp_path.iterdir())  # nothing written
 
 
-def test_default_preset_gives_each_backbone_the_measured_budget() -> None:
-    evidence = _bench_module("cifar10_evidence")
+def test_default_preset_gives_each_backbone_the_measured_budget(e2e: Any) -> None:
+    evidence = e2e.import_bench("cifar10_evidence")
     assert evidence.preset_for("standard", "vit") == ("short", evidence.PRESETS["short"])
     assert evidence.preset_for("standard", "resnet") == ("mini", evidence.PRESETS["mini"])
     assert evidence.preset_for("full", "resnet") == ("full", evidence.PRESETS["full"])

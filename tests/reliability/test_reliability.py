@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,14 @@ from cimpt.errors import CimptError, ConfigError
 
 HERE = Path(__file__).resolve().parents[1] / "engine"
 sys.path.insert(0, str(HERE))
-from toy_task import ToyData, ToyTask, run_toy, toy_collate, toy_config  # noqa: E402
+from toy_task import (  # noqa: E402
+    ToyData,
+    ToyTask,
+    run_toy,
+    toy_collate,
+    toy_config,
+    wait_for_checkpoint,
+)
 
 SCRIPT = HERE / "toy_task.py"
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -103,17 +109,6 @@ def test_nan_steps_get_one_log_record_each(tmp_path: Path) -> None:
     assert _records(tmp_path)[-1]["nan_skipped"] == 2
 
 
-def _wait_for(run: Path, proc: subprocess.Popen[bytes], step: int) -> None:
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        ck = latest_checkpoint(run)
-        if ck is not None and int(ck.name.split("_")[1]) >= step:
-            return
-        assert proc.poll() is None, "the run ended before the checkpoint appeared"
-        time.sleep(0.02)
-    raise AssertionError("no checkpoint in time")
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_to_the_process_group_checkpoints_and_exits_non_zero(
     tmp_path: Path, sig: signal.Signals
@@ -122,7 +117,7 @@ def test_signal_to_the_process_group_checkpoints_and_exits_non_zero(
     # DataLoader workers included, gets the signal.
     args = [sys.executable, str(SCRIPT), str(tmp_path), "400", "0.02", "data.num_workers=2"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, start_new_session=True)
-    _wait_for(tmp_path, proc, 4)
+    wait_for_checkpoint(tmp_path, proc, 4)
     os.killpg(proc.pid, sig)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 128 + sig, out  # 143 / 130: not "done" for `&&` or a scheduler

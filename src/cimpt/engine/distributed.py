@@ -76,6 +76,15 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` is true on any process (one reduction; ``flag`` when running alone).
+
+    For decisions one rank makes for all (a refused lock, a failed checkpoint), so that every
+    rank raises or goes on together instead of some waiting in a collective."""
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    return bool(all_reduce_sum(t).item() > 0)
+
+
 def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     if is_initialized():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)

@@ -161,8 +161,7 @@ class Trainer:
                 lock.acquire()
             except CimptError as e:
                 refused = e
-        flag = torch.tensor([0.0 if refused is None else 1.0], device=self.device)
-        if D.all_reduce_sum(flag).item() > 0:
+        if D.any_rank(refused is not None, self.device):
             raise refused or CimptError(
                 f"run.dir {self.run_dir}: in use by another cimpt run (rank 0 says which)"
             )
@@ -199,8 +198,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(enabled=self.amp_dtype == torch.float16)
         self._check_fresh_start()
         self.resumed_from = self._maybe_resume()
+        # The last step checkpointed by this process (or resumed from). No checkpoint is
+        # written in a NaN streak, so during one it is the last step before the streak.
         self._last_saved_step: int | None = self.state.step if self.resumed_from else None
-        self._before_streak: int | None = None
         self.total_steps = self._total_steps()
         self.warmup_steps = min(
             self.total_steps, round(cfg.train.warmup_epochs * self.steps_per_epoch_or_total())
@@ -277,8 +277,7 @@ class Trainer:
         if self.cfg.resume:
             return
         found = list_checkpoints(self.run_dir) if self.dist.is_main else []
-        flag = torch.tensor([1.0 if found else 0.0], device=self.device)
-        if D.all_reduce_sum(flag).item() == 0:
+        if not D.any_rank(bool(found), self.device):
             return
         if not self.cfg.run.overwrite:
             where = f" (checkpoint {found[-1].name})" if found else ""
@@ -547,7 +546,7 @@ class Trainer:
     def _nan_advice(self, first_bad: int) -> str:
         """Where to go after a NaN streak that began at step ``first_bad``."""
         fresh = "start afresh with a lower lr (run.overwrite=true)"
-        before = self._before_streak
+        before = self._last_saved_step  # unchanged since the streak began (none written)
         if before is None:
             return f"no checkpoint was written before it: {fresh}"
         advice = (
@@ -567,8 +566,6 @@ class Trainer:
         """A skipped step: warn (its count reaches metrics.jsonl with the next log record,
         so each step keeps one record) and stop after ``run.max_nan_steps`` in a row."""
         st = self.state
-        if st.nan_streak == 1:
-            self._before_streak = self._last_saved_step
         if self.dist.is_main:
             tqdm.write(
                 f"step {st.step}: loss or gradients not finite; update skipped "
@@ -591,10 +588,8 @@ class Trainer:
                 path = self._save_on_main()
         except CimptError as exc:
             error = exc
-        # Every rank learns whether rank 0 failed, so that all stop together instead of the
-        # others waiting in the next collective.
-        flag = torch.tensor([0.0 if error is None else 1.0], device=self.device)
-        if D.all_reduce_sum(flag).item() > 0:
+        # Every rank learns whether rank 0 failed, so that all stop together.
+        if D.any_rank(error is not None, self.device):
             raise error or CimptError("rank 0 could not write the checkpoint (see its error)")
         self._last_saved_step = self.state.step
         return path
