@@ -17,16 +17,10 @@ moves it along (see ``_apply``).
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable
-
 import torch
-import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
-from cimpt.config import token_grid, tokenizer_resolution
-from cimpt.engine.precision import full_precision
 from cimpt.errors import CimptError
 from cimpt.losses import (
     mlm_loss,
@@ -35,17 +29,22 @@ from cimpt.losses import (
     sliding_window_normalize,
     sliding_window_stats,
 )
-from cimpt.models.enhancer import Enhancer
+from cimpt.models.enhancer import Enhancer, build_enhancer
+from cimpt.models.frozen_tokenizer import (
+    TOKENIZER_PRECISIONS,
+    FrozenTokenizerModule,
+    check_token_grid,
+    check_tokenizer,
+)
 from cimpt.models.generator import BEiTGenerator
 from cimpt.models.heads import RespixHead, RevdetHead
 from cimpt.tokenizers.base import ImageTokenizer
 
 OBJECTIVES = ("respix", "revdet")
-# fp32: the tokenizer ignores autocast; amp: it follows the run's autocast (train.amp).
-TOKENIZER_PRECISIONS = ("fp32", "amp")
+__all__ = ["CIM", "OBJECTIVES", "TOKENIZER_PRECISIONS", "build_cim"]
 
 
-class CIM(nn.Module):
+class CIM(FrozenTokenizerModule):
     """Generator + frozen tokenizer + enhancer with its head, trained jointly.
 
     Args:
@@ -65,7 +64,6 @@ class CIM(nn.Module):
             the run's autocast; "amp" lets it follow autocast (faster, some ids flip).
     """
 
-    _tokenizer: ImageTokenizer
     mean: torch.Tensor
     std: torch.Tensor
 
@@ -90,8 +88,7 @@ class CIM(nn.Module):
             raise CimptError(f"objective: '{objective}' is not one of {', '.join(OBJECTIVES)}")
         if respix_window < 0:
             raise CimptError(f"loss.respix_window: {respix_window} must be >= 0 (0: patch size)")
-        # object.__setattr__ bypasses nn.Module's registration of submodules (see module doc).
-        object.__setattr__(self, "_tokenizer", tokenizer.freeze())
+        self.attach_tokenizer(tokenizer, tokenizer_precision, enhancer.grid * enhancer.patch_size)
         self.generator = generator
         self.enhancer = enhancer
         self.head = head
@@ -100,27 +97,9 @@ class CIM(nn.Module):
         self.respix_window = int(respix_window) or enhancer.patch_size
         self.respix_residual = bool(respix_residual)
         self.temperature = float(temperature)
-        if tokenizer_precision not in TOKENIZER_PRECISIONS:
-            raise CimptError(
-                f"tokenizer.precision: '{tokenizer_precision}' is not one of "
-                f"{', '.join(TOKENIZER_PRECISIONS)}"
-            )
-        self.tokenizer_precision = tokenizer_precision
-        self.img_size = enhancer.grid * enhancer.patch_size
         # Non-persistent: derived from the config, so kept out of checkpoints.
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-
-    @property
-    def tokenizer(self) -> ImageTokenizer:
-        """The frozen tokenizer (not a submodule: absent from state_dict and parameters)."""
-        return self._tokenizer
-
-    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> CIM:
-        # .to()/.cuda()/.float() go through _apply; move the unregistered tokenizer as well.
-        super()._apply(fn, recurse)
-        self._tokenizer._apply(fn)
-        return self
 
     def no_weight_decay(self) -> set[str]:
         """Full parameter names without weight decay: position embeddings, [CLS], [MASK]."""
@@ -129,28 +108,7 @@ class CIM(nn.Module):
         present = {n for n, _ in self.named_parameters()}
         return names & present
 
-    def _tokenizer_precision(self, device: torch.device) -> contextlib.AbstractContextManager:
-        """fp32 for the frozen tokenizer unless ``tokenizer_precision="amp"``: under bf16
-        autocast its argmax ids flip (docs/BENCHMARKS.md, "Precision"), which would change
-        the golden tokens the generator learns and the replaced labels REVDET learns."""
-        if self.tokenizer_precision == "amp":
-            return contextlib.nullcontext()
-        return full_precision(device)
-
-    # ---- METHOD.md step 3 -------------------------------------------------------------------
-    @torch.no_grad()
-    def golden_tokens(self, x_tok: torch.Tensor) -> torch.Tensor:
-        """Tokenizer ids of the tokenizer view.
-
-        Args:
-            x_tok: ``[B, 3, T, T]`` in [0, 1].
-
-        Returns:
-            z ``[B, g, g]`` int64.
-        """
-        with self._tokenizer_precision(x_tok.device):
-            return self._tokenizer.encode(x_tok.float()).long()
-
+    # ---- METHOD.md step 3: golden_tokens (FrozenTokenizerModule) ----------------------
     # ---- step 4 -----------------------------------------------------------------------------
     def generator_step(
         self, x: torch.Tensor, mask: torch.Tensor, z: torch.Tensor
@@ -197,30 +155,7 @@ class CIM(nn.Module):
         z_hat = torch.where(mask.bool(), scores.argmax(-1), z)
         return z_hat
 
-    # ---- step 6 -----------------------------------------------------------------------------
-    @torch.no_grad()
-    def decode_image(self, ids: torch.Tensor) -> torch.Tensor:
-        """Tokenizer reconstruction at the enhancer's resolution.
-
-        Args:
-            ids: ``[B, g, g]``.
-
-        Returns:
-            ``[B, 3, R, R]`` float32 in [0, 1].
-        """
-        with self._tokenizer_precision(ids.device):
-            img = self._tokenizer.decode(ids).float()
-        if img.shape[-1] != self.img_size or img.shape[-2] != self.img_size:
-            # antialias only matters when shrinking; bicubic can overshoot, hence the clamp.
-            img = F.interpolate(
-                img,
-                size=(self.img_size, self.img_size),
-                mode="bicubic",
-                align_corners=False,
-                antialias=True,
-            )
-        return img.clamp(0.0, 1.0)
-
+    # ---- step 6: decode_image (FrozenTokenizerModule) --------------------------------
     def normalize(self, img: torch.Tensor) -> torch.Tensor:
         """[0, 1] image -> dataset-normalized, like ``x``. Shapes ``[B, 3, H, W]``."""
         return (img - self.mean) / self.std
@@ -288,7 +223,7 @@ class CIM(nn.Module):
         """
         x, mask = batch["x"], batch["mask"].bool()
         z = self.golden_tokens(batch["x_tok"])
-        _check_grid(z, mask)
+        check_token_grid(z, mask)
         logits, gen_loss, gen_acc = self.generator_step(x, mask, z)
         z_hat = self.sample(logits, z, mask)
         x_cor = self.corrupt(z_hat)
@@ -353,56 +288,13 @@ class CIM(nn.Module):
         return pred * std + mean
 
 
-def _check_grid(z: torch.Tensor, mask: torch.Tensor) -> None:
-    if z.shape != mask.shape:
-        raise CimptError(
-            f"token grid {tuple(z.shape[1:])} from the tokenizer does not match the mask grid "
-            f"{tuple(mask.shape[1:])}: check tokenizer.downsample and enhancer.patch_size"
-        )
-
-
-def _check_tokenizer(tokenizer: ImageTokenizer, cfg: DictConfig) -> None:
-    """Start-up checks (METHOD.md step 1): token grid == patch grid, vocabularies agree."""
-    grid, res = token_grid(cfg), tokenizer_resolution(cfg)
-    ds = int(tokenizer.downsample)
-    tok_grid = res // ds
-    if res % ds or tok_grid != grid:
-        raise CimptError(
-            f"token grid {tok_grid}x{tok_grid} != enhancer patch grid {grid}x{grid}: the "
-            f"tokenizer view is {res}px with downsample {ds}, the enhancer sees "
-            f"data.img_size={cfg.data.img_size} with enhancer.patch_size={cfg.enhancer.patch_size}"
-        )
-    if int(tokenizer.vocab_size) != int(cfg.tokenizer.vocab_size):
-        raise CimptError(
-            f"tokenizer.vocab_size: the generator would predict {cfg.tokenizer.vocab_size} ids "
-            f"but the tokenizer has {tokenizer.vocab_size}"
-        )
-    # Probe once: a tokenizer whose real stride differs from its declared downsample fails here
-    # rather than deep inside the first training step.
-    device = next((p.device for p in tokenizer.parameters()), torch.device("cpu"))
-    with torch.no_grad():
-        ids = tokenizer.encode(torch.zeros(1, 3, res, res, device=device))
-    if tuple(ids.shape) != (1, grid, grid):
-        raise CimptError(
-            f"token grid {tuple(ids.shape[1:])} from a {res}px image != enhancer patch grid "
-            f"{grid}x{grid}: the tokenizer's downsample attribute ({ds}) is wrong"
-        )
-
-
-def _plain_kwargs(kwargs: object) -> dict:
-    """``enhancer.kwargs`` as plain Python values (timm must not receive OmegaConf nodes)."""
-    if isinstance(kwargs, DictConfig):
-        return dict(OmegaConf.to_container(kwargs, resolve=True))  # type: ignore[arg-type]
-    return dict(kwargs or {})  # type: ignore[call-overload]
-
-
 def build_cim(cfg: DictConfig, tokenizer: ImageTokenizer) -> CIM:
     """Build the CIM module from the root config and a (loaded) tokenizer.
 
     The generator sees the enhancer's view ``x`` cut in the enhancer's patches, so both share
     the token grid; the generator predicts ``cfg.tokenizer.vocab_size`` ids.
     """
-    _check_tokenizer(tokenizer, cfg)
+    check_tokenizer(tokenizer, cfg)
     g, e = cfg.generator, cfg.enhancer
     generator = BEiTGenerator(
         img_size=int(cfg.data.img_size),
@@ -413,14 +305,7 @@ def build_cim(cfg: DictConfig, tokenizer: ImageTokenizer) -> CIM:
         num_heads=int(g.num_heads),
         mlp_ratio=float(g.mlp_ratio),
     )
-    enhancer = Enhancer(
-        str(e.name),
-        int(cfg.data.img_size),
-        int(e.patch_size),
-        float(e.drop_path),
-        _plain_kwargs(e.kwargs),
-        int(e.neck_dim),
-    )
+    enhancer = build_enhancer(cfg)
     head: nn.Module = (
         RespixHead(enhancer.out_dim, enhancer.patch_size)
         if cfg.objective == "respix"

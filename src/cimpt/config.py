@@ -90,6 +90,21 @@ class GeneratorConfig:
 
 
 @dataclass
+class MAEConfig:
+    mask_ratio: float = 0.75
+    decoder_dim: int = 128
+    decoder_depth: int = 2
+    decoder_heads: int = 4
+    norm_pix_loss: bool = True
+
+
+@dataclass
+class SimMIMConfig:
+    mask_ratio: float = 0.6
+    mask_patch_size: int = 8
+
+
+@dataclass
 class EnhancerConfig:
     name: str = "vit_tiny_patch16_224"
     patch_size: int = 4
@@ -163,6 +178,8 @@ class RootConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     enhancer: EnhancerConfig = field(default_factory=EnhancerConfig)
+    mae: MAEConfig = field(default_factory=MAEConfig)
+    simmim: SimMIMConfig = field(default_factory=SimMIMConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     init: InitConfig = field(default_factory=InitConfig)
@@ -174,7 +191,8 @@ class RootConfig:
 _OPEN_KEYS = ("enhancer.kwargs",)
 
 _CHOICES: dict[str, tuple[str, ...]] = {
-    "objective": ("respix", "revdet"),
+    # respix | revdet: CIM; mae | simmim | beit: the baselines of cimpt.baselines.
+    "objective": ("respix", "revdet", "mae", "simmim", "beit"),
     "data.source": ("auto", "folder", "tar", "cifar10", "cifar100", "bundled"),
     "tokenizer.kind": ("vqvae", "dalle"),
     "tokenizer.precision": ("fp32", "amp"),
@@ -321,6 +339,31 @@ def _check_kwargs(kwargs: Any) -> None:
     )
 
 
+def _check_baselines(cfg: DictConfig) -> None:
+    """Ranges of the ``mae`` / ``simmim`` keys (checked whatever the objective: a typo in a
+    config shared by several arms should not wait for the arm that uses it)."""
+    mae, sim = cfg.mae, cfg.simmim
+    _require(0.0 < mae.mask_ratio < 1.0, "mae.mask_ratio", f"{mae.mask_ratio} must be in (0, 1)")
+    _require(0.0 < sim.mask_ratio < 1.0, "simmim.mask_ratio", f"{sim.mask_ratio} must be in (0, 1)")
+    _require(
+        mae.decoder_dim > 0 and mae.decoder_depth > 0 and mae.decoder_heads > 0,
+        "mae.decoder_dim",
+        "decoder_dim, decoder_depth and decoder_heads must be positive",
+    )
+    _require(
+        mae.decoder_dim % mae.decoder_heads == 0,
+        "mae.decoder_dim",
+        f"{mae.decoder_dim} is not divisible by mae.decoder_heads={mae.decoder_heads}",
+    )
+    if cfg.objective == "simmim":
+        p, mp, size = cfg.enhancer.patch_size, sim.mask_patch_size, cfg.data.img_size
+        _require(
+            mp > 0 and mp % p == 0 and size % mp == 0,
+            "simmim.mask_patch_size",
+            f"{mp} must be a multiple of enhancer.patch_size={p} that divides data.img_size={size}",
+        )
+
+
 def validate(cfg: DictConfig) -> None:
     """Check choices, ranges and sizes that must agree; one line per failure."""
     for key, choices in _CHOICES.items():
@@ -352,6 +395,7 @@ def validate(cfg: DictConfig) -> None:
     _require(d.num_workers >= 0, "data.num_workers", "must be >= 0")
     _require(0.0 < cfg.mask.ratio < 1.0, "mask.ratio", "must be in (0, 1)")
     _require(cfg.mask.min_aspect > 0, "mask.min_aspect", "must be positive")
+    _check_baselines(cfg)
     _require(cfg.tokenizer.vocab_size >= 2, "tokenizer.vocab_size", "must be >= 2")
     _require(
         cfg.tokenizer.downsample in (1, 2, 4, 8, 16),

@@ -1,8 +1,11 @@
-"""``cimpt pretrain``: CIM pre-training as a ``Task`` for the generic engine.
+"""``cimpt pretrain``: CIM pre-training (or a baseline) as a ``Task`` for the generic engine.
 
-Wires the parts together: the two-view dataset and block masks (``cimpt.data``), the frozen
-tokenizer (``cimpt.tokenizers``), and the CIM module (``cimpt.cim``). At the end the enhancer
-alone is exported to ``run.dir/enhancer.safetensors``.
+Wires the parts together: the two-view dataset and the objective's masks (``cimpt.data``),
+the frozen tokenizer (``cimpt.tokenizers``) when the objective reads token ids, and the
+objective's module (``cimpt.cim`` for respix/revdet, ``cimpt.baselines`` for mae, simmim and
+beit). At the end the enhancer alone is exported to ``run.dir/enhancer.safetensors``.
+Every objective's checkpoints have kind ``cim`` ("a pre-training run"), so export,
+visualize and the evaluations read them alike.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ class CIMTask(Task):
         "tokenizer.vocab_size",
         "tokenizer.downsample",
         "loss.respix_residual",
+        "mae.decoder_dim",
+        "mae.decoder_depth",
+        "mae.decoder_heads",
     )
 
     def __init__(self, model: torch.nn.Module, dataset: Any, collate: Any, cfg: DictConfig):
@@ -89,8 +95,9 @@ def load_frozen_tokenizer(cfg: DictConfig) -> ImageTokenizer:
 
 
 def build_cim_task(cfg: DictConfig, tokenizer: ImageTokenizer | None = None) -> CIMTask:
-    """Everything ``cimpt pretrain`` trains; ``tokenizer`` overrides ``tokenizer.checkpoint``."""
-    from cimpt.cim import build_cim
+    """Everything ``cimpt pretrain`` trains for ``cfg.objective``; ``tokenizer`` overrides
+    ``tokenizer.checkpoint`` (objectives without token targets load none)."""
+    from cimpt.baselines.build import NEEDS_TOKENIZER, build_pretrain_model
     from cimpt.data import (
         CIMCollate,
         build_dataset,
@@ -100,10 +107,13 @@ def build_cim_task(cfg: DictConfig, tokenizer: ImageTokenizer | None = None) -> 
 
     seed_model_init(int(cfg.seed), bool(cfg.train.deterministic))
 
-    tok = tokenizer if tokenizer is not None else load_frozen_tokenizer(cfg)
-    model = build_cim(cfg, tok)  # checks the token grid against the patch grid first
-    dataset = build_dataset(cfg, "train", build_two_view_transform(cfg))
+    tok = tokenizer
+    if tok is None and cfg.objective in NEEDS_TOKENIZER:
+        tok = load_frozen_tokenizer(cfg)
+    # Grid and backbone checks run here, before any data is read.
+    model = build_pretrain_model(cfg, tok)
     masks = build_mask_generator(cfg)
+    dataset = build_dataset(cfg, "train", build_two_view_transform(cfg))
     return CIMTask(model, dataset, CIMCollate(masks), cfg)
 
 

@@ -1,8 +1,10 @@
-"""Pictures of what CIM does: one row per image, one column per stage.
+"""Pictures of what a pre-training objective does: one row per image, one column per stage.
 
-Columns: original | tokenizer reconstruction | mask | corrupted image | enhancer output
+CIM columns: original | tokenizer reconstruction | mask | corrupted image | enhancer output
 (RESPIX: the de-normalized prediction; REVDET: the predicted replaced-probability map next to
-the true replaced map). Maps on the token grid are shown enlarged with nearest-neighbour.
+the true replaced map). Baselines (MAE, SimMIM, BEiT): original | [tokenizer recon] | mask |
+masked input | reconstruction. Maps on the token grid are shown enlarged with
+nearest-neighbour.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ COLUMNS = (
     ("recon", "tokenizer recon"),
     ("mask", "mask"),
     ("corrupted", "corrupted"),
+    ("masked_input", "masked input"),
+    ("reconstruction", "reconstruction"),
     ("prediction", "RESPIX output"),
     ("prob", "REVDET prob"),
     ("replaced", "replaced (true)"),

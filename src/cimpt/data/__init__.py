@@ -23,6 +23,7 @@ from cimpt.data.datasets import (
 from cimpt.data.folder import ImageFolderDataset
 from cimpt.data.images import IMAGE_EXTENSIONS, BrokenImageWarning, decode_rgb, to_rgb
 from cimpt.data.masking import BlockMaskGenerator, auto_min_block
+from cimpt.data.random_mask import RandomMaskGenerator
 from cimpt.data.sampler import ResumableSampler, build_loader
 from cimpt.data.tar_shards import TarShardDataset, expand_shards
 from cimpt.data.transforms import EvalTransform, SingleViewTransform, TwoViewTransform
@@ -37,6 +38,7 @@ __all__ = [
     "EvalTransform",
     "ImageCollate",
     "ImageFolderDataset",
+    "RandomMaskGenerator",
     "ResumableSampler",
     "SingleViewTransform",
     "TarShardDataset",

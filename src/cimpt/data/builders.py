@@ -13,6 +13,7 @@ from cimpt.config import token_grid, tokenizer_resolution
 from cimpt.data.collate import CIMCollate
 from cimpt.data.datasets import build_dataset
 from cimpt.data.masking import BlockMaskGenerator
+from cimpt.data.random_mask import RandomMaskGenerator
 from cimpt.data.sampler import build_loader
 from cimpt.data.transforms import SingleViewTransform, TwoViewTransform
 
@@ -39,16 +40,28 @@ def build_single_view_transform(cfg: DictConfig, size: int) -> SingleViewTransfo
     )
 
 
-def build_mask_generator(cfg: DictConfig) -> BlockMaskGenerator:
-    """Block masks over the enhancer's patch grid (METHOD.md step 2), seeded by ``seed``."""
+def build_mask_generator(cfg: DictConfig) -> BlockMaskGenerator | RandomMaskGenerator:
+    """The objective's masks over the enhancer's patch grid, seeded by ``seed``.
+
+    CIM and BEiT: BEiT's blockwise masks (``mask.*``, METHOD.md step 2); MAE: uniform random
+    patches (``mae.mask_ratio``); SimMIM: uniform random mask patches of
+    ``simmim.mask_patch_size`` pixels (``simmim.mask_ratio``).
+    """
+    grid, seed = token_grid(cfg), int(cfg.seed)
+    if cfg.objective == "mae":
+        return RandomMaskGenerator(grid, float(cfg.mae.mask_ratio), 1, seed, "mae.mask_ratio")
+    if cfg.objective == "simmim":
+        unit = int(cfg.simmim.mask_patch_size) // int(cfg.enhancer.patch_size)
+        ratio = float(cfg.simmim.mask_ratio)
+        return RandomMaskGenerator(grid, ratio, unit, seed, "simmim.mask_ratio")
     m = cfg.mask
     return BlockMaskGenerator(
-        token_grid(cfg),
+        grid,
         float(m.ratio),
         int(m.min_block),
         int(m.max_block),
         float(m.min_aspect),
-        rng=int(cfg.seed),
+        rng=seed,
     )
 
 

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import get_worker_info
 
 from cimpt.data.masking import BlockMaskGenerator
+from cimpt.data.random_mask import RandomMaskGenerator
 
 Sample = tuple[Any, int] | None
 
@@ -45,7 +46,7 @@ class CIMCollate:
     workers draw different masks. In the main process the generator keeps its own seed.
     """
 
-    def __init__(self, mask_generator: BlockMaskGenerator) -> None:
+    def __init__(self, mask_generator: BlockMaskGenerator | RandomMaskGenerator) -> None:
         self.mask_generator = mask_generator
         self._seeded_for: tuple[int, int] | None = None
 

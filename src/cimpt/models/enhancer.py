@@ -20,6 +20,7 @@ from typing import Any
 
 import timm
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from cimpt.errors import CimptError
@@ -184,7 +185,10 @@ class Enhancer(nn.Module):
 
     def _vit_features(self, x: torch.Tensor) -> torch.Tensor:
         """ViT: final (normed) patch tokens, prefix tokens ([CLS], registers) dropped."""
-        tokens = self.backbone.forward_features(x)  # [B, prefix + g*g, C]
+        return self.tokens_to_grid(self.backbone.forward_features(x))
+
+    def tokens_to_grid(self, tokens: torch.Tensor) -> torch.Tensor:
+        """ViT tokens ``[B, prefix + g*g, C]`` -> patch tokens as a map ``[B, C, g, g]``."""
         tokens = tokens[:, self.backbone.num_prefix_tokens :]
         b, _, c = tokens.shape
         return tokens.transpose(1, 2).reshape(b, c, self.grid, self.grid)
@@ -192,3 +196,21 @@ class Enhancer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Same as ``features``: ``[B, 3, R, R] -> [B, C, g, g]``."""
         return self.features(x)
+
+
+def build_enhancer(cfg: DictConfig) -> Enhancer:
+    """The run's enhancer from ``enhancer.*`` and ``data.img_size`` (every pre-training
+    objective builds it here, so CIM and the baselines train the same network)."""
+    e = cfg.enhancer
+    # timm must receive plain Python values, not OmegaConf nodes.
+    kwargs = e.kwargs
+    if isinstance(kwargs, DictConfig):
+        kwargs = OmegaConf.to_container(kwargs, resolve=True)
+    return Enhancer(
+        str(e.name),
+        int(cfg.data.img_size),
+        int(e.patch_size),
+        float(e.drop_path),
+        dict(kwargs or {}),  # type: ignore[call-overload]
+        int(e.neck_dim),
+    )
