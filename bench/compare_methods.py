@@ -1,0 +1,438 @@
+"""Is CIM worth choosing? CIM against MAE, SimMIM and BEiT on CIFAR-10 at equal compute (issue 11).
+
+Every arm pre-trains the **same encoder** (the ViT of ``configs/cifar10_vit.yaml``: width 192,
+depth 6, 3 heads, patch 4 at 32 px) with the ``cimpt`` command line and nothing else, for
+the **same pre-training wall-clock**, then is evaluated with one identical recipe:
+
+1. **Calibration.** Each method runs ``cimpt pretrain`` for a few dozen steps, in two rounds
+   with the order reversed (drift on a shared machine hits every method alike); the median
+   of its logged ``img_per_s`` windows gives its seconds per step. The tokenizer's training
+   step is calibrated the same way. Saved to ``<work>/calibration.json`` and reused.
+2. **Budgets.** Each method gets ``budget_s`` of pre-training: ``max_steps = budget_s /
+   s_per_step``. The tokenizer's cost (its calibrated steps x seconds) is **charged to BEiT
+   and to the three CIM arms**, which need it: their budget is ``budget_s`` minus that.
+   A step budget from a calibration, rather than a wall-clock stop, makes the comparison
+   immune to load that other processes put on the machine later; the measured wall time of
+   each job is reported beside it.
+3. **Evaluation** of every encoder: ``cimpt knn`` (k 20 / 200, all training labels),
+   ``cimpt linprobe``, ``cimpt finetune`` at 10 % labels (class-balanced, several seeds; the
+   seed fixes the label subset and training, and every gain is paired with the scratch run
+   of the same seed) and at 100 % labels.
+
+Arms: scratch, MAE, SimMIM, BEiT, CIM-RESPIX, CIM-REVDET, CIM-REVDET with argmax corruption
+(``generator.temperature=0``, the paper's claim 4). Per-method pre-training recipe: the
+CIM config's (AdamW, blr 1.5e-3, batch 128, warm-up + cosine), with each paper's own
+choices where they differ (MAE: no drop path, mask ratio 0.75; SimMIM: ratio 0.6, 8 px mask
+patches; BEiT: blockwise ratio 0.4). Fine-tuning: ``configs/cifar10_finetune.yaml`` with layer
+decay 0.75 for every pre-trained encoder (all four papers fine-tune with layer decay) and 1.0
+for scratch (layer decay slows a random network's lower layers).
+
+Presets: ``full`` (the study in docs/BENCHMARKS.md, about 4 h of machine time; the script
+prints its estimate after the calibration) and ``quick`` (a tiny ViT, a few steps, tiny data:
+minutes; run by the test suite, its numbers mean nothing). Finished jobs are reused and
+interrupted ones resume (``resume=auto``), so the study can run in parts.
+
+    python bench/compare_methods.py [--preset full|quick] [--data DIR --val-data DIR] \
+        [--work runs/methods] [--out docs/results] [--methods a,b,...]
+
+writes ``<out>/cifar10_methods.json`` (one record per method with every job's config and
+timing) and ``<out>/cifar10_methods.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cifar10_evidence import CIFAR, VIT, Job, count_images, run_job
+from records import git_commit
+
+PRETRAIN_CONFIG = "configs/cifar10_vit.yaml"
+FINETUNE_CONFIG = "configs/cifar10_finetune.yaml"
+LINPROBE_CONFIG = "configs/cifar10_linprobe.yaml"
+
+
+@dataclass(frozen=True)
+class Method:
+    """One arm: ``objective`` (None: scratch) with the overrides its paper asks for."""
+
+    name: str
+    objective: str | None
+    overrides: tuple[str, ...] = ()
+    tokenizer: bool = False  # pays for the shared tokenizer
+
+
+METHODS = (
+    Method("scratch", None),
+    Method("mae", "mae", ("enhancer.drop_path=0.0", "mae.mask_ratio=0.75")),
+    Method("simmim", "simmim", ("simmim.mask_ratio=0.6", "simmim.mask_patch_size=8")),
+    Method("beit", "beit", ("mask.ratio=0.4",), tokenizer=True),
+    Method("cim-respix", "respix", tokenizer=True),
+    Method("cim-revdet", "revdet", tokenizer=True),
+    Method("cim-revdet-argmax", "revdet", ("generator.temperature=0",), tokenizer=True),
+)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Budgets: pre-training seconds per method, epochs of each evaluation, seeds."""
+
+    budget_s: float
+    tokenizer_epochs: float
+    ft10_epochs: float
+    ft100_epochs: float
+    linprobe_epochs: float
+    seeds: tuple[int, ...]
+    calib_steps: int
+    calib_rounds: int = 2  # the second round runs the methods in reverse order
+    batch: int = 128
+    arch: tuple[str, ...] = (
+        *VIT.arch[:3],
+        "enhancer.kwargs={embed_dim: 192, depth: 6, num_heads: 3}",
+    )
+    extra: tuple[str, ...] = ()
+
+
+QUICK_EXTRA = (
+    "generator.depth=1",
+    "generator.embed_dim=32",
+    "generator.num_heads=2",
+    "tokenizer.vocab_size=16",
+    "tokenizer.width=8",
+    "tokenizer.res_blocks=1",
+    "tokenizer.embed_dim=8",
+    "mae.decoder_dim=32",
+    "mae.decoder_depth=1",
+    "mae.decoder_heads=2",
+)
+PRESETS = {
+    "full": Preset(1200, 1.0, 6, 1, 2, (0, 1, 2), 40),
+    "quick": Preset(
+        4.0, 0.05, 1, 1, 1, (0,), 4, calib_rounds=1, batch=8,
+        arch=(*VIT.arch[:3], "enhancer.kwargs={embed_dim: 32, depth: 1, num_heads: 2}"),
+        extra=QUICK_EXTRA,
+    ),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Study:
+    """Where the study reads and writes, and its budgets."""
+
+    data: Path
+    val: Path
+    work: Path
+    preset: Preset
+    n_train: int
+    threads: int
+
+    def steps(self, epochs: float, n_images: int) -> int:
+        return max(1, round(epochs * (n_images // self.preset.batch)))
+
+    def common(self, run: Path) -> list[str]:
+        """Overrides every job shares: output, data, the encoder, quiet logs."""
+        return [
+            f"run.dir={run}",
+            f"data.path={self.data}",
+            *self.preset.arch,
+            "run.progress=false",
+            "data.num_workers=1",
+            f"train.batch_size={self.preset.batch}",
+        ]
+
+
+# ---- calibration ---------------------------------------------------------------------------
+def tokenizer_argv(s: Study, run: Path, steps: int) -> list[str]:
+    return [
+        "tokenizer", "train", "configs/cifar10_tokenizer.yaml",
+        *s.common(run)[:2], "run.progress=false", "data.num_workers=1",
+        f"train.batch_size={s.preset.batch}",
+        f"data.val_path={s.val}", f"train.max_steps={steps}", *s.preset.extra,
+    ]  # fmt: skip
+
+
+def pretrain_argv(s: Study, m: Method, run: Path, steps: int) -> list[str]:
+    return [
+        "pretrain", PRETRAIN_CONFIG, *s.common(run),
+        f"objective={m.objective}", f"tokenizer.checkpoint={s.work / 'tokenizer'}",
+        f"train.max_steps={steps}", "train.warmup_epochs=0.25",
+        "run.ckpt_every=200", "run.vis_every=400", *s.preset.extra, *m.overrides,
+    ]  # fmt: skip
+
+
+def seconds_per_step(run: Path, batch: int) -> list[float]:
+    """Seconds per step of every logged window after the first (compilation, warm caches)."""
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    rates = [r["img_per_s"] for r in rows if "img_per_s" in r][1:]
+    return [batch / r for r in rates if r > 0]
+
+
+def calibrate(s: Study, methods: list[Method]) -> dict[str, float]:
+    """Seconds per step of the tokenizer and of each method's pre-training (module doc)."""
+    path = s.work / "calibration.json"
+    if path.exists():
+        return json.loads(path.read_text())["s_per_step"]
+    n = s.preset.calib_steps
+    logs = s.work / "logs"
+    names = [m.name for m in methods if m.objective]
+    if any(m.tokenizer for m in methods):
+        names.insert(0, "tokenizer")
+    samples: dict[str, list[float]] = {k: [] for k in names}
+    for rnd, order in enumerate((names, names[::-1])[: s.preset.calib_rounds]):
+        for name in order:
+            run = s.work / "calibration" / f"{name}_{rnd}"
+            if name == "tokenizer":
+                argv = tokenizer_argv(s, run, n)
+            else:
+                m = next(m for m in methods if m.name == name)
+                # The shared tokenizer exists once the first round's tokenizer job ran.
+                argv = pretrain_argv(s, m, run, n)
+                argv[argv.index(f"tokenizer.checkpoint={s.work / 'tokenizer'}")] = (
+                    f"tokenizer.checkpoint={s.work / 'calibration' / 'tokenizer_0'}"
+                )
+            argv += ["run.log_every=" + str(max(1, n // 5)), "run.overwrite=true"]
+            run_job(Job(f"calibrate_{name}_{rnd}", argv, run, "metrics.jsonl"), s.threads, logs)
+            samples[name] += seconds_per_step(run, s.preset.batch)
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    path.write_text(json.dumps({"s_per_step": med, "samples": samples}, indent=2) + "\n")
+    return med
+
+
+def budget_steps(s: Study, calib: dict[str, float], m: Method, tok_steps: int) -> dict[str, Any]:
+    """Pre-training steps that fill ``budget_s`` (minus the tokenizer's cost when charged)."""
+    tok_cost = tok_steps * calib["tokenizer"] if m.tokenizer else 0.0
+    own = max(0.0, s.preset.budget_s - tok_cost)
+    steps = max(1, int(own / calib[m.name]))
+    return {
+        "budget_s": s.preset.budget_s,
+        "tokenizer_charge_s": round(tok_cost, 1),
+        "s_per_step": calib[m.name],
+        "ms_per_image": 1e3 * calib[m.name] / s.preset.batch,
+        "steps": steps,
+        "images_seen": steps * s.preset.batch,
+    }
+
+
+# ---- evaluation jobs ------------------------------------------------------------------------
+def eval_jobs(s: Study, m: Method, encoder: str) -> dict[str, Job]:
+    """kNN, linear probe, fine-tuning at 10 % (one per seed) and 100 % labels of one arm."""
+    home = s.work / m.name
+    p = s.preset
+    n10 = round(s.n_train * 0.1)
+    ld = "1.0" if m.objective is None else "0.75"
+    jobs = {
+        "knn": Job(
+            f"{m.name}_knn",
+            ["knn", FINETUNE_CONFIG, *s.common(home / "knn"), f"init.checkpoint={encoder}",
+             f"data.val_path={s.val}"],
+            home / "knn", "knn.json",
+        ),
+        "linprobe": Job(
+            f"{m.name}_linprobe",
+            ["linprobe", LINPROBE_CONFIG, *s.common(home / "linprobe"),
+             f"init.checkpoint={encoder}", f"data.val_path={s.val}",
+             f"train.max_steps={s.steps(p.linprobe_epochs, s.n_train)}",
+             f"eval.every_epochs={max(1, round(p.linprobe_epochs))}"],
+            home / "linprobe", "results.json",
+        ),
+    }  # fmt: skip
+    for frac, epochs, seeds in ((0.1, p.ft10_epochs, p.seeds), (1.0, p.ft100_epochs, p.seeds[:1])):
+        n = n10 if frac < 1 else s.n_train
+        batch = min(p.batch, max(2, n // 2 * 2))  # even (mixup pairs); tiny quick subsets
+        for seed in seeds:
+            run = home / f"finetune_{round(frac * 100)}pct_seed{seed}"
+            jobs[f"ft{round(frac * 100)}_seed{seed}"] = Job(
+                f"{m.name}_{run.name}",
+                ["finetune", FINETUNE_CONFIG, *s.common(run), f"init.checkpoint={encoder}",
+                 f"data.val_path={s.val}", f"data.label_fraction={frac}", f"seed={seed}",
+                 f"finetune.layer_decay={ld}", "train.warmup_epochs=1.0",
+                 f"train.max_steps={max(1, round(epochs * (n // batch)))}",
+                 f"eval.every_epochs={max(1, round(epochs))}", "run.ckpt_every=1000",
+                 f"train.batch_size={batch}"],
+                run, "results.json",
+            )  # fmt: skip
+    return jobs
+
+
+def read_result(job: Job) -> dict[str, Any] | None:
+    f = job.run_dir / job.done_file
+    return json.loads(f.read_text()) if f.exists() else None
+
+
+def run_method(s: Study, m: Method, calib: dict[str, float], tok: Job) -> dict[str, Any]:
+    """Pre-train (unless scratch) and evaluate one arm; its record for the table."""
+    logs = s.work / "logs"
+    rec: dict[str, Any] = {"method": m.name, "objective": m.objective}
+    encoder = ""
+    if m.objective:
+        tok_steps = int(_max_steps(tok.argv))
+        rec["pretrain"] = budget_steps(s, calib, m, tok_steps)
+        run = s.work / m.name / "pretrain"
+        job = run_job(
+            Job(f"{m.name}_pretrain", pretrain_argv(s, m, run, rec["pretrain"]["steps"]), run,
+                "enhancer.safetensors"),
+            s.threads, logs,
+        )  # fmt: skip
+        rec["pretrain"].update(wallclock_s=round(job.wallclock_s, 1), last=last_metrics(run))
+        encoder = str(run)
+    results: dict[str, Any] = {}
+    for key, job in eval_jobs(s, m, encoder).items():
+        done = run_job(job, s.threads, logs)
+        results[key] = {"result": read_result(done), "wallclock_s": round(done.wallclock_s, 1)}
+    rec["eval"] = results
+    return rec
+
+
+def _max_steps(argv: list[str]) -> str:
+    return next(a.split("=", 1)[1] for a in argv if a.startswith("train.max_steps="))
+
+
+def last_metrics(run: Path) -> dict[str, float]:
+    """The last logged line of a pre-training run (losses, accuracies)."""
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return {k: v for k, v in json.loads(lines[-1]).items() if isinstance(v, (int, float))}
+
+
+# ---- the table ------------------------------------------------------------------------------
+def top1(entry: dict[str, Any] | None) -> float | None:
+    """top-1 of a finetune/linprobe ``results.json`` (last evaluation)."""
+    res = (entry or {}).get("result")
+    return None if res is None else float(res["last"]["top1"])
+
+
+def ft10(rec: dict[str, Any]) -> dict[int, float]:
+    """seed -> 10 %-label top-1 of one method (finished runs only)."""
+    out = {}
+    for key, entry in rec["eval"].items():
+        if key.startswith("ft10_seed") and top1(entry) is not None:
+            out[int(key.removeprefix("ft10_seed"))] = top1(entry)
+    return out  # type: ignore[return-value]
+
+
+def paired(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, int] | None:
+    """Mean and sample std of ``a[s] - b[s]`` over seeds both have, and their count."""
+    diffs = [a[k] - b[k] for k in sorted(a.keys() & b.keys())]
+    if not diffs:
+        return None
+    sd = statistics.stdev(diffs) if len(diffs) > 1 else float("nan")
+    return statistics.mean(diffs), sd, len(diffs)
+
+
+def _fmt(x: float | None, signed: bool = False) -> str:
+    return "—" if x is None else (f"{x:+.2f}" if signed else f"{x:.2f}")
+
+
+def _fmt_pair(p: tuple[float, float, int] | None) -> str:
+    return "—" if p is None else f"{p[0]:+.2f} ± {p[1]:.2f} (n={p[2]})"
+
+
+def table_row(rec: dict[str, Any], scratch: dict[str, Any]) -> str:
+    pre = rec.get("pretrain") or {}
+    knn = ((rec["eval"].get("knn") or {}).get("result") or {}).get("top1", {})
+    seeds = ft10(rec)
+    mean10 = statistics.mean(seeds.values()) if seeds else None
+    t100, s100 = top1(rec["eval"].get("ft100_seed0")), top1(scratch["eval"].get("ft100_seed0"))
+    gain100 = None if t100 is None or s100 is None else t100 - s100
+    gain10 = None if rec is scratch else paired(seeds, ft10(scratch))
+    return (
+        f"| {rec['method']} | {pre.get('steps', 0)} | {pre.get('images_seen', 0)} | "
+        f"{_fmt(pre.get('ms_per_image'))} | {pre.get('tokenizer_charge_s', 0):.0f} | "
+        f"{pre.get('wallclock_s', 0) / 60:.1f} | {_fmt(knn.get('20'))} | {_fmt(knn.get('200'))} | "
+        f"{_fmt(top1(rec['eval'].get('linprobe')))} | {_fmt(mean10)} | {_fmt_pair(gain10)} | "
+        f"{_fmt(t100)} | {_fmt(gain100, True)} |"
+    )
+
+
+def markdown(records: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    by = {r["method"]: r for r in records}
+    scratch = by["scratch"]
+    lines = [
+        f"CIFAR-10 (JPEG copy), preset {meta['preset']}, commit {meta['commit'][:7]}, "
+        f"{meta['date']}; pre-training budget {meta['budget_s'] / 60:.0f} min per method "
+        "(tokenizer charged to BEiT and CIM)",
+        "",
+        "| method | pre-train steps | images seen | ms / image (calibrated) | tokenizer charge (s) "
+        "| pre-train wall (min, measured) | kNN@20 | kNN@200 | linear probe | 10 % top-1 "
+        "(mean over seeds) | 10 % gain vs scratch (paired by seed, mean ± sd) | 100 % top-1 "
+        "| 100 % gain |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *[table_row(r, scratch) for r in records],
+    ]
+    if "cim-revdet" in by and "cim-revdet-argmax" in by:
+        claim4 = paired(ft10(by["cim-revdet"]), ft10(by["cim-revdet-argmax"]))
+        lines += [
+            "",
+            f"Claim 4 (sampled minus argmax corruption, 10 % labels): {_fmt_pair(claim4)}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+# ---- main -----------------------------------------------------------------------------------
+def run_study(s: Study, methods: list[Method]) -> list[dict[str, Any]]:
+    calib = calibrate(s, methods)
+    tok_steps = s.steps(s.preset.tokenizer_epochs, s.n_train)
+    tok = Job("tokenizer", tokenizer_argv(s, s.work / "tokenizer", tok_steps), s.work / "tokenizer",
+              "tokenizer.safetensors")  # fmt: skip
+    est = sum(budget_steps(s, calib, m, tok_steps)["budget_s"] for m in methods if m.objective)
+    print(f"[methods] calibration (s/step): {json.dumps(calib)}; pre-training ~{est / 60:.0f} min")
+    if any(m.tokenizer for m in methods):
+        run_job(tok, s.threads, s.work / "logs")
+    return [run_method(s, m, calib, tok) for m in methods]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="full")
+    ap.add_argument("--data", default=str(CIFAR / "train"))
+    ap.add_argument("--val-data", default=str(CIFAR / "test"))
+    ap.add_argument("--work", default="runs/methods")
+    ap.add_argument("--out", default="docs/results")
+    ap.add_argument("--methods", default=",".join(m.name for m in METHODS))
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    names = a.methods.split(",")
+    unknown = set(names) - {m.name for m in METHODS}
+    if unknown or "scratch" not in names:
+        print(f"error: --methods: unknown {sorted(unknown)} or no scratch arm", file=sys.stderr)
+        return 2
+    for key in ("data", "val_data"):
+        if not Path(getattr(a, key)).expanduser().is_dir():
+            print(f"error: --{key.replace('_', '-')}: {getattr(a, key)} is not a folder "
+                  "(unpack ../shared/data/CIFAR-10-images.tar.gz)", file=sys.stderr)  # fmt: skip
+            return 2
+    data = Path(a.data).expanduser().resolve()
+    work = Path(a.work).expanduser().resolve()
+    (work / "logs").mkdir(parents=True, exist_ok=True)
+    s = Study(data, Path(a.val_data).expanduser().resolve(), work, PRESETS[a.preset],
+              count_images(data), os.cpu_count() or 1)  # fmt: skip
+    t0 = time.time()
+    records = run_study(s, [m for m in METHODS if m.name in names])
+    meta = {
+        "preset": a.preset, "commit": git_commit(), "budget_s": s.preset.budget_s,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "study_wallclock_s": round(time.time() - t0, 1), "cpu_count": os.cpu_count(),
+        "command": " ".join(sys.argv),
+    }  # fmt: skip
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"meta": meta, "methods": records}
+    (out / "cifar10_methods.json").write_text(json.dumps(payload, indent=2) + "\n")
+    table = markdown(records, meta)
+    (out / "cifar10_methods.md").write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
