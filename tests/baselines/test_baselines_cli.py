@@ -1,0 +1,121 @@
+"""``cimpt pretrain objective=mae|simmim|beit`` end to end on tiny data: the same run
+directory, checkpoints, exact resume, export and evaluation as CIM, and one ``error:`` line
+for each bad input, before any work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cimpt.engine.checkpoint import load_tensors, resolve_checkpoint
+from cimpt.eval.source import load_backbone_source
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+LOSS_KEY = {"mae": "mae_loss", "simmim": "simmim_loss", "beit": "beit_loss"}
+
+
+def _pretrain(e2e: SimpleNamespace, overrides: list[str]) -> int:
+    return e2e.run_cli(["pretrain", str(e2e.CIM_CONFIG), *overrides])
+
+
+@pytest.mark.parametrize("objective", ["mae", "simmim", "beit"])
+def test_baseline_run_is_a_complete_pretraining_run(
+    objective: str, cim_overrides, tmp_path: Path, e2e: SimpleNamespace
+) -> None:
+    run = tmp_path / "run"
+    assert _pretrain(e2e, cim_overrides(run, objective=objective)) == 0
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(LOSS_KEY[objective] in r and r["loss"] > 0 for r in rows)
+    assert list((run / "figures").glob("*.png"))
+    ckpt = resolve_checkpoint(run)
+    names = set(load_tensors(ckpt))
+    assert any(n.startswith("enhancer.backbone.") for n in names)
+    assert not any("tokenizer" in n for n in names)  # frozen tokenizer never saved
+    # The exported enhancer is what every evaluation loads from the run.
+    exported = load_file(str(run / "enhancer.safetensors"))
+    source = load_backbone_source(run)
+    assert source.kind == "cim"
+    assert set(source.state) == set(exported)
+    assert all(torch.equal(source.state[k], exported[k]) for k in exported)
+    assert e2e.run_cli(["export", str(run), str(tmp_path / "out.safetensors")]) == 0
+
+
+def test_mae_resumes_exactly(cim_overrides, tmp_path: Path, e2e: SimpleNamespace) -> None:
+    straight, parts = tmp_path / "straight", tmp_path / "parts"
+    extra = ["run.vis_every=1000", "run.ckpt_every=2"]
+    assert _pretrain(e2e, cim_overrides(straight, objective="mae", steps=4, extra=extra)) == 0
+    assert _pretrain(e2e, cim_overrides(parts, objective="mae", steps=2, extra=extra)) == 0
+    more = [*cim_overrides(parts, objective="mae", steps=4, extra=extra), "resume=auto"]
+    assert _pretrain(e2e, more) == 0
+    a = load_tensors(resolve_checkpoint(straight))
+    b = load_tensors(resolve_checkpoint(parts))
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (
+            ["objective=mae", "enhancer.name=resnet18", "enhancer.kwargs={}",
+             "enhancer.patch_size=8", "data.img_size=32", "enhancer.neck_dim=8"],
+            ("mae needs a ViT", "resnet18"),
+        ),
+        (["objective=beit", "tokenizer.checkpoint="], ("tokenizer.checkpoint",)),
+        (["objective=mae", "mae.mask_ratio=1.0"], ("mae.mask_ratio", "(0, 1)")),
+        (["objective=simmim", "simmim.mask_ratio=0"], ("simmim.mask_ratio", "(0, 1)")),
+        (["objective=simmim", "simmim.mask_patch_size=6"], ("simmim.mask_patch_size", "4")),
+        (["objective=moco"], ("objective", "mae")),
+    ],
+)  # fmt: skip
+def test_bad_baseline_input_is_one_error_line_before_any_work(
+    extra: list[str], words: tuple[str, ...], cim_overrides, tmp_path, e2e, capsys
+) -> None:
+    run = tmp_path / "run"
+    capsys.readouterr()
+    assert _pretrain(e2e, [*cim_overrides(run), *extra]) == 2
+    line = e2e.error_line(capsys.readouterr().err)
+    assert all(w in line for w in words), line
+    assert not (run / "checkpoints").exists()
+
+
+def test_compare_methods_budget_charges_the_tokenizer_and_pairs_seeds(e2e) -> None:
+    cm = e2e.import_bench("compare_methods")
+    s = cm.Study(Path("d"), Path("v"), Path("w"), cm.PRESETS["full"], 50_000, 2)
+    calib = {"tokenizer": 0.5, "mae": 0.4, "cim-revdet": 1.5}
+    methods = {m.name: m for m in cm.METHODS}
+    mae = cm.budget_steps(s, calib, methods["mae"], tok_steps=200)
+    cim = cm.budget_steps(s, calib, methods["cim-revdet"], tok_steps=200)
+    assert mae["tokenizer_charge_s"] == 0 and mae["steps"] == int(1200 / 0.4)
+    assert cim["tokenizer_charge_s"] == 100 and cim["steps"] == int((1200 - 100) / 1.5)
+    assert cim["images_seen"] == cim["steps"] * 128
+    mean, sd, n = cm.paired({0: 50.0, 1: 52.0, 2: 49.0}, {0: 45.0, 1: 45.0, 3: 40.0})
+    assert (mean, n) == (6.0, 2) and sd == pytest.approx(1.41421356)
+
+
+@pytest.mark.timeout(600)
+def test_compare_methods_quick_writes_the_table(
+    image_folder: Path, tmp_path: Path, e2e: SimpleNamespace
+) -> None:
+    cm = e2e.import_bench("compare_methods")
+    out = tmp_path / "out"
+    data = ["--data", str(image_folder), "--val-data", str(image_folder)]
+    args = ["--preset", "quick", *data, "--work", str(tmp_path / "w"), "--out", str(out),
+            "--methods", "scratch,mae"]  # fmt: skip
+    assert cm.main(args) == 0
+    payload = json.loads((out / "cifar10_methods.json").read_text())
+    recs = {r["method"]: r for r in payload["methods"]}
+    assert set(recs) == {"scratch", "mae"}
+    pre = recs["mae"]["pretrain"]
+    assert pre["steps"] >= 1 and pre["wallclock_s"] > 0 and pre["tokenizer_charge_s"] == 0
+    for rec in recs.values():
+        assert {"knn", "linprobe", "ft10_seed0", "ft100_seed0"} <= set(rec["eval"])
+        assert all(v["result"] is not None for v in rec["eval"].values())
+    table = (out / "cifar10_methods.md").read_text()
+    assert "| scratch |" in table and "| mae |" in table
