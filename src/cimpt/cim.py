@@ -100,6 +100,12 @@ class CIM(FrozenTokenizerModule):
         # Non-persistent: derived from the config, so kept out of checkpoints.
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        # REVDET's position-only baseline (revdet_prior_acc): running per-cell count of
+        # replaced tokens and of images seen. Non-persistent: a diagnostic, re-estimated
+        # after a resume within a few steps, and old checkpoints stay loadable.
+        g = enhancer.grid
+        self.register_buffer("prior_replaced", torch.zeros(g, g), persistent=False)
+        self.register_buffer("prior_seen", torch.zeros(()), persistent=False)
 
     def no_weight_decay(self) -> set[str]:
         """Full parameter names without weight decay: position embeddings, [CLS], [MASK]."""
@@ -219,7 +225,7 @@ class CIM(FrozenTokenizerModule):
         Returns:
             scalar tensors: "loss", "gen_loss", "enh_loss", "gen_acc", "replaced" (share of all
             positions whose id changed), "replaced_masked" (same among masked positions), and
-            "respix_loss" or "revdet_acc"/"revdet_pos".
+            "respix_loss" or "revdet_acc"/"revdet_pos"/"revdet_prior_acc"/"revdet_margin".
         """
         x, mask = batch["x"], batch["mask"].bool()
         z = self.golden_tokens(batch["x_tok"])
@@ -231,6 +237,9 @@ class CIM(FrozenTokenizerModule):
         enh.pop("output")
         enh_loss = enh.pop("enh_loss")
         changed = z_hat != z
+        if self.objective == "revdet":
+            enh["revdet_prior_acc"] = self.position_prior_accuracy(changed)
+            enh["revdet_margin"] = enh["revdet_acc"] - enh["revdet_prior_acc"]
         return {
             "loss": gen_loss + self.enh_weight * enh_loss,
             "gen_loss": gen_loss.detach(),
@@ -240,6 +249,28 @@ class CIM(FrozenTokenizerModule):
             "replaced_masked": (changed & mask).sum().float() / mask.sum().clamp_min(1),
             **enh,
         }
+
+    @torch.no_grad()
+    def position_prior_accuracy(self, replaced: torch.Tensor) -> torch.Tensor:
+        """Accuracy of a detector that ignores the image: "replaced" wherever the cell was
+        replaced in more than half of the images seen before this batch.
+
+        REVDET's fair baseline: block masks are not uniform over the grid (BEiT's favour
+        the centre), so position alone beats the majority rate. Counts are updated after
+        scoring (the prior never sees the batch it scores) and only in training mode.
+
+        Args:
+            replaced: ``[B, g, g]`` bool, ``z_hat != z``.
+
+        Returns:
+            scalar accuracy of the prior on this batch.
+        """
+        freq = self.prior_replaced / self.prior_seen.clamp_min(1)
+        acc = ((freq > 0.5) == replaced).float().mean()
+        if self.training:
+            self.prior_replaced += replaced.sum(0).to(self.prior_replaced.dtype)
+            self.prior_seen += replaced.shape[0]
+        return acc
 
     @torch.no_grad()
     def visualize(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -62,6 +62,7 @@ class MaskConfig:
     min_block: int = 0
     max_block: int = 0
     min_aspect: float = 0.3
+    placement: str = "beit"
 
 
 @dataclass
@@ -194,6 +195,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     # respix | revdet: CIM; mae | simmim | beit: the baselines of cimpt.baselines.
     "objective": ("respix", "revdet", "mae", "simmim", "beit"),
     "data.source": ("auto", "folder", "tar", "cifar10", "cifar100", "bundled"),
+    "mask.placement": ("beit", "uniform"),
     "tokenizer.kind": ("vqvae", "dalle"),
     "tokenizer.precision": ("fp32", "amp"),
     "train.amp": ("auto", "bf16", "fp16", "none"),

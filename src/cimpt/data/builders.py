@@ -62,6 +62,7 @@ def build_mask_generator(cfg: DictConfig) -> BlockMaskGenerator | RandomMaskGene
         int(m.max_block),
         float(m.min_aspect),
         rng=seed,
+        placement=str(m.placement),
     )
 
 

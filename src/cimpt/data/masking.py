@@ -23,6 +23,14 @@ Two documented differences from BEiT:
   (5 cells on CIFAR's 8x8 grid), never below 2 so that a block is still a block.
   ``max_block=0`` means the whole target count, as in BEiT.
 
+Placement (``mask.placement``): ``beit`` places blocks as above, which masks central cells far
+more often than corners (a block must fit inside the grid; at 8x8 with ratio 0.45, corners
+about 14 % of the time and central cells about 75 %). ``uniform`` then rolls the finished mask
+by a uniformly random cyclic shift along each axis (``torch.roll``, wrapping around the
+edges): the block shapes and the exact count are kept, a block that crosses an edge
+continues on the opposite side, and every cell is masked with probability exactly
+``count / grid**2`` (averaged over the shifts, each cell visits every position once).
+
 Blocks may span the full grid side (BEiT requires them to be strictly smaller); this only
 matters on tiny grids, where BEiT's rule would forbid many legal shapes.
 """
@@ -39,6 +47,8 @@ from cimpt.errors import CimptError
 
 Block = tuple[int, int, int, int]  # (top, left, height, width)
 
+#: ``mask.placement`` values (module doc).
+PLACEMENTS = ("beit", "uniform")
 # BEiT's retry budget for one block before placement counts as stalled.
 _ATTEMPTS_PER_BLOCK = 10
 
@@ -59,6 +69,7 @@ class BlockMaskGenerator:
         min_aspect: aspect ratios are drawn log-uniformly from [min_aspect, 1 / min_aspect].
         rng: a ``random.Random``, an int seed, or None (seeded 0). Reseed per DataLoader worker
             with ``reseed`` (``CIMCollate`` does this) so workers draw different masks.
+        placement: "beit" (BEiT's, centre-biased) or "uniform" (rolled by a random shift).
     """
 
     def __init__(
@@ -69,7 +80,11 @@ class BlockMaskGenerator:
         max_block: int = 0,
         min_aspect: float = 0.3,
         rng: random.Random | int | None = None,
+        placement: str = "beit",
     ) -> None:
+        if placement not in PLACEMENTS:
+            raise CimptError(f"mask.placement: '{placement}' is not one of {', '.join(PLACEMENTS)}")
+        self.placement = placement
         if grid <= 0:
             raise CimptError(f"mask grid must be positive, got {grid}")
         if not 0.0 <= ratio < 1.0:
@@ -110,7 +125,8 @@ class BlockMaskGenerator:
         return None
 
     def sample(self) -> tuple[torch.Tensor, list[Block]]:
-        """A mask ``[grid, grid]`` (bool) and the blocks placed before any single-cell fill."""
+        """A mask ``[grid, grid]`` (bool) and the blocks placed before any single-cell fill
+        (and, with ``uniform`` placement, before the roll)."""
         mask = np.zeros((self.grid, self.grid), dtype=bool)
         blocks: list[Block] = []
         count = 0
@@ -126,7 +142,11 @@ class BlockMaskGenerator:
             free = np.flatnonzero(~mask.ravel()).tolist()
             for i in self.rng.sample(free, self.num_masked - count):
                 mask.flat[i] = True
-        return torch.from_numpy(mask), blocks
+        out = torch.from_numpy(mask)
+        if self.placement == "uniform":
+            shift = (self.rng.randrange(self.grid), self.rng.randrange(self.grid))
+            out = torch.roll(out, shifts=shift, dims=(0, 1))
+        return out, blocks
 
     def __call__(self) -> torch.Tensor:
         return self.sample()[0]
@@ -135,5 +155,6 @@ class BlockMaskGenerator:
         return (
             f"BlockMaskGenerator(grid={self.grid}, num_masked={self.num_masked}, "
             f"min_block={self.min_block}, max_block={self.max_block}, "
+            f"placement={self.placement}, "
             f"aspect=[{math.exp(self.log_aspect[0]):.3g}, {math.exp(self.log_aspect[1]):.3g}])"
         )
