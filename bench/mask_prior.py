@@ -20,9 +20,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from records import git_commit, write_record
-
 from cimpt.data.masking import PLACEMENTS, BlockMaskGenerator
+from records import git_commit, write_record
 
 SETTINGS = ((8, 0.45), (14, 0.4))
 

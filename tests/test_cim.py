@@ -114,7 +114,8 @@ def test_forward_backward_finite_for_both_networks(objective: str, downsample: i
     model = _model(objective, downsample).train()
     out = model(_random_batch(model))
     expected = {"loss", "gen_loss", "enh_loss", "gen_acc", "replaced", "replaced_masked"}
-    expected |= {"respix_loss"} if objective == "respix" else {"revdet_acc", "revdet_pos"}
+    revdet = {"revdet_acc", "revdet_pos", "revdet_prior_acc", "revdet_margin"}
+    expected |= {"respix_loss"} if objective == "respix" else revdet
     assert set(out) == expected
     for k, v in out.items():
         assert isinstance(v, torch.Tensor) and v.dim() == 0 and torch.isfinite(v), k
@@ -343,3 +344,18 @@ def test_visualize(objective: str) -> None:
         assert ((vis["prob"] > 0) & (vis["prob"] < 1)).all()
         assert torch.equal(vis["replaced"], batch["mask"] & (z != 5))
     assert all(not v.requires_grad and v.device.type == "cpu" for v in vis.values())
+
+
+def test_position_prior_scores_each_batch_before_learning_from_it() -> None:
+    model = _model("revdet").train()
+    g = model.enhancer.grid
+    labels = torch.zeros(4, g, g, dtype=torch.bool)
+    labels[:, 0, 0] = True  # only the corner cell is ever replaced
+    # Nothing seen yet: the prior says "not replaced" everywhere, wrong only at the corner.
+    assert model.position_prior_accuracy(labels).item() == pytest.approx(1 - 1 / g**2)
+    # It has now seen the corner replaced in every image: right everywhere.
+    assert model.position_prior_accuracy(labels).item() == 1.0
+    model.eval()  # evaluation (figures) scores without counting
+    before = model.prior_seen.clone()
+    model.position_prior_accuracy(~labels)
+    assert torch.equal(model.prior_seen, before)

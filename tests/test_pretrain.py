@@ -34,7 +34,10 @@ COMMON_KEYS = (
 )
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-OBJECTIVE_KEYS = {"respix": ("respix_loss",), "revdet": ("revdet_acc", "revdet_pos")}
+OBJECTIVE_KEYS = {
+    "respix": ("respix_loss",),
+    "revdet": ("revdet_acc", "revdet_pos", "revdet_prior_acc", "revdet_margin"),
+}
 
 
 def _metrics(run_dir: Path) -> list[dict]:

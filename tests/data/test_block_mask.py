@@ -156,3 +156,29 @@ def test_bad_arguments_are_cimpt_errors():
         BlockMaskGenerator(8, 0.5, min_block=-1)
     with pytest.raises(CimptError, match=r"mask.min_aspect"):
         BlockMaskGenerator(8, 0.5, min_aspect=0)
+
+
+def _cell_frequency(gen: BlockMaskGenerator, n: int) -> torch.Tensor:
+    return torch.stack([gen() for _ in range(n)]).float().mean(0)
+
+
+def test_uniform_placement_keeps_count_and_blocks_and_flattens_coverage():
+    beit = BlockMaskGenerator(8, 0.45, rng=0)
+    uniform = BlockMaskGenerator(8, 0.45, rng=0, placement="uniform")
+    masks = [uniform() for _ in range(300)]
+    assert all(int(m.sum()) == round(0.45 * 64) for m in masks)
+    # A roll keeps the shape: some cyclic shift of a uniform mask is a BEiT-placed mask.
+    same = BlockMaskGenerator(8, 0.45, rng=7, placement="uniform")
+    ref = BlockMaskGenerator(8, 0.45, rng=7)
+    rolled, plain = same(), ref()
+    shifts = [(dy, dx) for dy in range(8) for dx in range(8)]
+    assert any(torch.equal(torch.roll(plain, s, (0, 1)), rolled) for s in shifts)
+    # Coverage: BEiT's favours the centre by a wide margin; uniform stays near 0.45 everywhere.
+    fb, fu = _cell_frequency(beit, 3000), _cell_frequency(uniform, 3000)
+    assert fb.max() / fb.min() > 3
+    assert fu.max() / fu.min() < 1.3 and abs(fu.mean().item() - 0.4531) < 1e-3
+
+
+def test_unknown_placement_is_an_error():
+    with pytest.raises(CimptError, match=r"mask\.placement"):
+        BlockMaskGenerator(8, 0.45, placement="centre")
