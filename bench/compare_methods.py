@@ -4,10 +4,11 @@ Every arm pre-trains the **same encoder** (the ViT of ``configs/cifar10_vit.yaml
 depth 6, 3 heads, patch 4 at 32 px) with the ``cimpt`` command line and nothing else, for
 the **same pre-training wall-clock**, then is evaluated with one identical recipe:
 
-1. **Calibration.** Each method runs ``cimpt pretrain`` for a few dozen steps, in two rounds
-   with the order reversed (drift on a shared machine hits every method alike); the median
-   of its logged ``img_per_s`` windows gives its seconds per step. The tokenizer's training
-   step is calibrated the same way. Saved to ``<work>/calibration.json`` and reused.
+1. **Calibration.** In one process, the training step of every method (and of the
+   tokenizer) is built from exactly its job's config and timed round-robin, batch loading
+   included, one step of each per round; the median over rounds is its seconds per step.
+   Load from other processes then hits every method alike. Saved to
+   ``<work>/calibration.json`` and reused.
 2. **Budgets.** Each method gets ``budget_s`` of pre-training: ``max_steps = budget_s /
    s_per_step``. The tokenizer's cost (its calibrated steps x seconds) is **charged to BEiT
    and to the three CIM arms**, which need it: their budget is ``budget_s`` minus that.
@@ -47,6 +48,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,7 @@ from records import git_commit
 PRETRAIN_CONFIG = "configs/cifar10_vit.yaml"
 FINETUNE_CONFIG = "configs/cifar10_finetune.yaml"
 LINPROBE_CONFIG = "configs/cifar10_linprobe.yaml"
+CALIB_WARMUP = 2  # untimed calibration rounds (first steps allocate and warm caches)
 
 
 @dataclass(frozen=True)
@@ -91,8 +94,7 @@ class Preset:
     ft100_epochs: float
     linprobe_epochs: float
     seeds: tuple[int, ...]
-    calib_steps: int
-    calib_rounds: int = 2  # the second round runs the methods in reverse order
+    calib_steps: int  # timed rounds of the calibration (after CALIB_WARMUP)
     batch: int = 128
     arch: tuple[str, ...] = (
         *VIT.arch[:3],
@@ -114,9 +116,9 @@ QUICK_EXTRA = (
     "mae.decoder_heads=2",
 )
 PRESETS = {
-    "full": Preset(1200, 1.0, 6, 1, 2, (0, 1, 2), 40),
+    "full": Preset(1200, 1.0, 6, 1, 2, (0, 1, 2), 15),
     "quick": Preset(
-        4.0, 0.05, 1, 1, 1, (0,), 4, calib_rounds=1, batch=8,
+        4.0, 0.05, 1, 1, 1, (0,), 2, batch=8,
         arch=(*VIT.arch[:3], "enhancer.kwargs={embed_dim: 32, depth: 1, num_heads: 2}"),
         extra=QUICK_EXTRA,
     ),
@@ -168,41 +170,78 @@ def pretrain_argv(s: Study, m: Method, run: Path, steps: int) -> list[str]:
     ]  # fmt: skip
 
 
-def seconds_per_step(run: Path, batch: int) -> list[float]:
-    """Seconds per step of every logged window after the first (compilation, warm caches)."""
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    rates = [r["img_per_s"] for r in rows if "img_per_s" in r][1:]
-    return [batch / r for r in rates if r > 0]
+def _stepper(argv: list[str], build: Callable[[Any], Any]) -> Callable[[], object]:
+    """One training step of the job ``argv`` (its config built exactly as the job's), its
+    batch loaded in the same call by an in-process loader (data time counted)."""
+    from cimpt.config import load_config
+    from cimpt.data import build_loader
+    from cimpt.engine.loop import Trainer
+
+    config = next(a for a in argv if a.endswith(".yaml"))
+    cfg = load_config(config, [a for a in argv if "=" in a])
+    task = build(cfg)
+    trainer = Trainer(task, cfg)
+    loader = build_loader(task.dataset, trainer.micro, 0, task.collate, seed=int(cfg.seed))
+    it = iter(loader)
+
+    def next_batch() -> dict[str, Any]:
+        nonlocal it
+        try:
+            return next(it)
+        except StopIteration:
+            it = iter(loader)
+            return next(it)
+
+    return lambda: trainer.train_step(next_batch)
 
 
 def calibrate(s: Study, methods: list[Method]) -> dict[str, float]:
-    """Seconds per step of the tokenizer and of each method's pre-training (module doc)."""
+    """Seconds per step of the tokenizer and of each method's pre-training (module doc).
+
+    In one process, round-robin: every round times one step of each method in turn, so
+    load from other processes hits them alike; the median over rounds is kept. Tokenizer
+    methods get a randomly initialized tokenizer of the study's architecture (its cost does
+    not depend on its weights), so the calibration needs no trained tokenizer.
+    """
+    import torch
+
+    from cimpt.config import load_config
+    from cimpt.pretrain import build_cim_task
+    from cimpt.tokenizers.load import build_tokenizer, save_tokenizer
+    from cimpt.tokenizers.train import build_tokenizer_task
+
     path = s.work / "calibration.json"
     if path.exists():
         return json.loads(path.read_text())["s_per_step"]
-    n = s.preset.calib_steps
-    logs = s.work / "logs"
-    names = [m.name for m in methods if m.objective]
+    torch.set_num_threads(s.threads)
+    root = s.work / "calibration"
+    tok_argv = tokenizer_argv(s, root / "tokenizer", 1)
+    tok_cfg = load_config(tok_argv[2], [a for a in tok_argv if "=" in a])
+    tok_file = save_tokenizer(build_tokenizer(tok_cfg.tokenizer), root / "tokenizer.safetensors")
+    steps: dict[str, Callable[[], object]] = {}
     if any(m.tokenizer for m in methods):
-        names.insert(0, "tokenizer")
-    samples: dict[str, list[float]] = {k: [] for k in names}
-    for rnd, order in enumerate((names, names[::-1])[: s.preset.calib_rounds]):
-        for name in order:
-            run = s.work / "calibration" / f"{name}_{rnd}"
-            if name == "tokenizer":
-                argv = tokenizer_argv(s, run, n)
-            else:
-                m = next(m for m in methods if m.name == name)
-                # The shared tokenizer exists once the first round's tokenizer job ran.
-                argv = pretrain_argv(s, m, run, n)
-                argv[argv.index(f"tokenizer.checkpoint={s.work / 'tokenizer'}")] = (
-                    f"tokenizer.checkpoint={s.work / 'calibration' / 'tokenizer_0'}"
-                )
-            argv += ["run.log_every=" + str(max(1, n // 5)), "run.overwrite=true"]
-            run_job(Job(f"calibrate_{name}_{rnd}", argv, run, "metrics.jsonl"), s.threads, logs)
-            samples[name] += seconds_per_step(run, s.preset.batch)
-    med = {k: statistics.median(v) for k, v in samples.items()}
-    path.write_text(json.dumps({"s_per_step": med, "samples": samples}, indent=2) + "\n")
+        steps["tokenizer"] = _stepper(tok_argv, build_tokenizer_task)
+    for m in methods:
+        if m.objective:
+            argv = [*pretrain_argv(s, m, root / m.name, 1), f"tokenizer.checkpoint={tok_file}"]
+            steps[m.name] = _stepper(argv, build_cim_task)
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for rnd in range(CALIB_WARMUP + s.preset.calib_steps):
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            if rnd >= CALIB_WARMUP:
+                times[name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    record = {
+        "s_per_step": med,
+        "samples": times,
+        "threads": s.threads,
+        "commit": git_commit(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "loadavg_after": os.getloadavg(),  # other load on the machine while calibrating
+    }
+    path.write_text(json.dumps(record, indent=2) + "\n")
     return med
 
 
