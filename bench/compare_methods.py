@@ -245,6 +245,64 @@ def calibrate(s: Study, methods: list[Method]) -> dict[str, float]:
     return med
 
 
+def _part_flops(model: Any, counts: dict[str, dict[Any, int]]) -> dict[str, int]:
+    """FLOPs of one step per part: the model's children, and the frozen tokenizer (its
+    modules are not registered in the model, so the counter names them by class)."""
+    root = type(model).__name__
+    names = [n for n in counts if n != "Global"]
+
+    def total(prefix: str) -> int:
+        under = [n for n in names if n == prefix or n.startswith(prefix + ".")]
+        # outermost counted modules only (a module's count includes its children's)
+        top = [n for n in under if not any(n.startswith(m + ".") for m in under)]
+        return sum(sum(counts[n].values()) for n in top)
+
+    parts = {child: total(f"{root}.{child}") for child, _ in model.named_children()}
+    tok = [n for n in names if n.split(".")[0] != root]
+    parts["tokenizer (frozen)"] = sum(
+        sum(counts[n].values()) for n in tok if not any(n.startswith(m + ".") for m in tok)
+    )
+    parts["total"] = sum(counts["Global"].values())
+    return parts
+
+
+def count_flops(s: Study, methods: list[Method]) -> dict[str, dict[str, float]]:
+    """GFLOPs per image by torch's FLOP counter, per method: ``step`` for one training step
+    (forward + backward + AdamW), and the forward pass per part (the counter attributes
+    forward work to modules cleanly, backward work less so). Saved to ``<work>/flops.json``
+    and reused."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cimpt.config import load_config
+    from cimpt.data import build_loader
+    from cimpt.engine.loop import Trainer
+    from cimpt.pretrain import build_cim_task
+
+    path = s.work / "flops.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    tok = s.work / "calibration" / "tokenizer.safetensors"
+    out = {}
+    for m in (m for m in methods if m.objective):
+        argv = [*pretrain_argv(s, m, s.work / "flops" / m.name, 1), f"tokenizer.checkpoint={tok}"]
+        cfg = load_config(PRETRAIN_CONFIG, [a for a in argv if "=" in a])
+        task = build_cim_task(cfg)
+        trainer = Trainer(task, cfg)
+        batch = next(iter(build_loader(task.dataset, trainer.micro, 0, task.collate)))
+        with FlopCounterMode(display=False) as step:
+            trainer.train_step(lambda batch=batch: batch)
+        with FlopCounterMode(display=False) as fwd, torch.no_grad():
+            task.model(trainer._to_device(batch))
+        n = int(batch["x"].shape[0])
+        parts = _part_flops(task.model, fwd.get_flop_counts())
+        parts = {f"forward {k}": v for k, v in parts.items()}
+        parts["step"] = step.get_total_flops()
+        out[m.name] = {k: v / n / 1e9 for k, v in parts.items()}
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    return out
+
+
 def budget_steps(s: Study, calib: dict[str, float], m: Method, tok_steps: int) -> dict[str, Any]:
     """Pre-training steps that fill ``budget_s`` (minus the tokenizer's cost when charged)."""
     tok_cost = tok_steps * calib["tokenizer"] if m.tokenizer else 0.0
@@ -375,6 +433,7 @@ def _fmt_pair(p: tuple[float, float, int] | None) -> str:
 
 def table_row(rec: dict[str, Any], scratch: dict[str, Any]) -> str:
     pre = rec.get("pretrain") or {}
+    gflops = rec.get("gflops_per_image") or {}
     knn = ((rec["eval"].get("knn") or {}).get("result") or {}).get("top1", {})
     seeds = ft10(rec)
     mean10 = statistics.mean(seeds.values()) if seeds else None
@@ -383,7 +442,8 @@ def table_row(rec: dict[str, Any], scratch: dict[str, Any]) -> str:
     gain10 = None if rec is scratch else paired(seeds, ft10(scratch))
     return (
         f"| {rec['method']} | {pre.get('steps', 0)} | {pre.get('images_seen', 0)} | "
-        f"{_fmt(pre.get('ms_per_image'))} | {pre.get('tokenizer_charge_s', 0):.0f} | "
+        f"{_fmt(pre.get('ms_per_image'))} | {_fmt(gflops.get('step'))} | "
+        f"{pre.get('tokenizer_charge_s', 0):.0f} | "
         f"{pre.get('wallclock_s', 0) / 60:.1f} | {_fmt(knn.get('20'))} | {_fmt(knn.get('200'))} | "
         f"{_fmt(top1(rec['eval'].get('linprobe')))} | {_fmt(mean10)} | {_fmt_pair(gain10)} | "
         f"{_fmt(t100)} | {_fmt(gain100, True)} |"
@@ -398,13 +458,23 @@ def markdown(records: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"{meta['date']}; pre-training budget {meta['budget_s'] / 60:.0f} min per method "
         "(tokenizer charged to BEiT and CIM)",
         "",
-        "| method | pre-train steps | images seen | ms / image (calibrated) | tokenizer charge (s) "
+        "| method | pre-train steps | images seen | ms / image (calibrated) | GFLOP / image "
+        "(step) | tokenizer charge (s) "
         "| pre-train wall (min, measured) | kNN@20 | kNN@200 | linear probe | 10 % top-1 "
         "(mean over seeds) | 10 % gain vs scratch (paired by seed, mean ± sd) | 100 % top-1 "
         "| 100 % gain |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *[table_row(r, scratch) for r in records],
     ]
+    lines += ["", "Forward GFLOP per image by part (torch's FLOP counter):", ""]
+    for r in records:
+        parts = {
+            k: v for k, v in (r.get("gflops_per_image") or {}).items() if k.startswith("forward")
+        }
+        if parts:
+            lines.append(
+                f"- {r['method']}: " + ", ".join(f"{k[8:]} {v:.3f}" for k, v in parts.items())
+            )
     if "cim-revdet" in by and "cim-revdet-argmax" in by:
         claim4 = paired(ft10(by["cim-revdet"]), ft10(by["cim-revdet-argmax"]))
         lines += [
@@ -417,6 +487,7 @@ def markdown(records: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 # ---- main -----------------------------------------------------------------------------------
 def run_study(s: Study, methods: list[Method]) -> list[dict[str, Any]]:
     calib = calibrate(s, methods)
+    flops = count_flops(s, methods)
     tok_steps = s.steps(s.preset.tokenizer_epochs, s.n_train)
     tok = Job("tokenizer", tokenizer_argv(s, s.work / "tokenizer", tok_steps), s.work / "tokenizer",
               "tokenizer.safetensors")  # fmt: skip
@@ -424,7 +495,10 @@ def run_study(s: Study, methods: list[Method]) -> list[dict[str, Any]]:
     print(f"[methods] calibration (s/step): {json.dumps(calib)}; pre-training ~{est / 60:.0f} min")
     if any(m.tokenizer for m in methods):
         run_job(tok, s.threads, s.work / "logs")
-    return [run_method(s, m, calib, tok) for m in methods]
+    records = [run_method(s, m, calib, tok) for m in methods]
+    for rec in records:
+        rec["gflops_per_image"] = flops.get(rec["method"])
+    return records
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
