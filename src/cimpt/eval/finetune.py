@@ -36,10 +36,9 @@ from cimpt.eval.augment import build_finetune_transforms, build_mixup
 from cimpt.eval.classifier import Classifier, classifier_args, load_backbone_into
 from cimpt.eval.labelled import LabelledData, build_labelled_data
 from cimpt.eval.source import BackboneSource, architecture_mismatch, load_backbone_source
-from cimpt.export import timm_args
+from cimpt.export import BEST_FILE, timm_args
 
 RESULTS_FILE = "results.json"
-BEST_FILE = "best.safetensors"
 
 
 class SupervisedModel(nn.Module):
@@ -170,6 +169,8 @@ class SupervisedTask(Task):
                 "kind": self.kind,
                 "top1": f"{self.best['top1']:.4f}",
                 "cimpt_config": json.dumps(to_dict(self.cfg)),
+                # cimpt export names the classifier's outputs with these
+                "cimpt_classes": json.dumps(self.data.classes),
             },
         )
 

@@ -6,7 +6,8 @@ user's config alone:
 - a CIM pre-training checkpoint (``kind`` ``cim``): weights under ``enhancer.backbone.``;
 - a fine-tuning or linear-probe checkpoint (``kind`` ``finetune`` / ``linprobe``): weights
   under ``model.backbone.``;
-- an exported enhancer (``cimpt export``, a ``.safetensors`` file with ``cimpt_timm_args``).
+- an export (``cimpt export``: a ``.safetensors`` file with ``cimpt_timm_args``, or a folder)
+  or a fine-tuning run's ``best.safetensors``.
 
 The result is a ``BackboneSource``: the ``timm.create_model`` arguments of the headless
 backbone, the run config it was made with, and its weights (classifier weights dropped).
@@ -14,7 +15,6 @@ backbone, the run config it was made with, and its weights (classifier weights d
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,18 +22,15 @@ from typing import Any
 import timm
 import torch
 from omegaconf import DictConfig
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from cimpt.config import from_dict
 from cimpt.engine.checkpoint import (
     load_meta,
     load_tensors,
-    read_safetensors_metadata,
     resolve_checkpoint,
 )
 from cimpt.errors import CimptError
-from cimpt.export import timm_args
+from cimpt.export import is_export_folder, read_exportable, timm_args
 
 #: Checkpoint kind -> key prefix of the timm backbone's weights in ``model.safetensors``.
 BACKBONE_PREFIX = {
@@ -68,19 +65,15 @@ class BackboneSource:
 
 
 def _from_export(path: Path) -> BackboneSource:
-    meta = read_safetensors_metadata(path)
-    if "cimpt_timm_args" not in meta:
-        raise CimptError(
-            f"init.checkpoint: {path} is a safetensors file but not an exported cimpt "
-            "enhancer (no cimpt_timm_args metadata); a tokenizer file cannot be fine-tuned"
-        )
+    """An export (file or folder) or a fine-tuning run's ``best.safetensors``, headless."""
     try:
-        state = load_file(str(path))
-    except (OSError, SafetensorError) as exc:
-        raise CimptError(f"init.checkpoint: cannot read {path} ({exc})") from exc
-    cfg = from_dict(json.loads(meta["cimpt_config"]))
-    args = {**json.loads(meta["cimpt_timm_args"]), "num_classes": 0}
-    return BackboneSource(path, "export", args, cfg, state)
+        item = read_exportable(path)
+    except CimptError as exc:
+        raise CimptError(f"init.checkpoint: {exc}") from None
+    # The headless backbone of the run config: a fine-tuned export also holds a head, and
+    # its classifier arguments (pooling) are the fine-tuning run's, not the backbone's.
+    args = {**timm_args(item.cfg), "num_classes": 0}
+    return BackboneSource(path, "export", args, item.cfg, _without_head(item.state, args))
 
 
 def load_backbone_source(path: str | Path) -> BackboneSource:
@@ -92,7 +85,9 @@ def load_backbone_source(path: str | Path) -> BackboneSource:
     p = Path(path).expanduser()
     if not p.exists():
         raise CimptError(f"init.checkpoint: {p} does not exist")
-    if p.is_file() and p.suffix == ".safetensors" and p.name != "model.safetensors":
+    if (p.is_file() and p.suffix == ".safetensors" and p.name != "model.safetensors") or (
+        p.is_dir() and is_export_folder(p)
+    ):
         return _from_export(p)
     ckpt = resolve_checkpoint(p)
     meta = load_meta(ckpt)
