@@ -4,8 +4,8 @@ The schema is a tree of dataclasses merged with OmegaConf in struct mode, so an 
 a value of the wrong type is an error that names the key. ``validate`` then checks the sizes
 that must agree with each other (METHOD.md step 1: the token grid must equal the enhancer's
 patch grid) before any work starts. The merged config is written into each run directory.
-Every key is documented in ``configs/defaults.yaml``; a test keeps that file and this schema
-identical.
+Every key is documented in ``configs/defaults.yaml`` (shipped as ``cimpt/configs``); a test
+keeps that file and this schema identical.
 """
 
 from __future__ import annotations
@@ -248,12 +248,41 @@ def _deep_merge(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> dict[
     return out
 
 
+#: The configs shipped with the package (``cimpt pretrain cifar10_vit`` works anywhere).
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def packaged_configs() -> list[str]:
+    """Names of the shipped configs (without ``.yaml``), sorted."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A config file, run directory, or the name of a shipped config.
+
+    An existing path is taken as it is. Otherwise ``NAME``, ``NAME.yaml`` and
+    ``configs/NAME.yaml`` (the form the docs use, from any working directory) name a config
+    shipped in ``cimpt/configs``. Anything else is an error listing the shipped names.
+    """
+    p = Path(path).expanduser()
+    if p.exists():
+        return p
+    name = p.name if p.suffix in (".yaml", ".yml") else f"{p.name}.yaml"
+    if p.parent in (Path("."), Path("configs")) and (CONFIG_DIR / name).is_file():
+        return CONFIG_DIR / name
+    raise ConfigError(
+        f"config file not found: {path} (shipped configs, usable by name: "
+        f"{', '.join(packaged_configs())})"
+    )
+
+
 def load_config(
     path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> DictConfig:
     """Build the config: typed defaults, then the YAML file, then ``key=value`` overrides.
 
-    ``path`` may be a run directory: its ``config.yaml`` (the merged config the run was
+    ``path`` may be the name of a shipped config (``resolve_config_path``) or a run
+    directory: its ``config.yaml`` (the merged config the run was
     started with) is read, so ``cimpt pretrain RUN_DIR resume=auto`` continues a run.
 
     Raises ``ConfigError`` with one line naming the key for unknown keys, wrong types and
@@ -261,6 +290,7 @@ def load_config(
     """
     cfg = _schema()
     run_dir = None
+    path = resolve_config_path(path) if path is not None else None
     if path is not None and Path(path).is_dir() and (Path(path) / "config.yaml").is_file():
         run_dir, path = Path(path), Path(path) / "config.yaml"  # the config it ran with
     if path is not None:

@@ -18,9 +18,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from cimpt.config import CONFIG_DIR
 from cimpt.export import load_exported_backbone
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "cifar10_finetune.yaml"
+CONFIG = CONFIG_DIR / "cifar10_finetune.yaml"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

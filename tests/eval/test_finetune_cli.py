@@ -16,9 +16,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cimpt.config import CONFIG_DIR
 from cimpt.engine.checkpoint import latest_checkpoint
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "cifar10_finetune.yaml"
+CONFIG = CONFIG_DIR / "cifar10_finetune.yaml"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -15,9 +15,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cimpt.config import CONFIG_DIR
 from cimpt.engine.checkpoint import latest_checkpoint
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = CONFIG_DIR
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

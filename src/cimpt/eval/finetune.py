@@ -27,6 +27,7 @@ from torch import nn
 from cimpt.atomic import write_json, write_safetensors
 from cimpt.config import to_dict
 from cimpt.data import ImageCollate
+from cimpt.data.checks import check_paths
 from cimpt.engine.loop import FitResult, Trainer
 from cimpt.engine.rng import seed_model_init
 from cimpt.engine.task import Task
@@ -219,6 +220,7 @@ def resolve_init(cfg: DictConfig) -> BackboneSource | None:
 
 def build_finetune_task(cfg: DictConfig) -> SupervisedTask:
     """Check everything (checkpoint, labels, label fraction) before anything is written."""
+    check_paths(cfg, val="required", init=True)
     seed_model_init(int(cfg.seed), bool(cfg.train.deterministic))
     source = resolve_init(cfg)
     train_tf, val_tf = build_finetune_transforms(cfg)

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from cimpt.atomic import write_json
 from cimpt.config import save_config
 from cimpt.data import ImageCollate
+from cimpt.data.checks import check_paths
 from cimpt.engine.distributed import pick_device
 from cimpt.engine.precision import autocast, describe, resolve_amp
 from cimpt.eval.augment import NormalizedEval
@@ -91,6 +92,7 @@ def knn_predict(
 
 def knn_command(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate kNN accuracy; writes ``run.dir/knn.json`` and ``config.yaml``."""
+    check_paths(cfg, val="required", init=True)
     source = adopt_from_init(cfg, "kNN on")
     view = NormalizedEval(int(cfg.data.img_size), list(cfg.data.mean), list(cfg.data.std))
     data = build_labelled_data(cfg, view, view)

@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from cimpt.data.checks import check_paths
 from cimpt.engine.loop import FitResult
 from cimpt.engine.rng import seed_model_init
 from cimpt.eval.augment import build_finetune_transforms, build_mixup
@@ -62,6 +63,7 @@ class LinearProbe(nn.Module):
 
 
 def build_linprobe_task(cfg: DictConfig) -> SupervisedTask:
+    check_paths(cfg, val="required", init=True)
     seed_model_init(int(cfg.seed), bool(cfg.train.deterministic))
     source = adopt_from_init(cfg, "probing")
     train_tf, val_tf = build_finetune_transforms(cfg)

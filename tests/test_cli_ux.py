@@ -1,0 +1,126 @@
+"""A user's own images, start to finish (issue 16): paths, shipped configs, the command line.
+
+Each test does what a user does: run the command on their folder, from anywhere, and expects
+either the work or one ``error:`` line before any work (nothing written).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cimpt.config import load_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_tokenizer_train_checks_val_path_before_training(
+    image_folder, tmp_path, monkeypatch, e2e, capsys
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))  # a home without the CIFAR-10 folders
+    run = tmp_path / "tok"
+    overrides = [o for o in e2e.tiny_tokenizer_overrides(run, image_folder) if "val_path" not in o]
+    # The config's data.val_path is CIFAR-10's test folder, absent here.
+    code = e2e.run_cli(["tokenizer", "train", "cifar10_tokenizer", *overrides])
+    assert code == 2
+    line = e2e.error_line(capsys.readouterr().err)
+    assert "data.val_path" in line and "CIFAR-10-images" in line
+    assert not run.exists()  # no work was done
+
+
+def test_every_bad_path_is_named_in_the_one_line(tmp_path, e2e, capsys) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code = e2e.run_cli(
+        [
+            "finetune",
+            "cifar10_finetune",
+            f"data.path={empty}",
+            f"data.val_path={tmp_path / 'nope'}",
+            f"init.checkpoint={tmp_path / 'no_run'}",
+            f"run.dir={tmp_path / 'ft'}",
+        ]
+    )
+    assert code == 2
+    line = e2e.error_line(capsys.readouterr().err)
+    assert "data.path: no images found" in line
+    assert "data.val_path:" in line and "nope" in line
+    assert "init.checkpoint:" in line and "no_run" in line
+    assert not (tmp_path / "ft").exists()
+
+
+def test_empty_val_path_means_no_evaluation_with_a_note(image_folder, tmp_path, e2e, capsys):
+    run = tmp_path / "tok"
+    overrides = e2e.tiny_tokenizer_overrides(run, image_folder, steps=1)  # data.val_path=
+    assert e2e.run_cli(["tokenizer", "train", "cifar10_tokenizer", *overrides]) == 0
+    out = capsys.readouterr().out
+    assert "note: data.val_path is empty" in out
+    assert (run / "tokenizer.safetensors").is_file()
+
+
+def test_empty_val_path_is_an_error_where_evaluation_is_required(
+    image_folder, tmp_path, e2e, capsys
+):
+    code = e2e.run_cli(
+        [
+            "knn",
+            "cifar10_finetune",
+            f"data.path={image_folder}",
+            "data.val_path=",
+            "init.checkpoint=",
+        ]
+    )
+    assert code == 2
+    assert "data.val_path: empty" in e2e.error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("name", ["cifar10_vit", "cifar10_vit.yaml", "configs/cifar10_vit.yaml"])
+def test_shipped_configs_load_by_name_from_anywhere(name, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # outside the repository
+    cfg = load_config(name, ["train.epochs=3"])
+    assert cfg.enhancer.kwargs == {"embed_dim": 192, "depth": 6, "num_heads": 3}
+    assert cfg.train.epochs == 3
+
+
+def test_an_unknown_config_name_lists_the_shipped_ones(tmp_path, monkeypatch, e2e, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert e2e.run_cli(["pretrain", "cifar10_vitt"]) == 2
+    line = e2e.error_line(capsys.readouterr().err)
+    assert "config file not found: cifar10_vitt" in line and "cifar10_vit," in line
+
+
+def test_config_show_prints_the_merged_config_and_runs_nothing(tmp_path, monkeypatch, e2e, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = ["config", "show", "cifar10_resnet", "train.epochs=7", "data.path=/x"]
+    assert e2e.run_cli(args) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["enhancer"]["name"] == "resnet10t"  # from the file
+    assert shown["enhancer"]["neck_dim"] == 128
+    assert shown["train"]["epochs"] == 7 and shown["data"]["path"] == "/x"  # overrides
+    assert shown["generator"]["temperature"] == 1.0  # defaults
+    assert list(tmp_path.iterdir()) == []
+    assert e2e.run_cli(["config", "show", "cifar10_vit", "train.nope=1"]) == 2
+    assert "train.nope" in e2e.error_line(capsys.readouterr().err)
+
+
+def test_overrides_may_follow_options(pretrained_runs, image_folder, tmp_path, e2e) -> None:
+    out = tmp_path / "fig.png"
+    argv = ["visualize", str(pretrained_runs("respix")), "--n", "1", "--out", str(out)]
+    assert e2e.run_cli([*argv, f"data.path={image_folder}", "seed=3"]) == 0
+    assert out.is_file()
+
+
+def test_a_stray_word_is_still_a_usage_error(e2e, capsys) -> None:
+    assert e2e.run_cli(["export", "a", "b", "c"]) == 2
+    assert "unrecognized arguments: c" in e2e.error_line(capsys.readouterr().err)
+
+
+def test_configs_are_package_data() -> None:
+    import cimpt
+
+    shipped = Path(cimpt.__file__).parent / "configs"
+    assert (shipped / "defaults.yaml").is_file()
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert '"configs/*.yaml"' in text
