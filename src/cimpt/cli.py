@@ -64,10 +64,18 @@ def _linprobe(args: argparse.Namespace) -> FitResult:
 
 
 def _knn(args: argparse.Namespace) -> None:
-    from cimpt.config import load_config
-    from cimpt.eval.knn import knn_command
+    from pathlib import Path
 
-    knn_command(load_config(args.config, args.overrides))
+    from cimpt.config import load_config
+    from cimpt.eval.knn import DEFAULT_KNN_DIR, knn_command
+
+    cfg = load_config(args.config, args.overrides)
+    # A fine-tuning config's run.dir is that run's: kNN must not write its config.yaml there.
+    named = Path(args.config).is_dir() or any(o.startswith("run.dir=") for o in args.overrides)
+    if not named:
+        cfg.run.dir = DEFAULT_KNN_DIR
+        print(f"note: writing to {DEFAULT_KNN_DIR} (set run.dir=... for another place)")
+    knn_command(cfg)
 
 
 def _demo(args: argparse.Namespace) -> None:

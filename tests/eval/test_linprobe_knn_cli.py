@@ -88,3 +88,22 @@ def test_knn_missing_checkpoint_is_one_line(
     assert code == 2
     assert "does not exist" in e2e.error_line(capsys.readouterr().err)
     assert not run.exists()
+
+
+def test_knn_without_run_dir_leaves_the_config_run_alone(
+    pretrained_runs, image_folder, val_folder, tmp_path: Path, monkeypatch, e2e, capsys
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    argv = [
+        "knn",
+        "cifar10_finetune",  # its run.dir is runs/cifar10_finetune, another run's
+        f"init.checkpoint={pretrained_runs('revdet')}",
+        f"data.path={image_folder}",
+        f"data.val_path={val_folder}",
+        "data.num_workers=0",
+        "run.progress=false",
+    ]
+    assert e2e.run_cli(argv) == 0
+    assert "note: writing to runs/knn" in capsys.readouterr().out
+    assert (tmp_path / "runs" / "knn" / "knn.json").is_file()
+    assert not (tmp_path / "runs" / "cifar10_finetune").exists()

@@ -31,12 +31,11 @@ from cimpt.data.checks import check_paths
 from cimpt.engine.loop import FitResult, Trainer
 from cimpt.engine.rng import seed_model_init
 from cimpt.engine.task import Task
-from cimpt.errors import CimptError
 from cimpt.eval.accuracy import evaluate_classifier, topk_correct
 from cimpt.eval.augment import build_finetune_transforms, build_mixup
 from cimpt.eval.classifier import Classifier, classifier_args, load_backbone_into
 from cimpt.eval.labelled import LabelledData, build_labelled_data
-from cimpt.eval.source import BackboneSource, architecture_mismatch, load_backbone_source
+from cimpt.eval.source import BackboneSource, adopt_architecture, load_backbone_source
 from cimpt.export import BEST_FILE, timm_args
 
 RESULTS_FILE = "results.json"
@@ -204,17 +203,11 @@ class SupervisedTask(Task):
 
 
 def resolve_init(cfg: DictConfig) -> BackboneSource | None:
-    """``init.checkpoint`` read and checked against the config's architecture (or None)."""
+    """``init.checkpoint`` read, its architecture adopted into ``cfg`` (or None: scratch)."""
     if not cfg.init.checkpoint:
         return None
     source = load_backbone_source(str(cfg.init.checkpoint))
-    mismatch = architecture_mismatch(source, cfg)
-    if mismatch:
-        raise CimptError(
-            f"init.checkpoint: {source.path} holds a {source.describe()} enhancer, not what "
-            f"this config builds ({mismatch}); set enhancer.* and data.img_size to the "
-            "checkpoint's (its config.yaml), or init.checkpoint='' for scratch"
-        )
+    adopt_architecture(cfg, source)
     return source
 
 

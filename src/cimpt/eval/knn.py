@@ -33,6 +33,8 @@ from cimpt.eval.source import adopt_from_init
 from cimpt.export import timm_args
 
 KNN_FILE = "knn.json"
+#: Where ``cimpt knn`` writes when no run.dir is given (the config's is another run's).
+DEFAULT_KNN_DIR = "runs/knn"
 
 
 @torch.no_grad()

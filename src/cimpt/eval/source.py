@@ -15,13 +15,14 @@ backbone, the run config it was made with, and its weights (classifier weights d
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from cimpt.config import from_dict
 from cimpt.engine.checkpoint import (
@@ -117,35 +118,35 @@ def _without_head(state: dict[str, torch.Tensor], args: dict[str, Any]) -> dict[
     return {k: v for k, v in state.items() if k in keys}
 
 
-def architecture_mismatch(source: BackboneSource, cfg: DictConfig) -> str | None:
-    """Why ``cfg`` would build another backbone than ``source`` holds (None when the same)."""
-    want = {**timm_args(cfg), "num_classes": 0}
-    if want == source.timm_args:
-        return None
-    keys = sorted(set(want) | set(source.timm_args))
-    diffs = [
-        f"{k}: checkpoint {source.timm_args.get(k)!r} vs config {want.get(k)!r}"
-        for k in keys
-        if want.get(k) != source.timm_args.get(k)
-    ]
-    return "; ".join(diffs)
+#: Config keys that define the backbone a checkpoint holds.
+ARCH_KEYS = ("enhancer.name", "enhancer.patch_size", "enhancer.kwargs", "data.img_size")
 
 
-def adopt_architecture(cfg: DictConfig, source: BackboneSource) -> None:
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value) if isinstance(value, DictConfig) else value
+
+
+def adopt_architecture(cfg: DictConfig, source: BackboneSource) -> list[str]:
     """Copy the keys that define the backbone from the source's config into ``cfg``.
 
-    Used where the architecture is not the user's choice (linear probe, kNN): the checkpoint
-    decides, and ``config.yaml`` of the run records what was really evaluated.
+    The checkpoint decides the architecture (a user should not have to repeat a CNN's
+    name, size and stride), and ``config.yaml`` of the run records what was really trained
+    or evaluated. Prints one note per key whose value changes; returns those keys.
     """
-    src = source.config
-    for key in ("name", "patch_size", "kwargs"):
-        cfg.enhancer[key] = src.enhancer[key]
-    cfg.data.img_size = src.data.img_size
+    changed = []
+    for key in ARCH_KEYS:
+        new, old = OmegaConf.select(source.config, key), OmegaConf.select(cfg, key)
+        if _plain(new) != _plain(old):
+            changed.append(key)
+            shown = json.dumps(_plain(new)) if isinstance(new, DictConfig) else new
+            print(f"note: {key}={shown} (from {source.path})")
+        OmegaConf.update(cfg, key, _plain(new), merge=False)
+    return changed
 
 
 def adopt_from_init(cfg: DictConfig, what: str) -> BackboneSource | None:
-    """``init.checkpoint`` read and adopted into ``cfg`` (linear probe, kNN), or None with a
-    note that ``what`` runs on a randomly initialized backbone."""
+    """``init.checkpoint`` read and adopted into ``cfg``, or None with a note that ``what``
+    runs on a randomly initialized backbone."""
     if not cfg.init.checkpoint:
         print(f"note: init.checkpoint is empty; {what} a randomly initialized backbone")
         return None
