@@ -124,3 +124,32 @@ def test_configs_are_package_data() -> None:
     assert (shipped / "defaults.yaml").is_file()
     text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
     assert '"configs/*.yaml"' in text
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expect"),
+    [
+        ("{in_chans: 1}", "converted to 3-channel RGB"),
+        ("{pretrained: true}", "enhancer.pretrained"),
+        ("{img_size: 64}", "data.img_size"),
+    ],
+)
+def test_kwargs_cimpt_sets_itself_are_one_line(kwargs, expect, tmp_path, e2e, capsys) -> None:
+    run = tmp_path / "run"
+    argv = ["pretrain", "cifar10_vit", f"enhancer.kwargs={kwargs}", f"run.dir={run}"]
+    assert e2e.run_cli(argv) == 2
+    line = e2e.error_line(capsys.readouterr().err)
+    assert "enhancer.kwargs" in line and expect in line
+    assert not run.exists()
+
+
+def test_grayscale_images_are_read_as_rgb(tmp_path) -> None:
+    """What the README promises for one-channel data: 3 equal channels, in_chans stays 3."""
+    from PIL import Image
+
+    from cimpt.data import ImageFolderDataset
+
+    (tmp_path / "a").mkdir()
+    Image.new("L", (8, 8), 77).save(tmp_path / "a" / "g.png")
+    img, label = ImageFolderDataset(tmp_path)[0]
+    assert img.mode == "RGB" and img.getpixel((0, 0)) == (77, 77, 77) and label == 0

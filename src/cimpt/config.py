@@ -349,6 +349,24 @@ def _check_kwargs(kwargs: Any) -> None:
         f"no value for {', '.join(repr(k) for k in empty)} (write 'key: value', with a space "
         "after the colon)",
     )
+    for key, reason in _RESERVED_KWARGS.items():
+        value = (kwargs or {}).get(key)
+        if value is not None and not (key == "in_chans" and value == 3):
+            raise ConfigError(f"config key 'enhancer.kwargs': {key}={value} {reason}")
+
+
+# timm arguments cimpt sets itself; in enhancer.kwargs they would clash or fail late.
+_RESERVED_KWARGS = {
+    "in_chans": (
+        "is not supported: every image is converted to 3-channel RGB on load (grayscale "
+        "too), so the enhancer always sees 3 channels; remove it"
+    ),
+    "pretrained": "is not a model argument; set enhancer.pretrained (timm or a weights file)",
+    "num_classes": "is set by cimpt (0 for pre-training, the data's classes for fine-tuning)",
+    "img_size": "is set by cimpt; use data.img_size",
+    "patch_size": "is set by cimpt; use enhancer.patch_size",
+    "drop_path_rate": "is set by cimpt; use enhancer.drop_path",
+}
 
 
 def validate(cfg: DictConfig) -> None:
