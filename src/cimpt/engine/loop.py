@@ -328,7 +328,10 @@ class Trainer:
                 if i < skip:  # streaming data cannot seek: fast-forward instead
                     continue
                 self.state.batch_in_epoch += 1
-                self.state.skipped_images += int(batch.get("skipped", 0))
+                if self.state.epoch == 0:
+                    # Unreadable files, each counted once: every epoch reads the same files,
+                    # so counting later epochs too reported one broken file once per epoch.
+                    self.state.skipped_images += int(batch.get("skipped", 0))
                 if "x" in batch and self.task.batch_size_of(batch) == 0:
                     continue  # every image of this batch was unreadable
                 yield batch
