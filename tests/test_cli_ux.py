@@ -153,3 +153,19 @@ def test_grayscale_images_are_read_as_rgb(tmp_path) -> None:
     Image.new("L", (8, 8), 77).save(tmp_path / "a" / "g.png")
     img, label = ImageFolderDataset(tmp_path)[0]
     assert img.mode == "RGB" and img.getpixel((0, 0)) == (77, 77, 77) and label == 0
+
+
+def test_tiff_files_are_images(tmp_path) -> None:
+    """8-bit and 16-bit TIFF (scans, microscopy) are found and read, not silently ignored."""
+    import numpy as np
+    from PIL import Image
+
+    from cimpt.data import ImageFolderDataset
+
+    (tmp_path / "a").mkdir()
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(tmp_path / "a" / "rgb.tif")
+    Image.fromarray(np.full((8, 8), 65535, dtype=np.uint16)).save(tmp_path / "a" / "deep.TIFF")
+    ds = ImageFolderDataset(tmp_path)
+    assert [f.name for f in ds.files] == ["deep.TIFF", "rgb.tif"]
+    assert ds[0][0].getpixel((0, 0)) == (255, 255, 255)  # 16-bit white stays white
+    assert ds[1][0].getpixel((0, 0)) == (10, 20, 30)
