@@ -169,3 +169,12 @@ def test_tiff_files_are_images(tmp_path) -> None:
     assert [f.name for f in ds.files] == ["deep.TIFF", "rgb.tif"]
     assert ds[0][0].getpixel((0, 0)) == (255, 255, 255)  # 16-bit white stays white
     assert ds[1][0].getpixel((0, 0)) == (10, 20, 30)
+
+
+def test_resume_auto_without_a_checkpoint_says_it_starts_fresh(
+    cim_overrides, tmp_path, e2e, capsys
+):
+    run = tmp_path / "run"
+    argv = ["pretrain", "cifar10_vit", *cim_overrides(run, steps=1), "resume=auto"]
+    assert e2e.run_cli(argv) == 0
+    assert f"note: resume=auto: no checkpoint in {run}; starting fresh" in capsys.readouterr().out

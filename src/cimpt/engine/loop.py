@@ -294,6 +294,10 @@ class Trainer:
     def _maybe_resume(self) -> Path | None:
         ckpt = find_resume_checkpoint(self.cfg.resume, self.run_dir)
         if ckpt is None:
+            if self.cfg.resume == "auto" and self.dist.is_main:
+                # Say so: a user who meant to continue (a typo in run.dir) would otherwise
+                # only notice from the step count.
+                print(f"note: resume=auto: no checkpoint in {self.run_dir}; starting fresh")
             return None
         self.state = restore(
             ckpt, self.task, self.cfg, self.optimizer, self.scaler, LoopState, self.device
