@@ -6,6 +6,7 @@ either the work or one ``error:`` line before any work (nothing written).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -178,3 +179,20 @@ def test_resume_auto_without_a_checkpoint_says_it_starts_fresh(
     argv = ["pretrain", "cifar10_vit", *cim_overrides(run, steps=1), "resume=auto"]
     assert e2e.run_cli(argv) == 0
     assert f"note: resume=auto: no checkpoint in {run}; starting fresh" in capsys.readouterr().out
+
+
+def test_tensorboard_tags_are_grouped_and_jsonl_keys_unchanged(cim_overrides, tmp_path, e2e):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    argv = ["pretrain", "cifar10_vit", *cim_overrides(run, steps=1), "run.tensorboard=true"]
+    assert e2e.run_cli(argv) == 0
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    for tag in ("pretrain/loss", "gen/gen_loss", "gen/gen_acc", "enh/enh_loss", "optim/lr"):
+        assert tag in tags, sorted(tags)
+    assert "system/img_per_s" in tags and "loss" not in tags
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"loss", "gen_loss", "enh_loss", "lr", "img_per_s"} <= set(record)

@@ -207,7 +207,11 @@ class Trainer:
         )
         self.wrapped = self._wrap(self.model)
         self.logger = MetricsLogger(
-            self.run_dir, self.dist.is_main, cfg.run.tensorboard, start_step=self.state.step
+            self.run_dir,
+            self.dist.is_main,
+            cfg.run.tensorboard,
+            start_step=self.state.step,
+            kind=self.task.kind,
         )
         if self.dist.is_main:
             save_config(cfg, self.run_dir / "config.yaml")
