@@ -196,3 +196,16 @@ def test_tensorboard_tags_are_grouped_and_jsonl_keys_unchanged(cim_overrides, tm
     assert "system/img_per_s" in tags and "loss" not in tags
     record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert {"loss", "gen_loss", "enh_loss", "lr", "img_per_s"} <= set(record)
+
+
+def test_the_readme_python_example_runs(cim_overrides, tmp_path) -> None:
+    """README "From Python", with the tiny run's overrides: the names it uses exist."""
+    from cimpt.export import load_exported_backbone
+    from cimpt.pretrain import pretrain
+
+    cfg = load_config("cifar10_vit", cim_overrides(tmp_path / "run", steps=1))
+    result = pretrain(cfg)
+    assert result.run_dir == tmp_path / "run" and result.state.step == 1
+    assert result.last_metrics["loss"] > 0
+    encoder = load_exported_backbone(result.run_dir / "enhancer.safetensors")
+    assert encoder.num_features == 32
