@@ -420,6 +420,7 @@ def build_cim(cfg: DictConfig, tokenizer: ImageTokenizer) -> CIM:
         float(e.drop_path),
         _plain_kwargs(e.kwargs),
         int(e.neck_dim),
+        str(e.pretrained),
     )
     head: nn.Module = (
         RespixHead(enhancer.out_dim, enhancer.patch_size)

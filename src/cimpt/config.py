@@ -96,6 +96,7 @@ class EnhancerConfig:
     drop_path: float = 0.1
     kwargs: dict[str, Any] = field(default_factory=dict)
     neck_dim: int = 256
+    pretrained: str = ""
 
 
 @dataclass

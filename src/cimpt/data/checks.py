@@ -57,6 +57,15 @@ def _file_problem(key: str, path: str) -> str | None:
     return None
 
 
+def _pretrained_problem(value: str) -> str | None:
+    """``enhancer.pretrained``: '', 'timm', or a weights file that exists."""
+    if value in ("", "timm"):
+        return None
+    if not Path(value).expanduser().is_file():
+        return f"enhancer.pretrained: {value} is not a weights file (use '', 'timm' or a path)"
+    return None
+
+
 def _val_problem(cfg: DictConfig, val: ValUse) -> str | None:
     d = cfg.data
     if val == "unused":
@@ -93,6 +102,7 @@ def check_paths(
         _val_problem(cfg, val),
         _file_problem("tokenizer.checkpoint", str(cfg.tokenizer.checkpoint)) if tokenizer else None,
         _file_problem("init.checkpoint", str(cfg.init.checkpoint)) if init else None,
+        _pretrained_problem(str(cfg.enhancer.pretrained)),
     ]
     found = [p for p in problems if p]
     if found:

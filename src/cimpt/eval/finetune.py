@@ -211,6 +211,14 @@ def resolve_init(cfg: DictConfig) -> BackboneSource | None:
     return source
 
 
+def start_weights(cfg: DictConfig, source: BackboneSource | None) -> str:
+    """``enhancer.pretrained`` unless ``init.checkpoint`` gives the weights (with a note)."""
+    if source is not None and cfg.enhancer.pretrained:
+        print("note: enhancer.pretrained is not used: init.checkpoint gives the weights")
+        return ""
+    return str(cfg.enhancer.pretrained)
+
+
 def build_finetune_task(cfg: DictConfig) -> SupervisedTask:
     """Check everything (checkpoint, labels, label fraction) before anything is written."""
     check_paths(cfg, val="required", init=True)
@@ -224,7 +232,7 @@ def build_finetune_task(cfg: DictConfig) -> SupervisedTask:
         float(cfg.enhancer.drop_path),
         str(cfg.finetune.global_pool),
     )
-    net = Classifier(args)
+    net = Classifier(args, start_weights(cfg, source))
     if source is not None:
         load_backbone_into(net.backbone, source.state, str(source.path))
     model = SupervisedModel(net, build_mixup(cfg, data.num_classes), cfg.finetune.smoothing)

@@ -13,7 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
@@ -28,9 +27,11 @@ from cimpt.engine.distributed import pick_device
 from cimpt.engine.precision import autocast, describe, resolve_amp
 from cimpt.eval.augment import NormalizedEval
 from cimpt.eval.classifier import classifier_args, load_backbone_into
+from cimpt.eval.finetune import start_weights
 from cimpt.eval.labelled import build_labelled_data
 from cimpt.eval.source import adopt_from_init
 from cimpt.export import timm_args
+from cimpt.models.weights import create_timm_model
 
 KNN_FILE = "knn.json"
 #: Where ``cimpt knn`` writes when no run.dir is given (the config's is another run's).
@@ -99,8 +100,9 @@ def knn_command(cfg: DictConfig) -> dict[str, Any]:
     view = NormalizedEval(int(cfg.data.img_size), list(cfg.data.mean), list(cfg.data.std))
     data = build_labelled_data(cfg, view, view)
     torch.manual_seed(int(cfg.seed))  # the random-init baseline is reproducible
-    model = timm.create_model(
-        pretrained=False, **classifier_args(timm_args(cfg), 0, 0.0, str(cfg.finetune.global_pool))
+    model = create_timm_model(
+        start_weights(cfg, source),
+        **classifier_args(timm_args(cfg), 0, 0.0, str(cfg.finetune.global_pool)),
     )
     if source is not None:
         load_backbone_into(model, source.state, str(source.path))
