@@ -77,7 +77,15 @@ def test_empty_val_path_is_an_error_where_evaluation_is_required(
     assert "data.val_path: empty" in e2e.error_line(capsys.readouterr().err)
 
 
-@pytest.mark.parametrize("name", ["cifar10_vit", "cifar10_vit.yaml", "configs/cifar10_vit.yaml"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "cifar10_vit",
+        "cifar10_vit.yaml",
+        "configs/cifar10_vit.yaml",
+        "/old/repo/configs/cifar10_vit.yaml",
+    ],
+)
 def test_shipped_configs_load_by_name_from_anywhere(name, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)  # outside the repository
     cfg = load_config(name, ["train.epochs=3"])

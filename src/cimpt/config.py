@@ -262,14 +262,15 @@ def resolve_config_path(path: str | Path) -> Path:
     """A config file, run directory, or the name of a shipped config.
 
     An existing path is taken as it is. Otherwise ``NAME``, ``NAME.yaml`` and
-    ``configs/NAME.yaml`` (the form the docs use, from any working directory) name a config
-    shipped in ``cimpt/configs``. Anything else is an error listing the shipped names.
+    ``.../configs/NAME.yaml`` (the form the docs use, and the repository's layout before the
+    configs moved into the package) name a config shipped in ``cimpt/configs``. Anything else
+    is an error listing the shipped names.
     """
     p = Path(path).expanduser()
     if p.exists():
         return p
     name = p.name if p.suffix in (".yaml", ".yml") else f"{p.name}.yaml"
-    if p.parent in (Path("."), Path("configs")) and (CONFIG_DIR / name).is_file():
+    if p.parent.name in ("", "configs") and (CONFIG_DIR / name).is_file():
         return CONFIG_DIR / name
     raise ConfigError(
         f"config file not found: {path} (shipped configs, usable by name: "
