@@ -217,3 +217,10 @@ def test_the_readme_python_example_runs(cim_overrides, tmp_path) -> None:
     assert result.last_metrics["loss"] > 0
     encoder = load_exported_backbone(result.run_dir / "enhancer.safetensors")
     assert encoder.num_features == 32
+
+
+def test_an_own_config_builds_on_a_shipped_one(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.yaml").write_text("base: cifar10_vit.yaml\ntrain:\n  epochs: 9\n")
+    cfg = load_config("mine.yaml")
+    assert cfg.train.epochs == 9 and cfg.enhancer.kwargs["embed_dim"] == 192

@@ -230,10 +230,12 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(
             f"config file {path} must hold a mapping of keys, not {type(data).__name__}"
         )
-    # A file may name a base file to build on, relative to itself.
+    # A file may name a base file to build on, relative to itself, or a shipped config by
+    # name (so a user's own file outside the repository can build on cifar10_vit).
     base = data.pop("base", None)
     if base:
-        merged = _read_yaml(path.parent / str(base))
+        beside = path.parent / str(base)
+        merged = _read_yaml(beside if beside.exists() else resolve_config_path(str(base)))
         return _deep_merge(merged, data)
     return data
 
