@@ -67,11 +67,14 @@ def _knn(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from cimpt.config import load_config
-    from cimpt.eval.knn import DEFAULT_KNN_DIR, knn_command
+    from cimpt.eval.knn import DEFAULT_KNN_DIR, KNN_FILE, knn_command
 
     cfg = load_config(args.config, args.overrides)
-    # A fine-tuning config's run.dir is that run's: kNN must not write its config.yaml there.
-    named = Path(args.config).is_dir() or any(o.startswith("run.dir=") for o in args.overrides)
+    # A fine-tuning config's (or run's) run.dir is that run's: kNN must not write its
+    # config.yaml there. Only run.dir=... or an earlier kNN run directory names the place.
+    named = any(o.startswith("run.dir=") for o in args.overrides) or (
+        Path(args.config, KNN_FILE).is_file()
+    )
     if not named:
         cfg.run.dir = DEFAULT_KNN_DIR
         print(f"note: writing to {DEFAULT_KNN_DIR} (set run.dir=... for another place)")
@@ -153,7 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="", help="output PNG (default: run.dir/figures/)")
     p.add_argument("--n", type=int, default=8, help="number of images")
     p.set_defaults(func=_visualize)
-    p = sub.add_parser("export", help="the enhancer alone, loadable into the timm model")
+    p = sub.add_parser(
+        "export", help="a trained network as the plain timm model (one file or a timm folder)"
+    )
     p.add_argument(
         "checkpoint",
         help="pre-training, fine-tuning or linear-probe run or checkpoint, or best.safetensors",

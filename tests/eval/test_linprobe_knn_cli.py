@@ -107,3 +107,12 @@ def test_knn_without_run_dir_leaves_the_config_run_alone(
     assert "note: writing to runs/knn" in capsys.readouterr().out
     assert (tmp_path / "runs" / "knn" / "knn.json").is_file()
     assert not (tmp_path / "runs" / "cifar10_finetune").exists()
+    # Nor into a run directory given as the config (its config.yaml stays the run's).
+    pre = pretrained_runs("revdet")
+    before = (pre / "config.yaml").read_text()
+    assert e2e.run_cli(["knn", str(pre), *argv[2:]]) == 0
+    assert (pre / "config.yaml").read_text() == before and not (pre / "knn.json").exists()
+    # An earlier kNN run directory is the place to write again.
+    capsys.readouterr()
+    assert e2e.run_cli(["knn", "runs/knn", *argv[2:]]) == 0
+    assert "note: writing" not in capsys.readouterr().out
