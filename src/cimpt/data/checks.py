@@ -44,6 +44,8 @@ def _data_problem(key: str, path: str, source: str) -> str | None:
         return str(exc)
     if kind != "folder":
         return None  # bundled, torchvision and tar shards are checked where they are opened
+    if not path:
+        return f"{key}: empty, but data.source=folder needs an image folder"
     root = Path(path).expanduser()
     if not root.is_dir():
         return f"{key}: {root} is not a folder"
