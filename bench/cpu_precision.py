@@ -48,7 +48,7 @@ from gpu_check import machine
 from records import git_commit
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIG = ROOT / "configs" / "cifar10_vit.yaml"
+CONFIG = ROOT / "src" / "cimpt" / "configs" / "cifar10_vit.yaml"
 AMPS = {"fp32": "none", "bf16": "bf16"}
 
 

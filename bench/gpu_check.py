@@ -59,7 +59,7 @@ from cimpt.tokenizers.load import save_tokenizer
 from compute import matmul_peak, step_flops, sync
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIG = ROOT / "configs" / "imagenet_vit_b.yaml"
+CONFIG = ROOT / "src" / "cimpt" / "configs" / "imagenet_vit_b.yaml"
 RATIO_TARGET = 0.35
 # The tiny variant: every size shrunk, same structure (used by the test suite on CPU).
 TINY = {

@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-CIM_CONFIG = REPO / "configs" / "cifar10_vit.yaml"
-TOKENIZER_CONFIG = REPO / "configs" / "cifar10_tokenizer.yaml"
+CIM_CONFIG = REPO / "src" / "cimpt" / "configs" / "cifar10_vit.yaml"
+TOKENIZER_CONFIG = REPO / "src" / "cimpt" / "configs" / "cifar10_tokenizer.yaml"
 
 IMG_SIZE = 32
 N_PER_CLASS = 12
@@ -219,7 +219,7 @@ def e2e() -> SimpleNamespace:
         CIM_CONFIG=CIM_CONFIG,
         TOKENIZER_CONFIG=TOKENIZER_CONFIG,
         TOKENIZER_ARCH=dict(TOKENIZER_ARCH),
-        IMAGENET_CONFIG=REPO / "configs" / "imagenet_vit_b.yaml",
+        IMAGENET_CONFIG=REPO / "src" / "cimpt" / "configs" / "imagenet_vit_b.yaml",
         run_cli=run_cli,
         run_two_ranks=run_two_ranks,
         error_line=error_line,

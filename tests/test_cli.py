@@ -141,3 +141,21 @@ def test_corrupt_image_is_skipped_and_counted(tmp_path, e2e) -> None:
     last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["step"] == 2 and last["skipped_images"] == 1
     assert (run / "tokenizer.safetensors").is_file()
+
+
+def test_a_broken_file_is_counted_once_over_many_epochs(tmp_path, e2e) -> None:
+    folder = e2e.write_image_folder(tmp_path / "images", n_per_class=4)  # 8 images
+    (folder / "dogs" / "001.png").write_bytes(b"truncated")
+    run = tmp_path / "run"
+    # Batch 4, 8 steps: four epochs, each reading the broken file again.
+    argv = [
+        "tokenizer",
+        "train",
+        str(e2e.TOKENIZER_CONFIG),
+        *e2e.tiny_tokenizer_overrides(run, folder, steps=8),
+    ]
+    with pytest.warns(BrokenImageWarning, match="001.png"):
+        assert e2e.run_cli(argv) == 0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["epoch"] >= 3
+    assert records[-1]["skipped_images"] == 1  # one file, not one per epoch

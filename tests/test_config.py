@@ -8,21 +8,28 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from cimpt.config import RootConfig, load_config, save_config, token_grid, tokenizer_resolution
+from cimpt.config import (
+    CONFIG_DIR,
+    RootConfig,
+    load_config,
+    save_config,
+    token_grid,
+    tokenizer_resolution,
+)
 from cimpt.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_defaults_file_matches_schema() -> None:
-    documented = yaml.safe_load((REPO / "configs" / "defaults.yaml").read_text())
+    documented = yaml.safe_load((CONFIG_DIR / "defaults.yaml").read_text())
     schema = OmegaConf.to_container(OmegaConf.structured(RootConfig))
     assert documented == schema
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
+@pytest.mark.parametrize("name", sorted(p.name for p in (CONFIG_DIR).glob("*.yaml")))
 def test_every_shipped_config_loads(name: str) -> None:
-    load_config(REPO / "configs" / name)
+    load_config(CONFIG_DIR / name)
 
 
 def test_layering_file_then_overrides(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from cimpt.engine.loop import FitResult
 
 Handler = Callable[[argparse.Namespace], object]
+CONFIG_HELP = "YAML file, run directory, or a shipped config's name (cimpt config list)"
 
 
 def _tokenizer_train(args: argparse.Namespace) -> FitResult:
@@ -63,10 +64,21 @@ def _linprobe(args: argparse.Namespace) -> FitResult:
 
 
 def _knn(args: argparse.Namespace) -> None:
-    from cimpt.config import load_config
-    from cimpt.eval.knn import knn_command
+    from pathlib import Path
 
-    knn_command(load_config(args.config, args.overrides))
+    from cimpt.config import load_config
+    from cimpt.eval.knn import DEFAULT_KNN_DIR, KNN_FILE, knn_command
+
+    cfg = load_config(args.config, args.overrides)
+    # A fine-tuning config's (or run's) run.dir is that run's: kNN must not write its
+    # config.yaml there. Only run.dir=... or an earlier kNN run directory names the place.
+    named = any(o.startswith("run.dir=") for o in args.overrides) or (
+        Path(args.config, KNN_FILE).is_file()
+    )
+    if not named:
+        cfg.run.dir = DEFAULT_KNN_DIR
+        print(f"note: writing to {DEFAULT_KNN_DIR} (set run.dir=... for another place)")
+    knn_command(cfg)
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -79,6 +91,20 @@ def _visualize(args: argparse.Namespace) -> None:
     from cimpt.visualize import visualize_command
 
     print(f"wrote {visualize_command(args.checkpoint, args.overrides, args.out, args.n)}")
+
+
+def _config_show(args: argparse.Namespace) -> None:
+    from cimpt.config import load_config, to_yaml
+
+    print(to_yaml(load_config(args.config, args.overrides)), end="")
+
+
+def _config_list(args: argparse.Namespace) -> None:
+    from cimpt.config import CONFIG_DIR, packaged_configs
+
+    print(f"shipped configs ({CONFIG_DIR}), usable by name, e.g. `cimpt pretrain cifar10_vit`:")
+    for name in packaged_configs():
+        print(f"  {name}")
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -98,7 +124,7 @@ def _add_config_command(
     sub: argparse._SubParsersAction, name: str, help_: str, fn: Handler
 ) -> None:
     p = sub.add_parser(name, help=help_)
-    p.add_argument("config", help="YAML config file")
+    p.add_argument("config", help=CONFIG_HELP)
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.batch_size=64")
     p.set_defaults(func=fn)
 
@@ -130,13 +156,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="", help="output PNG (default: run.dir/figures/)")
     p.add_argument("--n", type=int, default=8, help="number of images")
     p.set_defaults(func=_visualize)
-    p = sub.add_parser("export", help="the enhancer alone, loadable into the timm model")
-    p.add_argument("checkpoint", help="pre-training checkpoint dir or run dir")
-    p.add_argument("out", help="output .safetensors")
+    p = sub.add_parser(
+        "export", help="a trained network as the plain timm model (one file or a timm folder)"
+    )
+    p.add_argument(
+        "checkpoint",
+        help="pre-training, fine-tuning or linear-probe run or checkpoint, or best.safetensors",
+    )
+    p.add_argument("out", help="output: NAME.safetensors (one file) or a folder (timm layout)")
     p.set_defaults(func=_export)
 
+    cfg = sub.add_parser("config", help="show a merged config, or list the shipped ones")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True, parser_class=_Parser)
+    _add_config_command(cfg_sub, "show", "print the merged config without running", _config_show)
+    p = cfg_sub.add_parser("list", help="the configs shipped with cimpt, usable by name")
+    p.set_defaults(func=_config_list)
+
     tok = sub.add_parser("tokenizer", help="train, evaluate or convert an image tokenizer")
-    tok_sub = tok.add_subparsers(dest="tokenizer_command", required=True)
+    tok_sub = tok.add_subparsers(dest="tokenizer_command", required=True, parser_class=_Parser)
     _add_config_command(tok_sub, "train", "train a VQ-VAE tokenizer", _tokenizer_train)
     p = tok_sub.add_parser("eval", help="reconstruction PSNR and codebook usage on held-out images")
     p.add_argument("checkpoint", help="tokenizer .safetensors file, checkpoint dir or run dir")
@@ -152,9 +189,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parse_args``, but ``key=value`` overrides may also follow the options.
+
+    argparse fills the ``overrides`` list at the first run of positionals, so in
+    ``cimpt visualize RUN --n 3 data.path=...`` the override would be left over; left-over
+    ``key=value`` words are appended to the overrides in command-line order instead.
+    """
+    args, extra = parser.parse_known_args(argv)
+    late = [a for a in extra if "=" in a and not a.startswith("-")]
+    unknown = [a for a in extra if a not in late]
+    if unknown or (late and not isinstance(getattr(args, "overrides", None), list)):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or late)}")
+    if late:
+        args.overrides = [*args.overrides, *late]
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     try:
         result = args.func(args)
     except CimptError as exc:

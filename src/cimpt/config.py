@@ -4,8 +4,8 @@ The schema is a tree of dataclasses merged with OmegaConf in struct mode, so an 
 a value of the wrong type is an error that names the key. ``validate`` then checks the sizes
 that must agree with each other (METHOD.md step 1: the token grid must equal the enhancer's
 patch grid) before any work starts. The merged config is written into each run directory.
-Every key is documented in ``configs/defaults.yaml``; a test keeps that file and this schema
-identical.
+Every key is documented in ``configs/defaults.yaml`` (shipped as ``cimpt/configs``); a test
+keeps that file and this schema identical.
 """
 
 from __future__ import annotations
@@ -112,6 +112,7 @@ class EnhancerConfig:
     drop_path: float = 0.1
     kwargs: dict[str, Any] = field(default_factory=dict)
     neck_dim: int = 256
+    pretrained: str = ""
 
 
 @dataclass
@@ -249,10 +250,12 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(
             f"config file {path} must hold a mapping of keys, not {type(data).__name__}"
         )
-    # A file may name a base file to build on, relative to itself.
+    # A file may name a base file to build on, relative to itself, or a shipped config by
+    # name (so a user's own file outside the repository can build on cifar10_vit).
     base = data.pop("base", None)
     if base:
-        merged = _read_yaml(path.parent / str(base))
+        beside = path.parent / str(base)
+        merged = _read_yaml(beside if beside.exists() else resolve_config_path(str(base)))
         return _deep_merge(merged, data)
     return data
 
@@ -268,12 +271,42 @@ def _deep_merge(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> dict[
     return out
 
 
+#: The configs shipped with the package (``cimpt pretrain cifar10_vit`` works anywhere).
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def packaged_configs() -> list[str]:
+    """Names of the shipped configs (without ``.yaml``), sorted."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A config file, run directory, or the name of a shipped config.
+
+    An existing path is taken as it is. Otherwise ``NAME``, ``NAME.yaml`` and
+    ``.../configs/NAME.yaml`` (the form the docs use, and the repository's layout before the
+    configs moved into the package) name a config shipped in ``cimpt/configs``. Anything else
+    is an error listing the shipped names.
+    """
+    p = Path(path).expanduser()
+    if p.exists():
+        return p
+    name = p.name if p.suffix in (".yaml", ".yml") else f"{p.name}.yaml"
+    if p.parent.name in ("", "configs") and (CONFIG_DIR / name).is_file():
+        return CONFIG_DIR / name
+    raise ConfigError(
+        f"config file not found: {path} (shipped configs, usable by name: "
+        f"{', '.join(packaged_configs())})"
+    )
+
+
 def load_config(
     path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> DictConfig:
     """Build the config: typed defaults, then the YAML file, then ``key=value`` overrides.
 
-    ``path`` may be a run directory: its ``config.yaml`` (the merged config the run was
+    ``path`` may be the name of a shipped config (``resolve_config_path``) or a run
+    directory: its ``config.yaml`` (the merged config the run was
     started with) is read, so ``cimpt pretrain RUN_DIR resume=auto`` continues a run.
 
     Raises ``ConfigError`` with one line naming the key for unknown keys, wrong types and
@@ -281,6 +314,7 @@ def load_config(
     """
     cfg = _schema()
     run_dir = None
+    path = resolve_config_path(path) if path is not None else None
     if path is not None and Path(path).is_dir() and (Path(path) / "config.yaml").is_file():
         run_dir, path = Path(path), Path(path) / "config.yaml"  # the config it ran with
     if path is not None:
@@ -339,6 +373,24 @@ def _check_kwargs(kwargs: Any) -> None:
         f"no value for {', '.join(repr(k) for k in empty)} (write 'key: value', with a space "
         "after the colon)",
     )
+    for key, reason in _RESERVED_KWARGS.items():
+        value = (kwargs or {}).get(key)
+        if value is not None and not (key == "in_chans" and value == 3):
+            raise ConfigError(f"config key 'enhancer.kwargs': {key}={value} {reason}")
+
+
+# timm arguments cimpt sets itself; in enhancer.kwargs they would clash or fail late.
+_RESERVED_KWARGS = {
+    "in_chans": (
+        "is not supported: every image is converted to 3-channel RGB on load (grayscale "
+        "too), so the enhancer always sees 3 channels; remove it"
+    ),
+    "pretrained": "is not a model argument; set enhancer.pretrained (timm or a weights file)",
+    "num_classes": "is set by cimpt (0 for pre-training, the data's classes for fine-tuning)",
+    "img_size": "is set by cimpt; use data.img_size",
+    "patch_size": "is set by cimpt; use enhancer.patch_size",
+    "drop_path_rate": "is set by cimpt; use enhancer.drop_path",
+}
 
 
 def _check_baselines(cfg: DictConfig) -> None:

@@ -88,9 +88,14 @@ def run_demo(overrides: list[str]) -> Path:
     print(f"  metrics: {root / 'cim' / 'metrics.jsonl'}")
     print(f"  encoder: {root / 'cim' / 'enhancer.safetensors'}")
     print("next, on your own images:")
-    print("  cimpt tokenizer train configs/cifar10_tokenizer.yaml data.path=/your/images")
+    # Shipped configs by name (any directory); data.val_path= skips the tokenizer evaluation
+    # instead of pointing at the CIFAR-10 folder the config names.
     print(
-        "  cimpt pretrain configs/cifar10_vit.yaml data.path=/your/images "
+        "  cimpt tokenizer train cifar10_tokenizer data.path=/your/images "
+        "data.val_path=/your/held_out   (or data.val_path= for no evaluation)"
+    )
+    print(
+        "  cimpt pretrain cifar10_vit data.path=/your/images "
         "tokenizer.checkpoint=runs/cifar10_tokenizer"
     )
     return root

@@ -104,7 +104,9 @@ def build_cim_task(cfg: DictConfig, tokenizer: ImageTokenizer | None = None) -> 
         build_mask_generator,
         build_two_view_transform,
     )
+    from cimpt.data.checks import check_paths
 
+    check_paths(cfg, tokenizer=tokenizer is None)
     seed_model_init(int(cfg.seed), bool(cfg.train.deterministic))
 
     tok = tokenizer

@@ -8,7 +8,9 @@ from types import SimpleNamespace
 
 import pytest
 
-FINETUNE_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "cifar10_finetune.yaml"
+from cimpt.config import CONFIG_DIR
+
+FINETUNE_CONFIG = CONFIG_DIR / "cifar10_finetune.yaml"
 LINPROBE_CONFIG = FINETUNE_CONFIG.with_name("cifar10_linprobe.yaml")
 # The tiny enhancer of tests/conftest.py's CIM runs; fine-tuning must build the same one.
 TINY_ARCH = "enhancer.kwargs={embed_dim: 32, depth: 1, num_heads: 2}"

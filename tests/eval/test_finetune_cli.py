@@ -16,9 +16,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cimpt.config import CONFIG_DIR, load_config
 from cimpt.engine.checkpoint import latest_checkpoint
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "cifar10_finetune.yaml"
+CONFIG = CONFIG_DIR / "cifar10_finetune.yaml"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -120,7 +121,6 @@ def test_label_fraction_is_class_balanced_and_resume_keeps_the_best(
         ("fraction", "leaves class"),
         ("unlabelled", "has no labels"),
         ("missing", "does not exist"),
-        ("arch", "not what this config builds"),
         ("tokenizer", "holds no enhancer"),
     ],
 )
@@ -139,10 +139,6 @@ def test_bad_input_is_one_line_and_writes_nothing(
         "fraction": ("data.label_fraction=0.01",),
         "unlabelled": (f"data.path={_unlabelled(tmp_path, e2e)}",),
         "missing": (f"init.checkpoint={tmp_path / 'nope'}",),
-        "arch": (
-            f"init.checkpoint={pretrained_runs('respix')}",
-            "enhancer.kwargs={embed_dim: 48, depth: 1, num_heads: 2}",
-        ),
         "tokenizer": (f"init.checkpoint={tokenizer_run}",),
     }[case]
     capsys.readouterr()
@@ -177,3 +173,27 @@ def test_same_seed_same_weights_other_seed_others(
     assert a.keys() == b.keys() == other.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], other[k]) for k in a)
+
+
+def test_finetune_reads_the_architecture_from_its_checkpoint(
+    pretrained_runs, ft_overrides, tmp_path: Path, e2e: SimpleNamespace, capsys
+) -> None:
+    """The config asks for another width, size and patch; the checkpoint's are used, each
+    with a note, and config.yaml records what was really fine-tuned."""
+    run = tmp_path / "ft"
+    pre = pretrained_runs("respix")
+    extra = (
+        f"init.checkpoint={pre}",
+        "enhancer.kwargs={embed_dim: 48, depth: 2, num_heads: 2}",
+        "data.img_size=64",
+        "enhancer.patch_size=8",
+    )
+    capsys.readouterr()
+    assert e2e.run_cli(["finetune", str(CONFIG), *ft_overrides(run, steps=1, extra=extra)]) == 0
+    notes = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("note:")]
+    for key in ("enhancer.kwargs=", "data.img_size=32", "enhancer.patch_size=4"):
+        assert any(key in n and str(pre) in n for n in notes), (key, notes)
+    assert not any("enhancer.name" in n for n in notes)  # unchanged keys are not noted
+    saved = load_config(run)
+    assert saved.data.img_size == 32 and saved.enhancer.patch_size == 4
+    assert dict(saved.enhancer.kwargs) == {"embed_dim": 32, "depth": 1, "num_heads": 2}

@@ -10,14 +10,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from cimpt.config import load_config
+from cimpt.config import CONFIG_DIR, load_config
 from cimpt.eval.accuracy import evaluate_classifier
 from cimpt.eval.augment import build_finetune_transforms
 from cimpt.eval.classifier import Classifier, classifier_args
 from cimpt.eval.labelled import labelled_split
 from cimpt.export import timm_args
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "cifar10_finetune.yaml"
+CONFIG = CONFIG_DIR / "cifar10_finetune.yaml"
 
 _WORKER = """
 import os, sys, torch

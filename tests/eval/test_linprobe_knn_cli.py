@@ -15,9 +15,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cimpt.config import CONFIG_DIR
 from cimpt.engine.checkpoint import latest_checkpoint
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = CONFIG_DIR
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -87,3 +88,31 @@ def test_knn_missing_checkpoint_is_one_line(
     assert code == 2
     assert "does not exist" in e2e.error_line(capsys.readouterr().err)
     assert not run.exists()
+
+
+def test_knn_without_run_dir_leaves_the_config_run_alone(
+    pretrained_runs, image_folder, val_folder, tmp_path: Path, monkeypatch, e2e, capsys
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    argv = [
+        "knn",
+        "cifar10_finetune",  # its run.dir is runs/cifar10_finetune, another run's
+        f"init.checkpoint={pretrained_runs('revdet')}",
+        f"data.path={image_folder}",
+        f"data.val_path={val_folder}",
+        "data.num_workers=0",
+        "run.progress=false",
+    ]
+    assert e2e.run_cli(argv) == 0
+    assert "note: writing to runs/knn" in capsys.readouterr().out
+    assert (tmp_path / "runs" / "knn" / "knn.json").is_file()
+    assert not (tmp_path / "runs" / "cifar10_finetune").exists()
+    # Nor into a run directory given as the config (its config.yaml stays the run's).
+    pre = pretrained_runs("revdet")
+    before = (pre / "config.yaml").read_text()
+    assert e2e.run_cli(["knn", str(pre), *argv[2:]]) == 0
+    assert (pre / "config.yaml").read_text() == before and not (pre / "knn.json").exists()
+    # An earlier kNN run directory is the place to write again.
+    capsys.readouterr()
+    assert e2e.run_cli(["knn", "runs/knn", *argv[2:]]) == 0
+    assert "note: writing" not in capsys.readouterr().out

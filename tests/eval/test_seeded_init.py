@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import torch
 
-from cimpt.config import load_config
+from cimpt.config import CONFIG_DIR, load_config
 
-FINETUNE_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "cifar10_finetune.yaml"
+FINETUNE_CONFIG = CONFIG_DIR / "cifar10_finetune.yaml"
 
 
 def _initial_weights(build: Callable[[Any], Any], cfg: Any) -> dict[str, torch.Tensor]:

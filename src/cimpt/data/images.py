@@ -19,7 +19,8 @@ from typing import IO
 import numpy as np
 from PIL import Image, ImageOps
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+# TIFF is common for microscopy and scans; PIL reads it (16-bit too, see to_rgb).
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
 # Transparent pixels are composited onto white: images with an alpha channel are mostly
 # graphics or cut-outs meant to be shown on a light page. Dropping alpha instead would expose

@@ -207,7 +207,11 @@ class Trainer:
         )
         self.wrapped = self._wrap(self.model)
         self.logger = MetricsLogger(
-            self.run_dir, self.dist.is_main, cfg.run.tensorboard, start_step=self.state.step
+            self.run_dir,
+            self.dist.is_main,
+            cfg.run.tensorboard,
+            start_step=self.state.step,
+            kind=self.task.kind,
         )
         if self.dist.is_main:
             save_config(cfg, self.run_dir / "config.yaml")
@@ -294,6 +298,10 @@ class Trainer:
     def _maybe_resume(self) -> Path | None:
         ckpt = find_resume_checkpoint(self.cfg.resume, self.run_dir)
         if ckpt is None:
+            if self.cfg.resume == "auto" and self.dist.is_main:
+                # Say so: a user who meant to continue (a typo in run.dir) would otherwise
+                # only notice from the step count.
+                print(f"note: resume=auto: no checkpoint in {self.run_dir}; starting fresh")
             return None
         self.state = restore(
             ckpt, self.task, self.cfg, self.optimizer, self.scaler, LoopState, self.device
@@ -328,7 +336,10 @@ class Trainer:
                 if i < skip:  # streaming data cannot seek: fast-forward instead
                     continue
                 self.state.batch_in_epoch += 1
-                self.state.skipped_images += int(batch.get("skipped", 0))
+                if self.state.epoch == 0:
+                    # Unreadable files, each counted once: every epoch reads the same files,
+                    # so counting later epochs too reported one broken file once per epoch.
+                    self.state.skipped_images += int(batch.get("skipped", 0))
                 if "x" in batch and self.task.batch_size_of(batch) == 0:
                     continue  # every image of this batch was unreadable
                 yield batch

@@ -1,7 +1,10 @@
 """Observability: running means of step metrics, JSONL and TensorBoard logs, peak memory.
 
 Only rank 0 writes. ``metrics.jsonl`` gets one JSON object per logged step with a ``step``
-field; TensorBoard (when installed and ``run.tensorboard`` is true) gets the same scalars.
+field (its keys are a stable interface); TensorBoard (when installed and ``run.tensorboard`` is
+true) gets the same scalars under grouped tags (``tensorboard_tag``), so its dashboard shows
+one section per part (``pretrain/``, ``gen/``, ``enh/``, ``val/``, ``optim/``, ``system/``)
+instead of one long flat list.
 """
 
 from __future__ import annotations
@@ -90,6 +93,41 @@ def keep_records_through(path: Path, step: int) -> None:
     write_text(path, "".join(kept))
 
 
+#: Key prefix -> TensorBoard section, first match wins (``tensorboard_tag``).
+_TAG_GROUPS = (
+    ("gen_", "gen"),
+    ("replaced", "gen"),  # what the generator's samples changed
+    ("enh_", "enh"),
+    ("respix_", "enh"),
+    ("revdet_", "enh"),
+    ("val_", "val"),
+    ("ema_val_", "val"),
+    ("best_", "val"),
+)
+_OPTIM_KEYS = ("lr", "grad_norm", "epoch")
+_SYSTEM_KEYS = ("img_per_s", "data_wait_frac", "peak_mem_mb", "skipped_images", "nan_skipped")
+#: Task kind -> section of its own metrics (loss, accuracy, PSNR, ...).
+_TASK_SECTION = {"cim": "pretrain", "tokenizer": "tokenizer"}
+
+
+def tensorboard_tag(key: str, kind: str = "") -> str:
+    """The TensorBoard tag of a ``metrics.jsonl`` key: ``section/key``.
+
+    ``gen_loss`` -> ``gen/gen_loss``, ``val_top1`` -> ``val/val_top1``, ``lr`` ->
+    ``optim/lr``, ``img_per_s`` -> ``system/img_per_s``; anything else goes to the task's
+    section (``pretrain/loss``, ``tokenizer/psnr``, ``finetune/train_acc``). The key itself is
+    kept whole, so a tag is found by the same name as in ``metrics.jsonl``.
+    """
+    for prefix, section in _TAG_GROUPS:
+        if key.startswith(prefix):
+            return f"{section}/{key}"
+    if key in _OPTIM_KEYS:
+        return f"optim/{key}"
+    if key in _SYSTEM_KEYS:
+        return f"system/{key}"
+    return f"{_TASK_SECTION.get(kind, kind or 'train')}/{key}"
+
+
 class MetricsLogger:
     """Appends to ``metrics.jsonl`` and TensorBoard; a no-op on ranks other than 0.
 
@@ -98,9 +136,15 @@ class MetricsLogger:
     """
 
     def __init__(
-        self, run_dir: Path, enabled: bool, tensorboard: bool, start_step: int = 0
+        self,
+        run_dir: Path,
+        enabled: bool,
+        tensorboard: bool,
+        start_step: int = 0,
+        kind: str = "",
     ) -> None:
         self.enabled = enabled
+        self.kind = kind  # the task's kind: the TensorBoard section of its own metrics
         self._file = None
         self._tb: Any = None
         if not enabled:
@@ -139,7 +183,7 @@ class MetricsLogger:
         if self._tb is not None:
             for k, v in values.items():
                 if isinstance(v, (int, float)):
-                    self._tb.add_scalar(k, v, step)
+                    self._tb.add_scalar(tensorboard_tag(k, self.kind), v, step)
 
     def close(self) -> None:
         if self._file is not None:

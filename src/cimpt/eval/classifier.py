@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import timm
 import torch
 from torch import nn
 
 from cimpt.engine.checkpoint import state_dict_differences
 from cimpt.errors import CimptError
+from cimpt.models.weights import create_timm_model
 
 
 def is_vit_args(args: dict[str, Any]) -> bool:
@@ -39,13 +39,14 @@ class Classifier(nn.Module):
 
     Args:
         args: ``timm.create_model`` keyword arguments (see ``classifier_args``).
+        pretrained: start weights, ``enhancer.pretrained`` (``cimpt.models.weights``).
     """
 
     backbone: Any  # timm models expose forward_features / forward_head / get_classifier
 
-    def __init__(self, args: dict[str, Any]) -> None:
+    def __init__(self, args: dict[str, Any], pretrained: str = "") -> None:
         super().__init__()
-        self.backbone = timm.create_model(pretrained=False, **args)
+        self.backbone = create_timm_model(pretrained, **args)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, 3, R, R] -> [B, num_classes]`` logits."""

@@ -27,19 +27,18 @@ from torch import nn
 from cimpt.atomic import write_json, write_safetensors
 from cimpt.config import to_dict
 from cimpt.data import ImageCollate
+from cimpt.data.checks import check_paths
 from cimpt.engine.loop import FitResult, Trainer
 from cimpt.engine.rng import seed_model_init
 from cimpt.engine.task import Task
-from cimpt.errors import CimptError
 from cimpt.eval.accuracy import evaluate_classifier, topk_correct
 from cimpt.eval.augment import build_finetune_transforms, build_mixup
 from cimpt.eval.classifier import Classifier, classifier_args, load_backbone_into
 from cimpt.eval.labelled import LabelledData, build_labelled_data
-from cimpt.eval.source import BackboneSource, architecture_mismatch, load_backbone_source
-from cimpt.export import timm_args
+from cimpt.eval.source import BackboneSource, adopt_architecture, load_backbone_source
+from cimpt.export import BEST_FILE, timm_args
 
 RESULTS_FILE = "results.json"
-BEST_FILE = "best.safetensors"
 
 
 class SupervisedModel(nn.Module):
@@ -170,6 +169,8 @@ class SupervisedTask(Task):
                 "kind": self.kind,
                 "top1": f"{self.best['top1']:.4f}",
                 "cimpt_config": json.dumps(to_dict(self.cfg)),
+                # cimpt export names the classifier's outputs with these
+                "cimpt_classes": json.dumps(self.data.classes),
             },
         )
 
@@ -202,22 +203,25 @@ class SupervisedTask(Task):
 
 
 def resolve_init(cfg: DictConfig) -> BackboneSource | None:
-    """``init.checkpoint`` read and checked against the config's architecture (or None)."""
+    """``init.checkpoint`` read, its architecture adopted into ``cfg`` (or None: scratch)."""
     if not cfg.init.checkpoint:
         return None
     source = load_backbone_source(str(cfg.init.checkpoint))
-    mismatch = architecture_mismatch(source, cfg)
-    if mismatch:
-        raise CimptError(
-            f"init.checkpoint: {source.path} holds a {source.describe()} enhancer, not what "
-            f"this config builds ({mismatch}); set enhancer.* and data.img_size to the "
-            "checkpoint's (its config.yaml), or init.checkpoint='' for scratch"
-        )
+    adopt_architecture(cfg, source)
     return source
+
+
+def start_weights(cfg: DictConfig, source: BackboneSource | None) -> str:
+    """``enhancer.pretrained`` unless ``init.checkpoint`` gives the weights (with a note)."""
+    if source is not None and cfg.enhancer.pretrained:
+        print("note: enhancer.pretrained is not used: init.checkpoint gives the weights")
+        return ""
+    return str(cfg.enhancer.pretrained)
 
 
 def build_finetune_task(cfg: DictConfig) -> SupervisedTask:
     """Check everything (checkpoint, labels, label fraction) before anything is written."""
+    check_paths(cfg, val="required", init=True)
     seed_model_init(int(cfg.seed), bool(cfg.train.deterministic))
     source = resolve_init(cfg)
     train_tf, val_tf = build_finetune_transforms(cfg)
@@ -228,7 +232,7 @@ def build_finetune_task(cfg: DictConfig) -> SupervisedTask:
         float(cfg.enhancer.drop_path),
         str(cfg.finetune.global_pool),
     )
-    net = Classifier(args)
+    net = Classifier(args, start_weights(cfg, source))
     if source is not None:
         load_backbone_into(net.backbone, source.state, str(source.path))
     model = SupervisedModel(net, build_mixup(cfg, data.num_classes), cfg.finetune.smoothing)

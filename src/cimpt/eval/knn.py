@@ -13,7 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
@@ -23,15 +22,20 @@ from tqdm import tqdm
 from cimpt.atomic import write_json
 from cimpt.config import save_config
 from cimpt.data import ImageCollate
+from cimpt.data.checks import check_paths
 from cimpt.engine.distributed import pick_device
 from cimpt.engine.precision import autocast, describe, resolve_amp
 from cimpt.eval.augment import NormalizedEval
 from cimpt.eval.classifier import classifier_args, load_backbone_into
+from cimpt.eval.finetune import start_weights
 from cimpt.eval.labelled import build_labelled_data
 from cimpt.eval.source import adopt_from_init
 from cimpt.export import timm_args
+from cimpt.models.weights import create_timm_model
 
 KNN_FILE = "knn.json"
+#: Where ``cimpt knn`` writes when no run.dir is given (the config's is another run's).
+DEFAULT_KNN_DIR = "runs/knn"
 
 
 @torch.no_grad()
@@ -91,12 +95,14 @@ def knn_predict(
 
 def knn_command(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate kNN accuracy; writes ``run.dir/knn.json`` and ``config.yaml``."""
+    check_paths(cfg, val="required", init=True)
     source = adopt_from_init(cfg, "kNN on")
     view = NormalizedEval(int(cfg.data.img_size), list(cfg.data.mean), list(cfg.data.std))
     data = build_labelled_data(cfg, view, view)
     torch.manual_seed(int(cfg.seed))  # the random-init baseline is reproducible
-    model = timm.create_model(
-        pretrained=False, **classifier_args(timm_args(cfg), 0, 0.0, str(cfg.finetune.global_pool))
+    model = create_timm_model(
+        start_weights(cfg, source),
+        **classifier_args(timm_args(cfg), 0, 0.0, str(cfg.finetune.global_pool)),
     )
     if source is not None:
         load_backbone_into(model, source.state, str(source.path))

@@ -11,19 +11,20 @@ from __future__ import annotations
 
 from typing import Any
 
-import timm
 import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from cimpt.data.checks import check_paths
 from cimpt.engine.loop import FitResult
 from cimpt.engine.rng import seed_model_init
 from cimpt.eval.augment import build_finetune_transforms, build_mixup
 from cimpt.eval.classifier import classifier_args, load_backbone_into
-from cimpt.eval.finetune import SupervisedModel, SupervisedTask, run_supervised
+from cimpt.eval.finetune import SupervisedModel, SupervisedTask, run_supervised, start_weights
 from cimpt.eval.labelled import build_labelled_data
 from cimpt.eval.source import adopt_from_init
 from cimpt.export import timm_args
+from cimpt.models.weights import create_timm_model
 
 
 class LinearProbe(nn.Module):
@@ -33,14 +34,21 @@ class LinearProbe(nn.Module):
         backbone_args: ``timm.create_model`` arguments of the headless backbone.
         num_classes: classes of the linear layer.
         global_pool: ViT pooling (``avg`` or ``token``).
+        pretrained: start weights, ``enhancer.pretrained`` (``cimpt.models.weights``).
     """
 
     backbone: Any
 
-    def __init__(self, backbone_args: dict[str, Any], num_classes: int, global_pool: str) -> None:
+    def __init__(
+        self,
+        backbone_args: dict[str, Any],
+        num_classes: int,
+        global_pool: str,
+        pretrained: str = "",
+    ) -> None:
         super().__init__()
-        self.backbone = timm.create_model(
-            pretrained=False, **classifier_args(backbone_args, 0, 0.0, global_pool)
+        self.backbone = create_timm_model(
+            pretrained, **classifier_args(backbone_args, 0, 0.0, global_pool)
         )
         self.backbone.requires_grad_(False)
         dim = int(self.backbone.num_features)
@@ -62,11 +70,17 @@ class LinearProbe(nn.Module):
 
 
 def build_linprobe_task(cfg: DictConfig) -> SupervisedTask:
+    check_paths(cfg, val="required", init=True)
     seed_model_init(int(cfg.seed), bool(cfg.train.deterministic))
     source = adopt_from_init(cfg, "probing")
     train_tf, val_tf = build_finetune_transforms(cfg)
     data = build_labelled_data(cfg, train_tf, val_tf)
-    net = LinearProbe(timm_args(cfg), data.num_classes, str(cfg.finetune.global_pool))
+    net = LinearProbe(
+        timm_args(cfg),
+        data.num_classes,
+        str(cfg.finetune.global_pool),
+        start_weights(cfg, source),
+    )
     if source is not None:
         load_backbone_into(net.backbone, source.state, str(source.path))
     model = SupervisedModel(net, build_mixup(cfg, data.num_classes), cfg.finetune.smoothing)

@@ -6,7 +6,8 @@ user's config alone:
 - a CIM pre-training checkpoint (``kind`` ``cim``): weights under ``enhancer.backbone.``;
 - a fine-tuning or linear-probe checkpoint (``kind`` ``finetune`` / ``linprobe``): weights
   under ``model.backbone.``;
-- an exported enhancer (``cimpt export``, a ``.safetensors`` file with ``cimpt_timm_args``).
+- an export (``cimpt export``: a ``.safetensors`` file with ``cimpt_timm_args``, or a folder)
+  or a fine-tuning run's ``best.safetensors``.
 
 The result is a ``BackboneSource``: the ``timm.create_model`` arguments of the headless
 backbone, the run config it was made with, and its weights (classifier weights dropped).
@@ -21,19 +22,16 @@ from typing import Any
 
 import timm
 import torch
-from omegaconf import DictConfig
-from safetensors import SafetensorError
-from safetensors.torch import load_file
+from omegaconf import DictConfig, OmegaConf
 
 from cimpt.config import from_dict
 from cimpt.engine.checkpoint import (
     load_meta,
     load_tensors,
-    read_safetensors_metadata,
     resolve_checkpoint,
 )
 from cimpt.errors import CimptError
-from cimpt.export import timm_args
+from cimpt.export import is_export_folder, read_exportable, timm_args
 
 #: Checkpoint kind -> key prefix of the timm backbone's weights in ``model.safetensors``.
 BACKBONE_PREFIX = {
@@ -68,19 +66,15 @@ class BackboneSource:
 
 
 def _from_export(path: Path) -> BackboneSource:
-    meta = read_safetensors_metadata(path)
-    if "cimpt_timm_args" not in meta:
-        raise CimptError(
-            f"init.checkpoint: {path} is a safetensors file but not an exported cimpt "
-            "enhancer (no cimpt_timm_args metadata); a tokenizer file cannot be fine-tuned"
-        )
+    """An export (file or folder) or a fine-tuning run's ``best.safetensors``, headless."""
     try:
-        state = load_file(str(path))
-    except (OSError, SafetensorError) as exc:
-        raise CimptError(f"init.checkpoint: cannot read {path} ({exc})") from exc
-    cfg = from_dict(json.loads(meta["cimpt_config"]))
-    args = {**json.loads(meta["cimpt_timm_args"]), "num_classes": 0}
-    return BackboneSource(path, "export", args, cfg, state)
+        item = read_exportable(path)
+    except CimptError as exc:
+        raise CimptError(f"init.checkpoint: {exc}") from None
+    # The headless backbone of the run config: a fine-tuned export also holds a head, and
+    # its classifier arguments (pooling) are the fine-tuning run's, not the backbone's.
+    args = {**timm_args(item.cfg), "num_classes": 0}
+    return BackboneSource(path, "export", args, item.cfg, _without_head(item.state, args))
 
 
 def load_backbone_source(path: str | Path) -> BackboneSource:
@@ -92,7 +86,9 @@ def load_backbone_source(path: str | Path) -> BackboneSource:
     p = Path(path).expanduser()
     if not p.exists():
         raise CimptError(f"init.checkpoint: {p} does not exist")
-    if p.is_file() and p.suffix == ".safetensors" and p.name != "model.safetensors":
+    if (p.is_file() and p.suffix == ".safetensors" and p.name != "model.safetensors") or (
+        p.is_dir() and is_export_folder(p)
+    ):
         return _from_export(p)
     ckpt = resolve_checkpoint(p)
     meta = load_meta(ckpt)
@@ -122,35 +118,35 @@ def _without_head(state: dict[str, torch.Tensor], args: dict[str, Any]) -> dict[
     return {k: v for k, v in state.items() if k in keys}
 
 
-def architecture_mismatch(source: BackboneSource, cfg: DictConfig) -> str | None:
-    """Why ``cfg`` would build another backbone than ``source`` holds (None when the same)."""
-    want = {**timm_args(cfg), "num_classes": 0}
-    if want == source.timm_args:
-        return None
-    keys = sorted(set(want) | set(source.timm_args))
-    diffs = [
-        f"{k}: checkpoint {source.timm_args.get(k)!r} vs config {want.get(k)!r}"
-        for k in keys
-        if want.get(k) != source.timm_args.get(k)
-    ]
-    return "; ".join(diffs)
+#: Config keys that define the backbone a checkpoint holds.
+ARCH_KEYS = ("enhancer.name", "enhancer.patch_size", "enhancer.kwargs", "data.img_size")
 
 
-def adopt_architecture(cfg: DictConfig, source: BackboneSource) -> None:
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value) if isinstance(value, DictConfig) else value
+
+
+def adopt_architecture(cfg: DictConfig, source: BackboneSource) -> list[str]:
     """Copy the keys that define the backbone from the source's config into ``cfg``.
 
-    Used where the architecture is not the user's choice (linear probe, kNN): the checkpoint
-    decides, and ``config.yaml`` of the run records what was really evaluated.
+    The checkpoint decides the architecture (a user should not have to repeat a CNN's
+    name, size and stride), and ``config.yaml`` of the run records what was really trained
+    or evaluated. Prints one note per key whose value changes; returns those keys.
     """
-    src = source.config
-    for key in ("name", "patch_size", "kwargs"):
-        cfg.enhancer[key] = src.enhancer[key]
-    cfg.data.img_size = src.data.img_size
+    changed = []
+    for key in ARCH_KEYS:
+        new, old = OmegaConf.select(source.config, key), OmegaConf.select(cfg, key)
+        if _plain(new) != _plain(old):
+            changed.append(key)
+            shown = json.dumps(_plain(new)) if isinstance(new, DictConfig) else new
+            print(f"note: {key}={shown} (from {source.path})")
+        OmegaConf.update(cfg, key, _plain(new), merge=False)
+    return changed
 
 
 def adopt_from_init(cfg: DictConfig, what: str) -> BackboneSource | None:
-    """``init.checkpoint`` read and adopted into ``cfg`` (linear probe, kNN), or None with a
-    note that ``what`` runs on a randomly initialized backbone."""
+    """``init.checkpoint`` read and adopted into ``cfg``, or None with a note that ``what``
+    runs on a randomly initialized backbone."""
     if not cfg.init.checkpoint:
         print(f"note: init.checkpoint is empty; {what} a randomly initialized backbone")
         return None

@@ -25,6 +25,7 @@ from torch import nn
 
 from cimpt.errors import CimptError
 from cimpt.models.neck import GridFPN
+from cimpt.models.weights import create_timm_model
 
 
 def _check_timm_name(name: str) -> None:
@@ -53,11 +54,23 @@ def _is_vit_cached(name: str, kwargs_json: str) -> bool:
     return hasattr(model, "patch_embed") and hasattr(model, "num_prefix_tokens")
 
 
-def _create(name: str, drop_path: float, kwargs: dict[str, Any], vit_size: dict[str, Any]) -> Any:
-    """``timm.create_model`` without a classifier (ViTs also get img_size/patch_size)."""
+def _create(
+    name: str,
+    drop_path: float,
+    kwargs: dict[str, Any],
+    vit_size: dict[str, Any],
+    pretrained: str = "",
+) -> Any:
+    """``timm.create_model`` without a classifier (ViTs also get img_size/patch_size), from
+    the weights ``pretrained`` names (``cimpt.models.weights``)."""
     try:
-        return timm.create_model(
-            name, pretrained=False, num_classes=0, drop_path_rate=drop_path, **vit_size, **kwargs
+        return create_timm_model(
+            pretrained,
+            model_name=name,
+            num_classes=0,
+            drop_path_rate=drop_path,
+            **vit_size,
+            **kwargs,
         )
     except TypeError as exc:
         # timm passes unknown keyword arguments to the model class, which raises TypeError
@@ -104,6 +117,7 @@ class Enhancer(nn.Module):
         drop_path: stochastic depth rate.
         kwargs: extra timm keyword arguments (e.g. ``embed_dim``, ``depth``, ``num_heads``).
         neck_dim: channels of a CNN's FPN neck output (unused for ViTs).
+        pretrained: start weights, ``enhancer.pretrained`` (``cimpt.models.weights``).
 
     Attributes:
         backbone: the timm model (what is exported and fine-tuned).
@@ -125,6 +139,7 @@ class Enhancer(nn.Module):
         drop_path: float,
         kwargs: dict[str, Any] | None = None,
         neck_dim: int = 256,
+        pretrained: str = "",
     ) -> None:
         super().__init__()
         _check_timm_name(name)
@@ -135,14 +150,14 @@ class Enhancer(nn.Module):
         self.grid = img_size // patch_size
         self.neck: GridFPN | None = None
         if self.kind == "cnn":
-            self.backbone = _create(name, drop_path, kwargs, {})
+            self.backbone = _create(name, drop_path, kwargs, {}, pretrained)
             self.stages = grid_stages(name, self.backbone, patch_size)
             chans = [int(self.backbone.feature_info[i]["num_chs"]) for i in self.stages]
             self.neck = GridFPN(chans, neck_dim)
             self.out_dim = neck_dim
             return
         vit_size = {"img_size": img_size, "patch_size": patch_size}
-        self.backbone = _create(name, drop_path, kwargs, vit_size)
+        self.backbone = _create(name, drop_path, kwargs, vit_size, pretrained)
         self.out_dim = int(self.backbone.num_features)
         built = tuple(self.backbone.patch_embed.grid_size)
         if built != (self.grid, self.grid):
@@ -213,4 +228,5 @@ def build_enhancer(cfg: DictConfig) -> Enhancer:
         float(e.drop_path),
         dict(kwargs or {}),  # type: ignore[call-overload]
         int(e.neck_dim),
+        str(e.pretrained),
     )

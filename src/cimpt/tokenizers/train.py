@@ -75,8 +75,10 @@ class TokenizerTask(Task):
 
 def build_tokenizer_task(cfg: DictConfig) -> TokenizerTask:
     from cimpt.data import ImageCollate, build_dataset, build_single_view_transform
+    from cimpt.data.checks import check_paths
     from cimpt.tokenizers.load import build_tokenizer
 
+    check_paths(cfg, val="optional")  # the evaluation at the end must not fail on a bad path
     seed_model_init(int(cfg.seed), bool(cfg.train.deterministic))
 
     if cfg.tokenizer.kind != "vqvae":
@@ -106,7 +108,13 @@ def _report_and_evaluate(cfg: DictConfig, result: FitResult) -> None:
         print(f"continue with: cimpt tokenizer train {result.run_dir} resume=auto")
         return
     print(f"tokenizer written to {out}")
-    if cfg.data.val_path or cfg.data.source in ("cifar10", "cifar100"):
+    from cimpt.data import resolve_source
+
+    # An empty val_path evaluates on CIFAR's test split; for a folder it means no evaluation.
+    if cfg.data.val_path or resolve_source(str(cfg.data.source), str(cfg.data.path)) in (
+        "cifar10",
+        "cifar100",
+    ):
         from cimpt.tokenizers.evaluate import evaluate_tokenizer_command
 
         evaluate_tokenizer_command(str(out), [f"run.dir={result.run_dir}"])
