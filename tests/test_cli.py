@@ -61,7 +61,7 @@ def test_usage_mistakes_are_one_error_line(argv: list[str], e2e, capsys) -> None
         ("train.batch_size=abc", "train.batch_size"),  # wrong type
         ("run.progress=maybe", "run.progress"),
         ("data.img_size=30", "data.img_size"),  # 30 px is not a whole number of 4 px patches
-        ("objective=mae", "objective"),
+        ("objective=moco", "objective"),
         ("no_equals_sign", "no_equals_sign"),
     ],
 )
