@@ -30,12 +30,11 @@ from cimpt.data import ImageCollate
 from cimpt.engine.loop import FitResult, Trainer
 from cimpt.engine.rng import seed_model_init
 from cimpt.engine.task import Task
-from cimpt.errors import CimptError
 from cimpt.eval.accuracy import evaluate_classifier, topk_correct
 from cimpt.eval.augment import build_finetune_transforms, build_mixup
 from cimpt.eval.classifier import Classifier, classifier_args, load_backbone_into
 from cimpt.eval.labelled import LabelledData, build_labelled_data
-from cimpt.eval.source import BackboneSource, architecture_mismatch, load_backbone_source
+from cimpt.eval.source import BackboneSource, resolve_init
 from cimpt.export import timm_args
 
 RESULTS_FILE = "results.json"
@@ -199,21 +198,6 @@ class SupervisedTask(Task):
             f"best {self.best['top1']:.2f} % (step {int(self.best['step'])}); "
             f"{run_dir / RESULTS_FILE}"
         )
-
-
-def resolve_init(cfg: DictConfig) -> BackboneSource | None:
-    """``init.checkpoint`` read and checked against the config's architecture (or None)."""
-    if not cfg.init.checkpoint:
-        return None
-    source = load_backbone_source(str(cfg.init.checkpoint))
-    mismatch = architecture_mismatch(source, cfg)
-    if mismatch:
-        raise CimptError(
-            f"init.checkpoint: {source.path} holds a {source.describe()} enhancer, not what "
-            f"this config builds ({mismatch}); set enhancer.* and data.img_size to the "
-            "checkpoint's (its config.yaml), or init.checkpoint='' for scratch"
-        )
-    return source
 
 
 def build_finetune_task(cfg: DictConfig) -> SupervisedTask:

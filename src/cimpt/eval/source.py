@@ -122,18 +122,42 @@ def _without_head(state: dict[str, torch.Tensor], args: dict[str, Any]) -> dict[
     return {k: v for k, v in state.items() if k in keys}
 
 
-def architecture_mismatch(source: BackboneSource, cfg: DictConfig) -> str | None:
-    """Why ``cfg`` would build another backbone than ``source`` holds (None when the same)."""
-    want = {**timm_args(cfg), "num_classes": 0}
-    if want == source.timm_args:
+def architecture_mismatch(
+    source: BackboneSource, cfg: DictConfig, ignore: tuple[str, ...] = ()
+) -> str | None:
+    """Why ``cfg`` would build another backbone than ``source`` holds (None when the same).
+
+    ``ignore``: timm arguments allowed to differ (segmentation resizes a ViT: ``img_size``).
+    """
+    want = {k: v for k, v in {**timm_args(cfg), "num_classes": 0}.items() if k not in ignore}
+    have = {k: v for k, v in source.timm_args.items() if k not in ignore}
+    if want == have:
         return None
-    keys = sorted(set(want) | set(source.timm_args))
+    keys = sorted(set(want) | set(have))
     diffs = [
-        f"{k}: checkpoint {source.timm_args.get(k)!r} vs config {want.get(k)!r}"
+        f"{k}: checkpoint {have.get(k)!r} vs config {want.get(k)!r}"
         for k in keys
-        if want.get(k) != source.timm_args.get(k)
+        if want.get(k) != have.get(k)
     ]
     return "; ".join(diffs)
+
+
+def resolve_init(cfg: DictConfig, ignore: tuple[str, ...] = ()) -> BackboneSource | None:
+    """``init.checkpoint`` read and checked against the config's architecture (or None).
+
+    ``ignore``: timm arguments that may differ (see ``architecture_mismatch``).
+    """
+    if not cfg.init.checkpoint:
+        return None
+    source = load_backbone_source(str(cfg.init.checkpoint))
+    mismatch = architecture_mismatch(source, cfg, ignore)
+    if mismatch:
+        raise CimptError(
+            f"init.checkpoint: {source.path} holds a {source.describe()} enhancer, not what "
+            f"this config builds ({mismatch}); set enhancer.* and data.img_size to the "
+            "checkpoint's (its config.yaml), or init.checkpoint='' for scratch"
+        )
+    return source
 
 
 def adopt_architecture(cfg: DictConfig, source: BackboneSource) -> None:
