@@ -75,12 +75,15 @@ def evaluate_split(
     )
     meter = ConfusionMeter(spec.num_classes, spec.ignore_index, device)
     rows: list[FigureRow] = []
-    for x, y in loader:
+    # Figure rows spread over the split (consecutive video frames look alike).
+    m, k = len(loader), spec.figure_images
+    shown = {round(i * (m - 1) / max(1, k - 1)) for i in range(min(k, m))} if rank == 0 else set()
+    for j, (x, y) in enumerate(loader):
         x, y = x.to(device), y.to(device)
         with autocast(device, amp_dtype):
             logits = slide_logits(net, x, spec.crop, spec.stride, spec.num_classes, spec.batch_size)
         pred = predict_at(logits.float(), (int(y.shape[0]), int(y.shape[1])))
         meter.add(pred, y)
-        if rank == 0 and len(rows) < spec.figure_images:
+        if j in shown:
             rows.append(_figure_row(x, y, pred, spec))
     return meter.reduce(), rows
