@@ -19,9 +19,11 @@ NUM_CLASSES, IGNORE = 3, 255
 TINY_VIT = "enhancer.kwargs={embed_dim: 32, depth: 1, num_heads: 2}"
 
 
-def make_pair(seed: int, w: int = W, h: int = H) -> tuple[Image.Image, Image.Image]:
+def make_pair(
+    seed: int, w: int = W, h: int = H, ignore: int = IGNORE
+) -> tuple[Image.Image, Image.Image]:
     """An RGB image and its label (mode L): classes 0 | 1 left/right, a class-2 square,
-    the top row void (``IGNORE``); the image's colour follows the class, plus noise."""
+    the top row void (``ignore``); the image's colour follows the class, plus noise."""
     rng = np.random.default_rng(seed)
     label = np.zeros((h, w), dtype=np.uint8)
     label[:, w // 2 :] = 1
@@ -29,19 +31,19 @@ def make_pair(seed: int, w: int = W, h: int = H) -> tuple[Image.Image, Image.Ima
     label[y0 : y0 + 5, x0 : x0 + 5] = 2
     colours = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200]], dtype=np.float64)
     img = colours[label] + rng.normal(0, 10, size=(h, w, 3))
-    label[0] = IGNORE
+    label[0] = ignore
     return (
         Image.fromarray(img.clip(0, 255).astype(np.uint8)),
         Image.fromarray(label, mode="L"),
     )
 
 
-def write_split(root: Path, n: int, seed: int = 0) -> Path:
+def write_split(root: Path, n: int, seed: int = 0, ignore: int = IGNORE) -> Path:
     """``root/images/NNN.png`` + ``root/labels/NNN.png``; returns ``root``."""
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "labels").mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        img, lab = make_pair(seed + i)
+        img, lab = make_pair(seed + i, ignore=ignore)
         img.save(root / "images" / f"{i:03d}.png")
         lab.save(root / "labels" / f"{i:03d}.png")
     return root

@@ -51,8 +51,10 @@ def _rescale(dim: int, scale: float) -> nn.Module:
 
 
 def norm_groups(dim: int) -> int:
-    """GroupNorm groups: 32 when they divide ``dim`` (the usual choice), else fewer."""
-    return math.gcd(32, dim)
+    """GroupNorm groups: 32 when they divide ``dim`` (the usual choice), else fewer, with at
+    least 2 channels per group, so a 1x1 map (a CNN's last stage on a small crop) still has
+    more than one value per group."""
+    return math.gcd(32, max(1, dim // 2))
 
 
 class MultiLevelBackbone(nn.Module):

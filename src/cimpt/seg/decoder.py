@@ -17,11 +17,12 @@ from torch import nn
 from cimpt.seg.backbone import norm_groups
 
 
-def conv_norm_act(cin: int, cout: int, k: int) -> nn.Sequential:
-    """``k x k`` convolution (same padding, no bias), GroupNorm, ReLU."""
+def conv_norm_act(cin: int, cout: int, k: int, groups: int = 0) -> nn.Sequential:
+    """``k x k`` convolution (same padding, no bias), GroupNorm (``groups``; 0: up to 32),
+    ReLU."""
     return nn.Sequential(
         nn.Conv2d(cin, cout, k, padding=k // 2, bias=False),
-        nn.GroupNorm(norm_groups(cout), cout),
+        nn.GroupNorm(groups or norm_groups(cout), cout),
         nn.ReLU(inplace=True),
     )
 
@@ -35,8 +36,11 @@ class PyramidPooling(nn.Module):
 
     def __init__(self, cin: int, dim: int, bins: tuple[int, ...] = (1, 2, 3, 6)) -> None:
         super().__init__()
+        # One group (over all channels) for the pooled maps: the 1x1 bin has one value per
+        # channel, too few for per-group statistics of a few channels.
         self.stages = nn.ModuleList(
-            nn.Sequential(nn.AdaptiveAvgPool2d(b), conv_norm_act(cin, dim, 1)) for b in bins
+            nn.Sequential(nn.AdaptiveAvgPool2d(b), conv_norm_act(cin, dim, 1, groups=1))
+            for b in bins
         )
         self.fuse = conv_norm_act(cin + len(bins) * dim, dim, 3)
 
