@@ -28,12 +28,14 @@ interrupted one resumes (``resume=auto``), so rerunning the command continues th
 
 Presets:
 
-- ``standard`` (default): 1,400 steps of batch 8 (30 epochs of the 367 training frames) per
-  run, 64 px crops of the frames at half resolution (120x90), for 2 backbones x 3 inits x 1
-  seed. Sized from timed steps on this project's 2-core CPU with other jobs running
-  (docs/BENCHMARKS.md, "CamVid segmentation"): about 1 h with ``--parallel 2``, not counting
-  the encoders (the evidence study's, about 1 h more when they must be made). It has not been
-  run end to end.
+- ``standard`` (default): 450 steps of batch 8 (9.8 epochs of the 367 training frames, one of
+  them warm-up) per run, 64 px crops of the frames at half resolution (120x90), 2 backbones x
+  3 inits x 1 seed = 6 runs, 2 at a time with 1 thread each. Estimated at about 1 h (58 min)
+  on this project's 2-core CPU from a timed 30-step run of each backbone side by side, with
+  other users' jobs running (load about 3): 3.6 s per ViT step, 1.2 s per ResNet step, about
+  1 min for the final evaluation on the 233 test frames and 15 s of start-up per run
+  (docs/BENCHMARKS.md, "CamVid segmentation"). Not counted: the CIM encoders, reused from the
+  evidence study (about 1 h more when they must be made). It has not been run end to end.
 - ``quick``: a tiny model, 2 steps per run, on whatever ``--camvid`` folder is given; run in
   this process (``--in-process``) by the test suite in seconds. Its numbers mean nothing.
 
@@ -76,7 +78,7 @@ class SegPreset:
 
 
 PRESETS = {
-    "standard": SegPreset(1400, 8, "standard"),
+    "standard": SegPreset(450, 8, "standard"),
     "quick": SegPreset(
         2,
         4,
@@ -263,29 +265,30 @@ def plan_backbone(
 
 
 def run_study(a: argparse.Namespace) -> list[dict[str, Any]]:
+    """Encoders first (reused or made), then every segmentation run in one pool, so a short
+    ResNet job fills a slot as soon as one frees up."""
     keys = a.backbones.split(",")
     named = parse_encoders(a.encoder, keys)
     work = Path(a.work).expanduser().resolve()
     log_dir = work / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in a.seeds.split(",")]
-    rows: list[dict[str, Any]] = []
-    for key in keys:
-        plan = plan_backbone(a, key, named[key], log_dir)
-        todo = [(init, enc, pre, seed) for seed in seeds for init, enc, pre in plan]
-        with ThreadPoolExecutor(1 if a.in_process else a.parallel) as pool:
-            jobs = list(
-                pool.map(
-                    lambda t, key=key: run(a, seg_job(a, key, t[0], t[1], t[3], work), log_dir),
-                    todo,
-                )
-            )
-        rows += [
-            make_row(job, backbone_for(key, a.preset == "quick").label, init, seed, pre)
-            for job, (init, _, pre, seed) in zip(jobs, todo, strict=True)
-            if not job.missing
-        ]
-    return rows
+    todo = [
+        (key, init, enc, pre, seed)
+        for key in keys
+        for init, enc, pre in plan_backbone(a, key, named[key], log_dir)
+        for seed in seeds
+    ]
+    with ThreadPoolExecutor(1 if a.in_process else a.parallel) as pool:
+        jobs = list(
+            pool.map(lambda t: run(a, seg_job(a, t[0], t[1], t[2], t[4], work), log_dir), todo)
+        )
+    label = {k: backbone_for(k, a.preset == "quick").label for k in keys}
+    return [
+        make_row(job, label[key], init, seed, pre)
+        for job, (key, init, _, pre, seed) in zip(jobs, todo, strict=True)
+        if not job.missing
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
