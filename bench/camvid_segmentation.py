@@ -35,7 +35,7 @@ Presets:
   other users' jobs running (load about 3): 3.6 s per ViT step, 1.2 s per ResNet step, about
   1 min for the final evaluation on the 233 test frames and 15 s of start-up per run
   (docs/BENCHMARKS.md, "CamVid segmentation"). Not counted: the CIM encoders, reused from the
-  evidence study (about 1 h more when they must be made). It has not been run end to end.
+  evidence study (roughly 40 min more when they must be made). It has not been run end to end.
 - ``quick``: a tiny model, 2 steps per run, on whatever ``--camvid`` folder is given; run in
   this process (``--in-process``) by the test suite in seconds. Its numbers mean nothing.
 
@@ -135,7 +135,8 @@ def make_encoders(a: argparse.Namespace, key: str, log_dir: Path) -> dict[str, e
             raise SystemExit(f"error: --cifar {a.cifar}: no CIFAR images to pre-train on")
         print(f"[camvid] {key}: making the CIM encoders in {work} ({name} preset)", flush=True)
         run(a, evidence.tokenizer_job(ev, p, n_train, work), log_dir, threads=os.cpu_count() or 1)
-    done = [run(a, j, log_dir) for j in pre]
+    with ThreadPoolExecutor(1 if a.in_process else a.parallel) as pool:
+        done = list(pool.map(lambda j: run(a, j, log_dir), pre))
     return {"cim-respix": done[0], "cim-revdet": done[1]}
 
 
