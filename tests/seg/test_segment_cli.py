@@ -104,3 +104,23 @@ def test_a_run_from_a_pretraining_run_and_a_wrong_architecture(
     line = e2e.error_line(capsys.readouterr().err)
     assert "embed_dim: checkpoint 32 vs config 64" in line
     assert not (other / "config.yaml").exists()
+
+
+def test_layer_decay_scales_the_vit_backbone_only(seg_args: Callable[..., list[str]]) -> None:
+    cfg = load_config(SEG_CONFIG, [*seg_args(Path("/unused"))[2:], "segment.layer_decay=0.5"])
+    task = build_segment_task(cfg)
+    groups = task.param_groups(0.05)
+    assert groups is not None
+    scale = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    params = dict(task.seg.named_parameters())
+    assert sum(len(g["params"]) for g in groups) == len(params) == len(scale)  # each once
+    # BEiT's rule at depth 1: embeddings 0.5 ** 2, the block 0.5 ** 1, the decoder 1
+    assert scale[id(params["net.backbone.net.pos_embed"])] == pytest.approx(0.25)
+    assert scale[id(params["net.backbone.net.blocks.0.attn.qkv.weight"])] == pytest.approx(0.5)
+    decoder = [n for n in params if not n.startswith("net.backbone.net.")]
+    assert decoder and all(scale[id(params[n])] == 1.0 for n in decoder)
+    no_decay = {id(p) for g in groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert id(params["net.backbone.net.pos_embed"]) in no_decay
+    cnn = [*seg_args(Path("/unused"))[2:], "enhancer.name=resnet10t", "data.img_size=32",
+           "enhancer.patch_size=8", "enhancer.kwargs={}"]  # fmt: skip
+    assert build_segment_task(load_config(SEG_CONFIG, cnn)).param_groups(0.05) is None

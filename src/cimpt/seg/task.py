@@ -91,6 +91,10 @@ class SegTask(Task):
         groups = param_groups_layer_decay(
             vit, weight_decay, no_weight_decay_list=net.no_weight_decay(), layer_decay=decay
         )
+        # timm gives the backbone's top layer (the last block: the final norm is pruned) scale
+        # 1; BEiT puts the decoder one layer above it, so every backbone layer decays once more:
+        # embeddings decay ** (depth + 1), block i (1-based) decay ** (depth + 1 - i).
+        groups = [{**g, "lr_scale": g["lr_scale"] * decay} for g in groups]
         head = nn.ModuleDict({"rescale": net.backbone.rescale, "decoder": net.decoder})
         return groups + [{**g, "lr_scale": 1.0} for g in param_groups(head, weight_decay)]
 
