@@ -82,7 +82,8 @@ class SegTask(Task):
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]] | None:
         """ViT: timm's layer-wise decay groups for the backbone (embeddings lowest, each
-        block one layer), the decoder and the level necks at full lr. CNN: ``None``."""
+        block one layer, the last block one below the decoder), the decoder and the level
+        necks at full lr. CNN or ``segment.layer_decay=1``: ``None`` (the engine's split)."""
         decay = float(self.cfg.segment.layer_decay)
         net = self.seg.net
         if net.backbone.kind != "vit" or decay >= 1.0:
