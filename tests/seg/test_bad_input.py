@@ -15,7 +15,7 @@ from seg_files import SEG_CONFIG, seg_overrides, write_split
 
 @pytest.fixture
 def broken(tmp_path: Path, seg_data: Path) -> Path:
-    """A writable copy of the tiny data (val untouched) for one test to damage."""
+    """Fresh train pairs for one test to damage, and a copy of the shared val split."""
     root = tmp_path / "data"
     write_split(root / "train", 4, seed=0)
     shutil.copytree(seg_data / "val", root / "val")
