@@ -56,6 +56,13 @@ def _finetune(args: argparse.Namespace) -> FitResult:
     return finetune(load_config(args.config, args.overrides))
 
 
+def _segment(args: argparse.Namespace) -> FitResult:
+    from cimpt.config import load_config
+    from cimpt.seg.task import segment
+
+    return segment(load_config(args.config, args.overrides))
+
+
 def _linprobe(args: argparse.Namespace) -> FitResult:
     from cimpt.config import load_config
     from cimpt.eval.linprobe import linprobe
@@ -145,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
         "finetune",
         "fine-tune an enhancer (init.checkpoint) or train it from scratch on labelled images",
         _finetune,
+    )
+    _add_config_command(
+        sub, "segment", "fine-tune an enhancer for semantic segmentation (UperNet)", _segment
     )
     _add_config_command(
         sub, "linprobe", "linear probe (BatchNorm + linear) on frozen features", _linprobe

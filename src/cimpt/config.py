@@ -170,6 +170,20 @@ class EvalConfig:
 
 
 @dataclass
+class SegmentConfig:
+    num_classes: int = 0
+    ignore_index: int = 255
+    class_names: list[str] = field(default_factory=list)
+    short_side: int = 0
+    scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    stride: int = 0
+    decoder_dim: int = 256
+    vit_levels: list[float] = field(default_factory=lambda: [4.0, 2.0, 1.0, 0.5])
+    layer_decay: float = 0.65
+    figure_images: int = 4
+
+
+@dataclass
 class RootConfig:
     seed: int = 0
     objective: str = "respix"
@@ -187,6 +201,7 @@ class RootConfig:
     init: InitConfig = field(default_factory=InitConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
 
 
 # Keys whose value is free-form (passed through to timm), so struct mode must not close them.

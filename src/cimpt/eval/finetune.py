@@ -35,7 +35,7 @@ from cimpt.eval.accuracy import evaluate_classifier, topk_correct
 from cimpt.eval.augment import build_finetune_transforms, build_mixup
 from cimpt.eval.classifier import Classifier, classifier_args, load_backbone_into
 from cimpt.eval.labelled import LabelledData, build_labelled_data
-from cimpt.eval.source import BackboneSource, adopt_architecture, load_backbone_source
+from cimpt.eval.source import BackboneSource, resolve_init
 from cimpt.export import BEST_FILE, timm_args
 
 RESULTS_FILE = "results.json"
@@ -200,15 +200,6 @@ class SupervisedTask(Task):
             f"best {self.best['top1']:.2f} % (step {int(self.best['step'])}); "
             f"{run_dir / RESULTS_FILE}"
         )
-
-
-def resolve_init(cfg: DictConfig) -> BackboneSource | None:
-    """``init.checkpoint`` read, its architecture adopted into ``cfg`` (or None: scratch)."""
-    if not cfg.init.checkpoint:
-        return None
-    source = load_backbone_source(str(cfg.init.checkpoint))
-    adopt_architecture(cfg, source)
-    return source
 
 
 def start_weights(cfg: DictConfig, source: BackboneSource | None) -> str:

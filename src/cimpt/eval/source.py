@@ -126,7 +126,9 @@ def _plain(value: Any) -> Any:
     return OmegaConf.to_container(value) if isinstance(value, DictConfig) else value
 
 
-def adopt_architecture(cfg: DictConfig, source: BackboneSource) -> list[str]:
+def adopt_architecture(
+    cfg: DictConfig, source: BackboneSource, keep: tuple[str, ...] = ()
+) -> list[str]:
     """Copy the keys that define the backbone from the source's config into ``cfg``.
 
     The checkpoint decides the architecture (a user should not have to repeat a CNN's
@@ -134,7 +136,7 @@ def adopt_architecture(cfg: DictConfig, source: BackboneSource) -> list[str]:
     or evaluated. Prints one note per key whose value changes; returns those keys.
     """
     changed = []
-    for key in ARCH_KEYS:
+    for key in (k for k in ARCH_KEYS if k not in keep):
         new, old = OmegaConf.select(source.config, key), OmegaConf.select(cfg, key)
         if _plain(new) != _plain(old):
             changed.append(key)
@@ -142,6 +144,19 @@ def adopt_architecture(cfg: DictConfig, source: BackboneSource) -> list[str]:
             print(f"note: {key}={shown} (from {source.path})")
         OmegaConf.update(cfg, key, _plain(new), merge=False)
     return changed
+
+
+def resolve_init(cfg: DictConfig, keep: tuple[str, ...] = ()) -> BackboneSource | None:
+    """``init.checkpoint`` read and its architecture adopted into ``cfg`` (None: scratch).
+
+    ``keep``: architecture keys the config decides (segmentation keeps ``data.img_size``,
+    its crop size: a ViT is rebuilt at that size and its position embeddings resampled).
+    """
+    if not cfg.init.checkpoint:
+        return None
+    source = load_backbone_source(str(cfg.init.checkpoint))
+    adopt_architecture(cfg, source, keep)
+    return source
 
 
 def adopt_from_init(cfg: DictConfig, what: str) -> BackboneSource | None:

@@ -1,0 +1,57 @@
+"""The quick pass of bench/camvid_segmentation.py end to end on tiny generated folders: one
+row per backbone x init, encoders given (ViT) or made with the evidence study's jobs
+(ResNet), an extra named encoder, and a rerun that reuses every finished job."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from seg_files import write_split
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.mark.timeout(300)
+def test_quick_study_rows_and_reuse(
+    tmp_path: Path,
+    image_folder: Path,
+    pretrained_runs: Callable[[str], Path],
+    e2e: Any,
+) -> None:
+    camvid = tmp_path / "camvid"
+    write_split(camvid / "train", 4, seed=0, ignore=11)  # CamVid's void id
+    write_split(camvid / "test", 2, seed=50, ignore=11)
+    respix, revdet = pretrained_runs("respix"), pretrained_runs("revdet")
+    args = [
+        "--preset", "quick", "--in-process", "--camvid", str(camvid),
+        "--encoder", f"vit:cim-respix={respix}", "--encoder", f"vit:cim-revdet={revdet}",
+        "--encoder", f"vit:other={revdet}",
+        "--cifar", str(image_folder), "--evidence-work", str(tmp_path / "evidence"),
+        "--work", str(tmp_path / "w"), "--out", str(tmp_path / "out"),
+    ]  # fmt: skip
+    bench = e2e.import_bench("camvid_segmentation")
+    assert bench.main(args) == 0
+    rows = json.loads((tmp_path / "out" / "camvid_segmentation.json").read_text())["rows"]
+    got = {(r["backbone"].split()[0], r["init"]) for r in rows}
+    assert got == {
+        *(("tiny", i) for i in ("scratch", "cim-respix", "cim-revdet", "other")),
+        *(("ResNet-10t", i) for i in ("scratch", "cim-respix", "cim-revdet")),
+    }
+    for r in rows:
+        assert (r["config"]["init"]["checkpoint"] == "") == (r["init"] == "scratch")
+        assert r["config"]["segment"]["layer_decay"] == 1.0 and r["steps"] == 2
+        assert 0 <= r["miou"] <= 100 and r["test_images"] == 2
+    made = [r for r in rows if "ResNet" in r["backbone"] and r["init"] != "scratch"]
+    assert all(r["encoder"].startswith(str(tmp_path / "evidence")) for r in made)
+    assert all(r["pretrain"]["objective"] in r["init"] for r in made)
+    table = (tmp_path / "out" / "camvid_segmentation.md").read_text()
+    assert "| scratch |" in table and "Per-class IoU" in table
+    # a rerun reuses every finished job and gives the same table
+    assert bench.main(args) == 0
+    again = json.loads((tmp_path / "out" / "camvid_segmentation.json").read_text())["rows"]
+    assert all(r["reused"] for r in again)
+    assert [r["miou"] for r in again] == [r["miou"] for r in rows]
