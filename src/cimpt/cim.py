@@ -66,6 +66,8 @@ class CIM(FrozenTokenizerModule):
 
     mean: torch.Tensor
     std: torch.Tensor
+    prior_replaced: torch.Tensor
+    prior_seen: torch.Tensor
 
     def __init__(
         self,

@@ -82,7 +82,7 @@ class MAEDecoder(nn.Module):
         self.register_buffer("pos", pos.unsqueeze(0), persistent=False)
         self.blocks = nn.Sequential(
             *[
-                Block(dim, heads, mlp_ratio=4.0, qkv_bias=True, norm_layer=_layer_norm)
+                Block(dim, heads, mlp_ratio=4.0, qkv_bias=True, norm_layer=_layer_norm)  # type: ignore[arg-type]
                 for _ in range(depth)
             ]
         )

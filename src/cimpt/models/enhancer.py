@@ -226,7 +226,7 @@ def build_enhancer(cfg: DictConfig) -> Enhancer:
         int(cfg.data.img_size),
         int(e.patch_size),
         float(e.drop_path),
-        dict(kwargs or {}),  # type: ignore[call-overload]
+        dict(kwargs or {}),
         int(e.neck_dim),
         str(e.pretrained),
     )

@@ -56,7 +56,7 @@ class FrozenTokenizerModule(nn.Module):
         """The frozen tokenizer (not a submodule: absent from state_dict and parameters)."""
         return self._tokenizer
 
-    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True):  # type: ignore[no-untyped-def]
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True):
         # .to()/.cuda()/.float() go through _apply; move the unregistered tokenizer as well.
         super()._apply(fn, recurse)
         self._tokenizer._apply(fn)
