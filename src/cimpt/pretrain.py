@@ -106,7 +106,8 @@ def build_cim_task(cfg: DictConfig, tokenizer: ImageTokenizer | None = None) -> 
     )
     from cimpt.data.checks import check_paths
 
-    check_paths(cfg, tokenizer=tokenizer is None)
+    # MAE and SimMIM read no tokenizer: a config's leftover tokenizer path is not an error.
+    check_paths(cfg, tokenizer=tokenizer is None and cfg.objective in NEEDS_TOKENIZER)
     seed_model_init(int(cfg.seed), bool(cfg.train.deterministic))
 
     tok = tokenizer
