@@ -422,6 +422,19 @@ def run_study(a: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+def cifar_folders_exist(a: argparse.Namespace) -> bool:
+    """``--data`` and ``--val-data`` are folders; else one ``error:`` line on stderr."""
+    for key in ("data", "val_data"):
+        if not Path(getattr(a, key)).expanduser().is_dir():
+            print(
+                f"error: --{key.replace('_', '-')}: {getattr(a, key)} is not a folder "
+                "(unpack ../shared/data/CIFAR-10-images.tar.gz, see docs/BENCHMARKS.md)",
+                file=sys.stderr,
+            )
+            return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", choices=sorted([*PRESETS, *BACKBONE_PRESETS]), default="standard")
@@ -448,14 +461,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    for key in ("data", "val_data"):
-        if not Path(getattr(a, key)).expanduser().is_dir():
-            print(
-                f"error: --{key.replace('_', '-')}: {getattr(a, key)} is not a folder "
-                "(unpack ../shared/data/CIFAR-10-images.tar.gz, see docs/BENCHMARKS.md)",
-                file=sys.stderr,
-            )
-            return 2
+    if not cifar_folders_exist(a):
+        return 2
     t0 = time.time()
     rows = run_study(a)
     meta = {

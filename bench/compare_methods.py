@@ -54,8 +54,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cifar10_evidence import CIFAR, VIT, Job, count_images, run_job
-from records import git_commit
+from cifar10_evidence import CIFAR, VIT, Job, cifar_folders_exist, count_images, run_job
+from records import ROOT, git_commit
 
 PRETRAIN_CONFIG = "configs/cifar10_vit.yaml"
 FINETUNE_CONFIG = "configs/cifar10_finetune.yaml"
@@ -521,11 +521,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or "scratch" not in names:
         print(f"error: --methods: unknown {sorted(unknown)} or no scratch arm", file=sys.stderr)
         return 2
-    for key in ("data", "val_data"):
-        if not Path(getattr(a, key)).expanduser().is_dir():
-            print(f"error: --{key.replace('_', '-')}: {getattr(a, key)} is not a folder "
-                  "(unpack ../shared/data/CIFAR-10-images.tar.gz)", file=sys.stderr)  # fmt: skip
-            return 2
+    if not cifar_folders_exist(a):
+        return 2
     data = Path(a.data).expanduser().resolve()
     work = Path(a.work).expanduser().resolve()
     (work / "logs").mkdir(parents=True, exist_ok=True)
@@ -540,6 +537,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(sys.argv),
     }  # fmt: skip
     out = Path(a.out)
+    out = out if out.is_absolute() else ROOT / out
     out.mkdir(parents=True, exist_ok=True)
     payload = {"meta": meta, "methods": records}
     (out / "cifar10_methods.json").write_text(json.dumps(payload, indent=2) + "\n")
