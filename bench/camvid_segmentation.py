@@ -98,30 +98,6 @@ def backbone_for(key: str, quick: bool) -> evidence.Backbone:
     return evidence.TINY_VIT if (quick and key == "vit") else evidence.BACKBONES[key]
 
 
-def run_in_process(job: evidence.Job, report_only: bool) -> evidence.Job:
-    """``evidence.run_job`` without a subprocess (the quick preset in tests: no 10 s import
-    per job); the same reuse, resume and timing file."""
-    from cimpt.cli import main as cimpt_main
-
-    timing = job.run_dir / "evidence_job.json"
-    if (job.run_dir / job.done_file).exists():
-        job.reused = True
-        if timing.exists():
-            job.wallclock_s = float(json.loads(timing.read_text())["wallclock_s"])
-        return job
-    if report_only:
-        job.missing = True
-        return job
-    t0 = time.time()
-    # No DataLoader worker processes inside the caller's process.
-    code = cimpt_main([*job.argv, "data.num_workers=0", "resume=auto"])
-    job.wallclock_s = time.time() - t0
-    if code != 0:
-        raise SystemExit(f"error: job {job.name} failed (exit {code})")
-    timing.write_text(json.dumps({"wallclock_s": job.wallclock_s, "commit": git_commit()}))
-    return job
-
-
 def make_encoders(a: argparse.Namespace, key: str, log_dir: Path) -> dict[str, evidence.Job]:
     """The backbone's CIM encoders from the evidence study's folder, made there if missing."""
     work = Path(a.evidence_work).expanduser().resolve()
@@ -141,8 +117,7 @@ def make_encoders(a: argparse.Namespace, key: str, log_dir: Path) -> dict[str, e
 
 
 def run(a: argparse.Namespace, job: evidence.Job, log_dir: Path, threads: int = 0) -> evidence.Job:
-    if a.in_process:
-        return run_in_process(job, a.report_only)
+    evidence.IN_PROCESS = a.in_process
     threads = threads or max(1, (os.cpu_count() or 2) // a.parallel)
     return evidence.run_job(job, threads, log_dir, a.report_only)
 

@@ -40,6 +40,7 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cifar10_evidence
 from cifar10_evidence import (
     CIFAR,
     PRESETS,
@@ -346,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default="runs/evidence")
     ap.add_argument("--out", default="docs/results")
     ap.add_argument("--parallel", type=int, default=2, help="arms at a time (threads split)")
+    ap.add_argument("--in-process", action="store_true", help="no subprocesses (tests)")
     ap.add_argument(
         "--threads",
         type=int,
@@ -358,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
         help="run nothing: write the table from the jobs that have finished",
     )
     a = ap.parse_args(argv)
+    cifar10_evidence.IN_PROCESS = a.in_process
+    a.parallel = 1 if a.in_process else a.parallel  # trainings never share one process
     chosen = a.arms.split(",")
     unknown = [n for n in chosen if n not in BY_NAME]
     if unknown:

@@ -53,6 +53,7 @@ in CIM's favour, so it is off for every row.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -187,6 +188,10 @@ def budget(preset: Preset, epochs: float, n_images: int, batch: int) -> list[str
     return [f"train.max_steps={steps}"]
 
 
+#: Run jobs in this process, not as subprocesses (``--in-process``: the quick presets in
+#: the test suite, without a 5-10 s import per job; their numbers mean nothing anyway).
+IN_PROCESS = False
+
 _DIR_LOCKS: dict[Path, threading.Lock] = {}
 _DIR_LOCKS_GUARD = threading.Lock()
 
@@ -215,18 +220,10 @@ def _run_job(job: Job, threads: int, log_dir: Path, report_only: bool) -> Job:
         job.missing = True
         print(f"[evidence] {job.name}: not finished, left out (--report-only)", flush=True)
         return job
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     log = log_dir / f"{job.name}.log"
     print(f"[evidence] {job.name}: started ({log})", flush=True)
     commit, t0 = git_commit(), time.time()  # the commit that runs it
-    with open(log, "a") as f:
-        code = subprocess.run(
-            [sys.executable, "-m", "cimpt.cli", *job.argv, "resume=auto"],
-            stdout=f,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=ROOT,
-        ).returncode
+    code = _execute(job, threads, log)
     job.wallclock_s = time.time() - t0
     if code != 0:
         raise SystemExit(f"error: evidence job {job.name} failed (exit {code}); see {log}")
@@ -235,6 +232,27 @@ def _run_job(job: Job, threads: int, log_dir: Path, report_only: bool) -> Job:
     timing.write_text(json.dumps(info))
     print(f"[evidence] {job.name}: done in {job.wallclock_s / 60:.1f} min", flush=True)
     return job
+
+
+def _execute(job: Job, threads: int, log: Path) -> int:
+    """Run ``cimpt <job.argv> resume=auto`` with its output in ``log``; its exit code."""
+    with open(log, "a") as f:
+        if IN_PROCESS:
+            from cimpt.cli import main as cimpt_main
+
+            with contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+                try:  # no DataLoader worker processes inside the caller's process
+                    return cimpt_main([*job.argv, "data.num_workers=0", "resume=auto"])
+                except SystemExit as exc:  # argparse
+                    return int(exc.code or 0)
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        return subprocess.run(
+            [sys.executable, "-m", "cimpt.cli", *job.argv, "resume=auto"],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+        ).returncode
 
 
 def tokenizer_job(a: argparse.Namespace, p: Preset, n_train: int, work: Path) -> Job:
@@ -443,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default="runs/evidence")
     ap.add_argument("--out", default="docs/results")
     ap.add_argument("--parallel", type=int, default=2, help="jobs at a time (threads split)")
+    ap.add_argument("--in-process", action="store_true", help="no subprocesses (tests)")
     ap.add_argument(
         "--report-only",
         action="store_true",
@@ -463,6 +482,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not cifar_folders_exist(a):
         return 2
+    global IN_PROCESS
+    IN_PROCESS = a.in_process
+    a.parallel = 1 if a.in_process else a.parallel  # trainings never share one process
     t0 = time.time()
     rows = run_study(a)
     meta = {

@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cifar10_evidence
 from cifar10_evidence import CIFAR, VIT, Job, cifar_folders_exist, count_images, run_job
 from records import ROOT, git_commit
 
@@ -511,6 +512,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--work", default="runs/methods")
     ap.add_argument("--out", default="docs/results")
     ap.add_argument("--methods", default=",".join(m.name for m in METHODS))
+    ap.add_argument("--in-process", action="store_true", help="no subprocesses (tests)")
     return ap.parse_args(argv)
 
 
@@ -523,6 +525,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not cifar_folders_exist(a):
         return 2
+    cifar10_evidence.IN_PROCESS = a.in_process
     data = Path(a.data).expanduser().resolve()
     work = Path(a.work).expanduser().resolve()
     (work / "logs").mkdir(parents=True, exist_ok=True)

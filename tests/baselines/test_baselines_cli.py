@@ -111,7 +111,7 @@ def test_compare_methods_quick_writes_the_table(
     out = tmp_path / "out"
     data = ["--data", str(image_folder), "--val-data", str(image_folder)]
     args = ["--preset", "quick", *data, "--work", str(tmp_path / "w"), "--out", str(out),
-            "--methods", "scratch,mae"]  # fmt: skip
+            "--methods", "scratch,mae", "--in-process"]  # fmt: skip
     assert cm.main(args) == 0
     payload = json.loads((out / "cifar10_methods.json").read_text())
     recs = {r["method"]: r for r in payload["methods"]}

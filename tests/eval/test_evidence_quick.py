@@ -13,7 +13,7 @@ import pytest
 def _quick_args(data: Path, val: Path, work: Path, out: Path) -> list[str]:
     """The quick preset on the tiny folders, one job at a time."""
     return ["--preset", "quick", "--data", str(data), "--val-data", str(val),
-            "--work", str(work), "--out", str(out), "--parallel", "1"]  # fmt: skip
+            "--work", str(work), "--out", str(out), "--parallel", "1", "--in-process"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
