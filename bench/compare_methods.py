@@ -367,28 +367,29 @@ def read_result(job: Job) -> dict[str, Any] | None:
     return json.loads(f.read_text()) if f.exists() else None
 
 
-def run_method(s: Study, m: Method, calib: dict[str, float], tok: Job) -> dict[str, Any]:
-    """Pre-train (unless scratch) and evaluate one arm; its record for the table."""
-    logs = s.work / "logs"
-    rec: dict[str, Any] = {"method": m.name, "objective": m.objective}
-    encoder = ""
-    if m.objective:
-        tok_steps = int(_max_steps(tok.argv))
-        rec["pretrain"] = budget_steps(s, calib, m, tok_steps)
-        run = s.work / m.name / "pretrain"
-        job = run_job(
-            Job(f"{m.name}_pretrain", pretrain_argv(s, m, run, rec["pretrain"]["steps"]), run,
-                "enhancer.safetensors"),
-            s.threads, logs,
-        )  # fmt: skip
-        rec["pretrain"].update(wallclock_s=round(job.wallclock_s, 1), last=last_metrics(run))
-        encoder = str(run)
+def pretrain_method(s: Study, m: Method, calib: dict[str, float], tok: Job) -> dict[str, Any]:
+    """Pre-train one arm for its step budget; its ``pretrain`` record (empty for scratch)."""
+    if not m.objective:
+        return {}
+    rec = budget_steps(s, calib, m, int(_max_steps(tok.argv)))
+    run = s.work / m.name / "pretrain"
+    job = run_job(
+        Job(f"{m.name}_pretrain", pretrain_argv(s, m, run, rec["steps"]), run,
+            "enhancer.safetensors"),
+        s.threads, s.work / "logs",
+    )  # fmt: skip
+    rec.update(wallclock_s=round(job.wallclock_s, 1), last=last_metrics(run))
+    return rec
+
+
+def evaluate_method(s: Study, m: Method) -> dict[str, Any]:
+    """kNN, linear probe and fine-tuning of one arm's encoder (random for scratch)."""
+    encoder = str(s.work / m.name / "pretrain") if m.objective else ""
     results: dict[str, Any] = {}
     for key, job in eval_jobs(s, m, encoder).items():
-        done = run_job(job, s.threads, logs)
+        done = run_job(job, s.threads, s.work / "logs")
         results[key] = {"result": read_result(done), "wallclock_s": round(done.wallclock_s, 1)}
-    rec["eval"] = results
-    return rec
+    return results
 
 
 def _max_steps(argv: list[str]) -> str:
@@ -498,7 +499,13 @@ def run_study(s: Study, methods: list[Method]) -> list[dict[str, Any]]:
     print(f"[methods] calibration (s/step): {json.dumps(calib)}; pre-training ~{est / 60:.0f} min")
     if any(m.tokenizer for m in methods):
         run_job(tok, s.threads, s.work / "logs")
-    records = [run_method(s, m, calib, tok) for m in methods]
+    # Every encoder first (the scarce part, and what other studies reuse), then evaluations.
+    records = [
+        {"method": m.name, "objective": m.objective, "pretrain": pretrain_method(s, m, calib, tok)}
+        for m in methods
+    ]
+    for rec, m in zip(records, methods, strict=True):
+        rec["eval"] = evaluate_method(s, m)
     for rec in records:
         rec["gflops_per_image"] = flops.get(rec["method"])
     return records
