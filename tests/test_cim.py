@@ -115,7 +115,7 @@ def test_forward_backward_finite_for_both_networks(objective: str, downsample: i
     out = model(_random_batch(model))
     expected = {"loss", "gen_loss", "enh_loss", "gen_acc", "replaced", "replaced_masked"}
     revdet = {"revdet_acc", "revdet_pos", "revdet_prior_acc", "revdet_margin"}
-    expected |= {"respix_loss"} if objective == "respix" else revdet
+    expected |= {"respix_loss", "respix_vs_zero"} if objective == "respix" else revdet
     assert set(out) == expected
     for k, v in out.items():
         assert isinstance(v, torch.Tensor) and v.dim() == 0 and torch.isfinite(v), k
@@ -337,8 +337,9 @@ def test_visualize(objective: str) -> None:
     for k in ("original", "recon", "corrupted"):
         assert vis[k].shape == (2, 3, 32, 32) and vis[k].min() >= 0 and vis[k].max() <= 1
     if objective == "respix":
-        p = vis["prediction"]
-        assert p.shape == (2, 3, 32, 32) and p.min() >= 0 and p.max() <= 1
+        for k in ("prediction", "target_norm", "prediction_norm"):
+            p = vis[k]
+            assert p.shape == (2, 3, 32, 32) and p.min() >= 0 and p.max() <= 1
     else:
         assert vis["prob"].shape == (2, 8, 8)
         assert ((vis["prob"] > 0) & (vis["prob"] < 1)).all()
@@ -359,3 +360,22 @@ def test_position_prior_scores_each_batch_before_learning_from_it() -> None:
     before = model.prior_seen.clone()
     model.position_prior_accuracy(~labels)
     assert torch.equal(model.prior_seen, before)
+
+
+def test_respix_figure_and_score_show_only_what_the_model_predicts() -> None:
+    model = _model("respix").eval()
+    model.temperature = 0.0
+    _peaked(model, 5)  # the corrupted image depends on x_tok only
+    with torch.no_grad():
+        model.head.proj.weight.zero_()
+        model.head.proj.bias.zero_()
+    batch = _random_batch(model)
+    other = {**batch, "x": batch["x"] + torch.randn_like(batch["x"])}  # another answer
+    a, b = model.visualize(batch), model.visualize(other)
+    # A zero prediction renders the same whatever the original: nothing of it leaks in.
+    torch.testing.assert_close(a["prediction"], b["prediction"])
+    torch.testing.assert_close(a["prediction_norm"], torch.full_like(a["prediction_norm"], 0.5))
+    assert not torch.allclose(a["target_norm"], b["target_norm"])
+    # respix_vs_zero is the loss over a zero prediction's: exactly 1 for a zero prediction.
+    out = model(batch)
+    torch.testing.assert_close(out["respix_vs_zero"], torch.tensor(1.0))

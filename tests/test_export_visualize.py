@@ -91,7 +91,7 @@ def _figure(e2e: SimpleNamespace, run: Path, out: Path, n: int) -> Image.Image:
         return img.copy()
 
 
-@pytest.mark.parametrize(("objective", "columns"), [("respix", 5), ("revdet", 6)])
+@pytest.mark.parametrize(("objective", "columns"), [("respix", 7), ("revdet", 6)])
 def test_visualize_draws_n_rows_of_one_tile_per_stage(
     objective: str, columns: int, pretrained_runs, tmp_path, e2e
 ) -> None:

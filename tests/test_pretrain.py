@@ -35,7 +35,7 @@ COMMON_KEYS = (
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 OBJECTIVE_KEYS = {
-    "respix": ("respix_loss",),
+    "respix": ("respix_loss", "respix_vs_zero"),
     "revdet": ("revdet_acc", "revdet_pos", "revdet_prior_acc", "revdet_margin"),
 }
 

@@ -205,14 +205,23 @@ class CIM(FrozenTokenizerModule):
             z, z_hat: ``[B, g, g]`` original and corrupted ids.
 
         Returns:
-            ``{"enh_loss", "output"}`` plus, for RESPIX, ``"respix_loss"``; for REVDET,
+            ``{"enh_loss", "output"}`` plus, for RESPIX, ``"respix_loss"`` and
+            ``"respix_vs_zero"`` (the loss over the loss of a zero prediction); for REVDET,
             ``"revdet_acc"`` and ``"revdet_pos"``. ``"output"`` is the head's raw output:
             pixels ``[B, 3, R, R]`` (RESPIX) or logits ``[B, g, g]`` (REVDET).
         """
         out = self.head(self.enhancer.features(x_cor))
         if self.objective == "respix":
-            loss = respix_loss(out, self.respix_target(x, x_cor))
-            return {"enh_loss": loss, "respix_loss": loss.detach(), "output": out}
+            target = self.respix_target(x, x_cor)
+            loss = respix_loss(out, target)
+            # The loss a zero prediction would get: below 1 only if the enhancer learned.
+            vs_zero = loss.detach() / target.float().pow(2).mean().clamp_min(1e-12)
+            return {
+                "enh_loss": loss,
+                "respix_loss": loss.detach(),
+                "respix_vs_zero": vs_zero,
+                "output": out,
+            }
         # A sampled id equal to the original is "not replaced" (paper; METHOD.md step 7).
         loss, acc, pos = revdet_loss(out, z_hat != z)
         return {"enh_loss": loss, "revdet_acc": acc, "revdet_pos": pos, "output": out}
@@ -227,7 +236,8 @@ class CIM(FrozenTokenizerModule):
         Returns:
             scalar tensors: "loss", "gen_loss", "enh_loss", "gen_acc", "replaced" (share of all
             positions whose id changed), "replaced_masked" (same among masked positions), and
-            "respix_loss" or "revdet_acc"/"revdet_pos"/"revdet_prior_acc"/"revdet_margin".
+            "respix_loss"/"respix_vs_zero" or
+            "revdet_acc"/"revdet_pos"/"revdet_prior_acc"/"revdet_margin".
         """
         x, mask = batch["x"], batch["mask"].bool()
         z = self.golden_tokens(batch["x_tok"])
@@ -280,7 +290,10 @@ class CIM(FrozenTokenizerModule):
 
         Returns:
             "original", "recon" (decode(z)), "corrupted": ``[B, 3, R, R]`` in [0, 1];
-            "mask": ``[B, g, g]`` bool; RESPIX: "prediction" ``[B, 3, R, R]`` in [0, 1];
+            "mask": ``[B, g, g]`` bool; RESPIX: "target_norm" and "prediction_norm" (the
+            normalized target and output on one fixed scale) and "prediction" (the output
+            in pixels, de-normalized with the corrupted image's window statistics), each
+            ``[B, 3, R, R]`` in [0, 1];
             REVDET: "prob" ``[B, g, g]`` (sigmoid) and "replaced" ``[B, g, g]`` bool.
         """
         was_training = self.training
@@ -299,7 +312,10 @@ class CIM(FrozenTokenizerModule):
                 "corrupted": self.denormalize(x_cor),
             }
             if self.objective == "respix":
-                vis["prediction"] = self.denormalize(self._respix_to_image(out, x, x_cor))
+                target = self.respix_target(x, x_cor)
+                vis["target_norm"] = _normalized_panel(target)
+                vis["prediction_norm"] = _normalized_panel(out)
+                vis["prediction"] = self.denormalize(self._respix_to_image(out, x_cor))
             else:
                 vis["prob"] = torch.sigmoid(out)
                 vis["replaced"] = z_hat != z
@@ -307,18 +323,23 @@ class CIM(FrozenTokenizerModule):
             self.train(was_training)
         return {k: v.detach().cpu() for k, v in vis.items()}
 
-    def _respix_to_image(
-        self, pred: torch.Tensor, x: torch.Tensor, x_cor: torch.Tensor
-    ) -> torch.Tensor:
-        """Undo the RESPIX target transform: prediction -> dataset-normalized image.
+    def _respix_to_image(self, pred: torch.Tensor, x_cor: torch.Tensor) -> torch.Tensor:
+        """RESPIX prediction -> dataset-normalized image, with only what the enhancer saw.
 
-        The sliding-window statistics come from the original ``x`` (the target's own), so the
-        figure shows what the enhancer predicts inside each window's intensity range.
+        The sliding-window statistics come from the corrupted image ``x_cor`` (the enhancer's
+        input), never from the original: with the original's own statistics even a zero
+        prediction would render as a blurred copy of the answer.
         """
         if self.respix_residual:
             return x_cor.float() + pred
-        mean, std = sliding_window_stats(x, self.respix_window)
+        mean, std = sliding_window_stats(x_cor, self.respix_window)
         return pred * std + mean
+
+
+def _normalized_panel(t: torch.Tensor, span: float = 3.0) -> torch.Tensor:
+    """A normalized map ``[B, 3, R, R]`` shown in [0, 1] with one fixed scale: -span -> 0,
+    0 -> 0.5, +span -> 1 (the same for target and prediction, so they compare honestly)."""
+    return ((t.float().clamp(-span, span) + span) / (2 * span)).clamp(0, 1)
 
 
 def build_cim(cfg: DictConfig, tokenizer: ImageTokenizer) -> CIM:
