@@ -210,3 +210,24 @@ def test_same_seed_same_run_other_seed_other_run(cim_overrides, tmp_path, e2e) -
     assert a.keys() == b.keys() == other.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], other[k]) for k in a)
+
+
+def test_a_tokenizer_fed_views_of_another_size_is_named(
+    cim_overrides, tokenizer_run, tmp_path, e2e, capsys
+) -> None:
+    from cimpt.tokenizers.load import save_tokenizer, trained_at
+    from cimpt.tokenizers.vqvae import VQVAE
+
+    assert trained_at(tokenizer_run) == 32  # tokenizer training records its view size
+    tok32 = save_tokenizer(VQVAE(**e2e.TOKENIZER_ARCH), tmp_path / "t32.safetensors", 32)
+
+    def warnings(run: str, *extra: str) -> list[str]:
+        capsys.readouterr()
+        args = [*cim_overrides(tmp_path / run, steps=1), f"tokenizer.checkpoint={tok32}", *extra]
+        assert e2e.run_cli(["pretrain", str(e2e.CIM_CONFIG), *args]) == 0
+        return [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning:")]
+
+    assert warnings("same") == []
+    # 64 px images in patches of 4: a 16x16 grid, so the tokenizer sees 64 px views.
+    (line,) = warnings("bigger", "data.img_size=64")
+    assert "32 px" in line and "64 px" in line

@@ -85,6 +85,7 @@ def load_frozen_tokenizer(cfg: DictConfig) -> ImageTokenizer:
             "tokenizer.checkpoint=<run dir or .safetensors>"
         )
     tok = load_tokenizer(cfg.tokenizer.checkpoint, kind=str(cfg.tokenizer.kind))
+    _warn_view_size(cfg)
     arch = {**tok.arch_config(), "vocab_size": tok.vocab_size, "downsample": tok.downsample}
     for key, value in arch.items():
         if key in cfg.tokenizer and key not in ("kind", "checkpoint", "img_size"):
@@ -92,6 +93,25 @@ def load_frozen_tokenizer(cfg: DictConfig) -> ImageTokenizer:
                 print(f"note: tokenizer.{key}={value} (from {cfg.tokenizer.checkpoint})")
             cfg.tokenizer[key] = value
     return tok.freeze()
+
+
+def _warn_view_size(cfg: DictConfig) -> None:
+    """Warn when the tokenizer gets views of another size than it was trained on: its ids
+    and reconstructions (what the generator learns and the enhancer sees) are then untested."""
+    import sys
+
+    from cimpt.config import token_grid, tokenizer_resolution
+    from cimpt.tokenizers.load import trained_at
+
+    trained, now = trained_at(cfg.tokenizer.checkpoint), tokenizer_resolution(cfg)
+    if trained is None or trained == now:
+        return
+    print(
+        f"warning: tokenizer.checkpoint was trained on {trained} px views, this run gives it "
+        f"{now} px views ({token_grid(cfg)}x{token_grid(cfg)} grid x tokenizer.downsample="
+        f"{cfg.tokenizer.downsample}); train one at {now} px (README, 'Other image sizes')",
+        file=sys.stderr,
+    )
 
 
 def build_cim_task(cfg: DictConfig, tokenizer: ImageTokenizer | None = None) -> CIMTask:

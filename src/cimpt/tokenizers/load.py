@@ -56,12 +56,35 @@ def build_tokenizer(tok_cfg: Any) -> ImageTokenizer:
     )
 
 
-def save_tokenizer(tok: ImageTokenizer, path: str | Path) -> Path:
-    """Write weights and buffers to one safetensors file, atomically; parents are created."""
+#: Metadata key of the image side a tokenizer was trained at (its views were that large).
+TRAINED_AT_KEY = "cimpt_trained_at"
+
+
+def save_tokenizer(tok: ImageTokenizer, path: str | Path, trained_at: int = 0) -> Path:
+    """Write weights and buffers to one safetensors file, atomically; parents are created.
+
+    ``trained_at`` (> 0): the side of the training views, so that a run feeding the
+    tokenizer views of another size can say so (``trained_at``).
+    """
     arch = tok.arch_config()
     kind = getattr(tok, "kind", None) or arch.get("kind", "vqvae")
     metadata = {"cimpt_tokenizer": str(kind), "arch": json.dumps(arch)}
+    if trained_at > 0:
+        metadata[TRAINED_AT_KEY] = str(int(trained_at))
     return write_safetensors(Path(path).expanduser(), tok.state_dict(), metadata)
+
+
+def trained_at(path: str | Path) -> int | None:
+    """The view side a cimpt tokenizer file (or run dir) was trained at; None when the file
+    does not say (checkpoints, older files, the DALL-E dVAE) or is not a cimpt file."""
+    p = Path(path).expanduser()
+    try:
+        file, _ = _resolve_file(p)
+        with safe_open(str(file), framework="pt") as fh:
+            value = (fh.metadata() or {}).get(TRAINED_AT_KEY)
+    except Exception:  # not ours to judge here: loading reports unreadable files
+        return None
+    return int(value) if value and value.isdigit() else None
 
 
 def _step_number(folder: Path) -> int:

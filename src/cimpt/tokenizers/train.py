@@ -46,9 +46,12 @@ class TokenizerTask(Task):
         "tokenizer.embed_dim",
     )
 
-    def __init__(self, tokenizer: ImageTokenizer, dataset: Any, collate: Any) -> None:
+    def __init__(
+        self, tokenizer: ImageTokenizer, dataset: Any, collate: Any, view_size: int = 0
+    ) -> None:
         super().__init__(_OnImages(tokenizer), dataset, collate)
         self.tokenizer = tokenizer
+        self.view_size = view_size  # side of the training views, recorded in the file
 
     def saved_modules(self) -> dict[str, torch.nn.Module]:
         return {"tokenizer": self.tokenizer}
@@ -70,7 +73,7 @@ class TokenizerTask(Task):
     def finish(self, run_dir: Path) -> None:
         from cimpt.tokenizers.load import save_tokenizer
 
-        save_tokenizer(self.tokenizer, run_dir / TOKENIZER_FILE)
+        save_tokenizer(self.tokenizer, run_dir / TOKENIZER_FILE, self.view_size)
 
 
 def build_tokenizer_task(cfg: DictConfig) -> TokenizerTask:
@@ -83,9 +86,9 @@ def build_tokenizer_task(cfg: DictConfig) -> TokenizerTask:
 
     if cfg.tokenizer.kind != "vqvae":
         raise CimptError(f"tokenizer.kind: only 'vqvae' can be trained, not '{cfg.tokenizer.kind}'")
-    transform = build_single_view_transform(cfg, tokenizer_resolution(cfg))
-    dataset = build_dataset(cfg, "train", transform)
-    return TokenizerTask(build_tokenizer(cfg.tokenizer), dataset, ImageCollate())
+    size = tokenizer_resolution(cfg)
+    dataset = build_dataset(cfg, "train", build_single_view_transform(cfg, size))
+    return TokenizerTask(build_tokenizer(cfg.tokenizer), dataset, ImageCollate(), size)
 
 
 def train_tokenizer(cfg: DictConfig) -> FitResult:
