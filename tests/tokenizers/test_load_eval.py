@@ -127,13 +127,14 @@ def test_reconstruction_figure_layout(tmp_path: Path) -> None:
     recons = torch.rand(3, 3, 8, 8)
     out = save_reconstruction_figure(images, recons, tmp_path / "sub" / "fig.png", n=16)
     arr = np.asarray(Image.open(out))
-    # 3 pairs -> 6 tiles in one row, 8 px each with 2 px padding around.
-    assert arr.shape == (12, 62, 3)
+    # A 14 px title strip, then 3 pairs -> 6 tiles in one row, 8 px each, 2 px padding around.
+    assert arr.shape == (14 + 12, 62, 3)
+    assert (arr[:14] < 128).any()  # the column titles are drawn in the strip
     expected_orig = (images[1].permute(1, 2, 0).numpy() * 255).round()
     expected_rec = (recons[1].permute(1, 2, 0).numpy() * 255).round()
     x0 = 2 + 2 * 10  # the third tile is the second original
-    np.testing.assert_allclose(arr[2:10, x0 : x0 + 8], expected_orig, atol=1)
-    np.testing.assert_allclose(arr[2:10, x0 + 10 : x0 + 18], expected_rec, atol=1)
+    np.testing.assert_allclose(arr[16:24, x0 : x0 + 8], expected_orig, atol=1)
+    np.testing.assert_allclose(arr[16:24, x0 + 10 : x0 + 18], expected_rec, atol=1)
     assert sorted(p.name for p in out.parent.iterdir()) == ["fig.png"]  # no temp files left
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 from torchvision.utils import make_grid
 
 from cimpt.atomic import write_json, write_png
@@ -94,7 +94,8 @@ def evaluate_tokenizer(
 def save_reconstruction_figure(
     images: torch.Tensor, recons: torch.Tensor, path: str | Path, n: int = 16
 ) -> Path:
-    """Write a PNG grid of pairs original | reconstruction (4 pairs per row).
+    """Write a PNG grid of pairs original | reconstruction (4 pairs per row), each column
+    titled ("original", "recon") in a strip above the grid.
 
     ``images`` and ``recons``: ``[B, 3, H, W]`` in [0, 1]; the first ``min(n, B)`` are shown.
     The file is written atomically (temporary file in the same folder, then rename).
@@ -104,9 +105,18 @@ def save_reconstruction_figure(
     if k == 0:
         raise CimptError("no images to draw in the reconstruction figure")
     pairs = torch.stack([images[:k].float().cpu(), recons[:k].float().cpu()], 1)  # [k,2,3,H,W]
-    grid = make_grid(pairs.flatten(0, 1).clamp(0, 1), nrow=min(8, 2 * k), padding=2, pad_value=1)
+    cols = min(8, 2 * k)
+    grid = make_grid(pairs.flatten(0, 1).clamp(0, 1), nrow=cols, padding=2, pad_value=1)
     array = (grid * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    return write_png(path, Image.fromarray(array))
+    body = Image.fromarray(array)
+    header = 14
+    canvas = Image.new("RGB", (body.width, body.height + header), (255, 255, 255))
+    canvas.paste(body, (0, header))
+    draw = ImageDraw.Draw(canvas)
+    step = images.shape[-1] + 2  # one tile and its padding
+    for c in range(cols):
+        draw.text((2 + c * step, 1), "original" if c % 2 == 0 else "recon", fill=(0, 0, 0))
+    return write_png(path, canvas)
 
 
 def _find_run_config(checkpoint: Path) -> Path | None:
