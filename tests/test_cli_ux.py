@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 
 from cimpt.config import load_config
 
@@ -203,6 +204,11 @@ def test_tensorboard_tags_are_grouped_and_jsonl_keys_unchanged(cim_overrides, tm
     for tag in ("pretrain/loss", "gen/gen_loss", "gen/gen_acc", "enh/enh_loss", "optim/lr"):
         assert tag in tags, sorted(tags)
     assert "system/img_per_s" in tags and "loss" not in tags
+    # The run's figure is in the Images tab too, as drawn (same size as the PNG).
+    assert events.Tags()["images"] == ["figures/cim"]
+    (image,) = events.Images("figures/cim")
+    png = Image.open(next((run / "figures").glob("cim_*.png")))
+    assert (image.step, image.width, image.height) == (1, png.width, png.height)
     record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert {"loss", "gen_loss", "enh_loss", "lr", "img_per_s"} <= set(record)
 

@@ -514,6 +514,7 @@ class Trainer:
                 vis_now = every > 0 and (st.step % every == 0 or st.step == self.total_steps)
                 if self.dist.is_main and vis_now:
                     self.task.visualize(st.step, batch, self.run_dir)
+                    self.logger.log_figures(st.step, self.run_dir / "figures")
                 due = stop or st.step % cfg.run.ckpt_every == 0 or st.step == self.total_steps
                 if due and st.nan_streak > 0:
                     # Never a checkpoint in a NaN streak: the last good one must survive the

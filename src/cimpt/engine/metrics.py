@@ -147,6 +147,10 @@ class MetricsLogger:
         self.kind = kind  # the task's kind: the TensorBoard section of its own metrics
         self._file = None
         self._tb: Any = None
+        figures = run_dir / "figures"
+        self._figures_seen: set[str] = (
+            {p.name for p in figures.glob("*.png")} if figures.is_dir() else set()
+        )
         if not enabled:
             return
         try:
@@ -184,6 +188,23 @@ class MetricsLogger:
             for k, v in values.items():
                 if isinstance(v, (int, float)):
                     self._tb.add_scalar(tensorboard_tag(k, self.kind), v, step)
+
+    def log_figures(self, step: int, folder: Path) -> None:
+        """Add the PNG figures of ``folder`` not seen before to TensorBoard's Images tab,
+        tagged ``figures/<name without the step number>``. The first call only takes note
+        of what is there (a resumed run does not log old figures at its new step)."""
+        if self._tb is None or not folder.is_dir():
+            return
+        import numpy as np
+        from PIL import Image
+
+        new = sorted(p for p in folder.glob("*.png") if p.name not in self._figures_seen)
+        self._figures_seen.update(p.name for p in new)
+        for png in new:
+            tag = "figures/" + png.stem.rstrip("0123456789").rstrip("_")
+            with Image.open(png) as img:
+                array = np.asarray(img.convert("RGB"))
+            self._tb.add_image(tag, array, step, dataformats="HWC")
 
     def close(self) -> None:
         if self._file is not None:
