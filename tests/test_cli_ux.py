@@ -231,3 +231,16 @@ def test_an_own_config_builds_on_a_shipped_one(tmp_path, monkeypatch) -> None:
     (tmp_path / "mine.yaml").write_text("base: cifar10_vit.yaml\ntrain:\n  epochs: 9\n")
     cfg = load_config("mine.yaml")
     assert cfg.train.epochs == 9 and cfg.enhancer.kwargs["embed_dim"] == 192
+
+
+def test_plot_draws_the_curves_of_a_run(pretrained_runs, tmp_path, e2e, capsys) -> None:
+    run = pretrained_runs("revdet")
+    out = tmp_path / "curves.png"
+    assert e2e.run_cli(["plot", str(run), "--out", str(out)]) == 0
+    img = Image.open(out)
+    assert img.width > 3 * img.height  # one panel per key present, side by side
+    capsys.readouterr()
+    assert e2e.run_cli(["plot", str(tmp_path)]) == 2
+    assert "no metrics.jsonl" in e2e.error_line(capsys.readouterr().err)
+    assert e2e.run_cli(["plot", str(run), "--keys", "no_such_key"]) == 2
+    assert "no_such_key" in e2e.error_line(capsys.readouterr().err)

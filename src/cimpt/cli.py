@@ -100,6 +100,12 @@ def _visualize(args: argparse.Namespace) -> None:
     print(f"wrote {visualize_command(args.checkpoint, args.overrides, args.out, args.n)}")
 
 
+def _plot(args: argparse.Namespace) -> None:
+    from cimpt.plot import plot_command
+
+    print(f"wrote {plot_command(args.run, args.out, args.keys)}")
+
+
 def _config_show(args: argparse.Namespace) -> None:
     from cimpt.config import load_config, to_yaml
 
@@ -166,6 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="", help="output PNG (default: run.dir/figures/)")
     p.add_argument("--n", type=int, default=8, help="number of images")
     p.set_defaults(func=_visualize)
+    p = sub.add_parser("plot", help="training curves of a run (metrics.jsonl) as one PNG")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--out", default="", help="output PNG (default: RUN/figures/curves.png)")
+    p.add_argument("--keys", nargs="*", default=None, help="metrics to plot (default: the usual)")
+    p.set_defaults(func=_plot)
     p = sub.add_parser(
         "export", help="a trained network as the plain timm model (one file or a timm folder)"
     )
