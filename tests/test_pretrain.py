@@ -231,3 +231,19 @@ def test_a_tokenizer_fed_views_of_another_size_is_named(
     # 64 px images in patches of 4: a 16x16 grid, so the tokenizer sees 64 px views.
     (line,) = warnings("bigger", "data.img_size=64")
     assert "32 px" in line and "64 px" in line
+
+
+def test_tokenizer_verdict_and_a_weak_tokenizer_warns(cim_overrides, tmp_path, e2e, capsys):
+    from cimpt.tokenizers.evaluate import verdict
+
+    assert verdict(24.0, 0.5) == "good"
+    assert verdict(20.0, 0.3).startswith("usable: PSNR 20.0 dB < 22")
+    assert verdict(12.6, 0.02).startswith("weak: PSNR 12.6 dB < 22; 2 % of the codes used")
+    folder = tmp_path / "tok"
+    tok = e2e.write_tokenizer(folder / "tokenizer.safetensors")
+    (folder / "tokenizer_eval.json").write_text(json.dumps({"verdict": verdict(12.6, 0.02)}))
+    capsys.readouterr()
+    args = [*cim_overrides(tmp_path / "run", steps=1), f"tokenizer.checkpoint={tok}"]
+    assert e2e.run_cli(["pretrain", str(e2e.CIM_CONFIG), *args]) == 0
+    err = capsys.readouterr().err
+    assert "warning: the tokenizer is weak: PSNR 12.6 dB" in err

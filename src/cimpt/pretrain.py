@@ -86,6 +86,7 @@ def load_frozen_tokenizer(cfg: DictConfig) -> ImageTokenizer:
         )
     tok = load_tokenizer(cfg.tokenizer.checkpoint, kind=str(cfg.tokenizer.kind))
     _warn_view_size(cfg)
+    _warn_weak_tokenizer(Path(str(cfg.tokenizer.checkpoint)).expanduser())
     arch = {**tok.arch_config(), "vocab_size": tok.vocab_size, "downsample": tok.downsample}
     for key, value in arch.items():
         if key in cfg.tokenizer and key not in ("kind", "checkpoint", "img_size"):
@@ -112,6 +113,25 @@ def _warn_view_size(cfg: DictConfig) -> None:
         f"{cfg.tokenizer.downsample}); train one at {now} px (README, 'Other image sizes')",
         file=sys.stderr,
     )
+
+
+def _warn_weak_tokenizer(checkpoint: Path) -> None:
+    """Warn when the tokenizer's own evaluation (``tokenizer_eval.json``, written by
+    ``cimpt tokenizer train|eval`` next to it) judged it weak: the enhancer only ever sees
+    its reconstructions, so a blurry tokenizer caps what pre-training can teach."""
+    import json
+    import sys
+
+    folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
+    report = folder / "tokenizer_eval.json"
+    if not report.is_file():
+        return
+    try:
+        verdict = str(json.loads(report.read_text()).get("verdict", ""))
+    except (OSError, ValueError):
+        return
+    if verdict.startswith("weak"):
+        print(f"warning: the tokenizer is {verdict} ({report})", file=sys.stderr)
 
 
 def build_cim_task(cfg: DictConfig, tokenizer: ImageTokenizer | None = None) -> CIMTask:

@@ -142,6 +142,27 @@ def _overrides_key(overrides: Sequence[str], key: str) -> bool:
     return any(item.split("=", 1)[0].strip() == key for item in overrides)
 
 
+#: Verdict thresholds (PSNR in dB, share of codes used). At 32-64 px a tokenizer below
+#: 18 dB decodes colourless blurs, so every corrupted image is one (docs/BENCHMARKS.md);
+#: 22 dB keeps colour and the main edges (the CIFAR tokenizer of the evidence study).
+GOOD_PSNR, WEAK_PSNR = 22.0, 18.0
+GOOD_USAGE, WEAK_USAGE = 0.25, 0.10
+
+
+def verdict(psnr: float, usage: float) -> str:
+    """``good``, ``usable`` or ``weak``, with the reason, from the thresholds above."""
+    why = []
+    if psnr < GOOD_PSNR:
+        why.append(f"PSNR {psnr:.1f} dB < {GOOD_PSNR:.0f}")
+    if usage < GOOD_USAGE:
+        why.append(f"{100 * usage:.0f} % of the codes used < {100 * GOOD_USAGE:.0f} %")
+    if not why:
+        return "good"
+    weak = psnr < WEAK_PSNR or usage < WEAK_USAGE
+    advice = "train longer or wider (tokenizer.width), or check tokenizer.downsample"
+    return f"{'weak' if weak else 'usable'}: {'; '.join(why)}; {advice}"
+
+
 def _print_table(results: dict[str, Any]) -> None:
     rows = [
         ("PSNR", f"{results['psnr']:.2f} dB"),
@@ -151,6 +172,7 @@ def _print_table(results: dict[str, Any]) -> None:
     ]
     for name, value in rows:
         print(f"{name:<12}{value:>16}")
+    print(f"verdict: {results['verdict']}")
 
 
 def evaluate_tokenizer_command(checkpoint: str, overrides: list[str]) -> dict[str, Any]:
@@ -185,6 +207,7 @@ def evaluate_tokenizer_command(checkpoint: str, overrides: list[str]) -> dict[st
     )
     results: dict[str, Any] = evaluate_tokenizer(tok, loader, device)
     results.update(checkpoint=str(ckpt), img_size=size, vocab_size=tok.vocab_size)
+    results["verdict"] = verdict(float(results["psnr"]), float(results["usage"]))
     if _overrides_key(overrides, "run.dir"):
         out_dir = Path(str(cfg.run.dir)).expanduser()
     else:
