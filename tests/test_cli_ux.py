@@ -244,3 +244,17 @@ def test_plot_draws_the_curves_of_a_run(pretrained_runs, tmp_path, e2e, capsys) 
     assert "no metrics.jsonl" in e2e.error_line(capsys.readouterr().err)
     assert e2e.run_cli(["plot", str(run), "--keys", "no_such_key"]) == 2
     assert "no_such_key" in e2e.error_line(capsys.readouterr().err)
+
+
+def test_start_up_summary_and_recipe_warnings(cim_overrides, tmp_path, e2e, capsys) -> None:
+    capsys.readouterr()
+    # 24 images in batches of 8: 3 steps per epoch; a one-epoch warm-up over a 2-step run.
+    extra = ["run.progress=true", "train.batch_size=8", "train.warmup_epochs=1.0"]
+    args = [*cim_overrides(tmp_path / "run", steps=2), *extra]
+    assert e2e.run_cli(["pretrain", "cifar10_vit", *args]) == 0
+    err = capsys.readouterr().err
+    summary = next(ln for ln in err.splitlines() if ln.startswith("cim: "))
+    assert "24 images" in summary and "batch 8" in summary and "2 steps = 0.67 epochs" in summary
+    warnings = [ln for ln in err.splitlines() if ln.startswith("warning:")]
+    assert any("warm-up (2 steps) covers the whole run (2 steps)" in w for w in warnings)
+    assert any("3 steps per epoch" in w for w in warnings)

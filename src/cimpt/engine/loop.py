@@ -215,8 +215,11 @@ class Trainer:
         )
         if self.dist.is_main:
             save_config(cfg, self.run_dir / "config.yaml")
-            if cfg.run.progress:
+            if cfg.run.progress:  # beside the progress bar, on stderr
                 print(f"precision: {describe(self.amp_dtype, self.device)}", file=sys.stderr)
+                print(self.summary(), file=sys.stderr)
+            for line in self.recipe_warnings():
+                print(f"warning: {line}", file=sys.stderr)
 
     # ----- set-up -------------------------------------------------------------------------
     def _build_data(self) -> None:
@@ -254,6 +257,34 @@ class Trainer:
             self.cfg.seed,
             drop_last=True,
         )
+
+    def summary(self) -> str:
+        """One start-up line: what the run will do (images, batch, lr, steps, epochs)."""
+        t, per_epoch = self.cfg.train, self.steps_per_epoch()
+        images = f"{len(self.sampler)} images" if self.sampler is not None else "streamed images"
+        epochs = f" = {self.total_steps / per_epoch:.2f} epochs" if per_epoch else ""
+        return (
+            f"{self.task.kind}: {images} on {self.dist.world_size} process(es); batch "
+            f"{t.batch_size} ({self.micro} per process x {t.accum_steps} accumulation); lr "
+            f"{self.base_lr:.3g}; {self.total_steps} steps{epochs}, {self.warmup_steps} "
+            f"warm-up; starting at step {self.state.step}"
+        )
+
+    def recipe_warnings(self) -> list[str]:
+        """Budgets that make the schedule meaningless, said before the run spends them."""
+        out = []
+        if self.warmup_steps >= self.total_steps > 1:
+            out.append(
+                f"the warm-up ({self.warmup_steps} steps) covers the whole run "
+                f"({self.total_steps} steps): the lr only ever rises; lower "
+                "train.warmup_epochs or train longer"
+            )
+        if 0 < self.steps_per_epoch() < 5:
+            out.append(
+                f"{self.steps_per_epoch()} steps per epoch: with so few images per epoch, "
+                "lower train.batch_size (the lr follows it) or see README, 'Small data'"
+            )
+        return out
 
     def steps_per_epoch(self) -> int:
         if self.sampler is None:
