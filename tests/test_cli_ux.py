@@ -255,6 +255,7 @@ def test_start_up_summary_and_recipe_warnings(cim_overrides, tmp_path, e2e, caps
     err = capsys.readouterr().err
     summary = next(ln for ln in err.splitlines() if ln.startswith("cim: "))
     assert "24 images" in summary and "batch 8" in summary and "2 steps = 0.67 epochs" in summary
+    assert "8x8 grid of 4 px cells at 32 px, tokenizer view 32 px" in summary
     warnings = [ln for ln in err.splitlines() if ln.startswith("warning:")]
     assert any("warm-up (2 steps) covers the whole run (2 steps)" in w for w in warnings)
     assert any("3 steps per epoch" in w for w in warnings)

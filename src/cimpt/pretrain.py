@@ -49,6 +49,18 @@ class CIMTask(Task):
         super().__init__(model, dataset, collate)
         self.cfg = cfg
 
+    def describe(self) -> str:
+        from cimpt.config import token_grid, tokenizer_resolution
+
+        g, c = token_grid(self.cfg), self.cfg
+        text = (
+            f"objective {c.objective}, {g}x{g} grid of {c.enhancer.patch_size} px cells at "
+            f"{c.data.img_size} px"
+        )
+        if getattr(self.model, "tokenizer", None) is not None:
+            text += f", tokenizer view {tokenizer_resolution(c)} px"
+        return text
+
     def saved_modules(self) -> dict[str, torch.nn.Module]:
         # generator, enhancer and heads; the frozen tokenizer is not a child (never saved).
         return dict(self.model.named_children())

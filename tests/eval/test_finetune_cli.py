@@ -194,6 +194,8 @@ def test_finetune_reads_the_architecture_from_its_checkpoint(
     for key in ("enhancer.kwargs=", "data.img_size=32", "enhancer.patch_size=4"):
         assert any(key in n and str(pre) in n for n in notes), (key, notes)
     assert not any("enhancer.name" in n for n in notes)  # unchanged keys are not noted
+    # Both sizes are named: the checkpoint's, used, and the config's, replaced.
+    assert any("data.img_size=32" in n and "the config said 64" in n for n in notes), notes
     saved = load_config(run)
     assert saved.data.img_size == 32 and saved.enhancer.patch_size == 4
     assert dict(saved.enhancer.kwargs) == {"embed_dim": 32, "depth": 1, "num_heads": 2}

@@ -268,6 +268,8 @@ class Trainer:
             f"{t.batch_size} ({self.micro} per process x {t.accum_steps} accumulation); lr "
             f"{self.base_lr:.3g}; {self.total_steps} steps{epochs}, {self.warmup_steps} "
             f"warm-up; starting at step {self.state.step}"
+            + (f"; {extra}" if (extra := self.task.describe()) else "")
+            + " (the progress bar gives the time left after the first steps)"
         )
 
     def recipe_warnings(self) -> list[str]:

@@ -76,6 +76,11 @@ class Task:
     def visualize(self, step: int, batch: dict[str, Any], run_dir: Path) -> None:
         """Write figures for ``batch`` (rank 0 only, every ``run.vis_every`` steps)."""
 
+    def describe(self) -> str:
+        """What the start-up line should add about this task (e.g. grid, classes); "" if
+        nothing."""
+        return ""
+
     def finish(self, run_dir: Path) -> None:
         """Called on rank 0 after the last step (e.g. to export final weights)."""
 

@@ -120,6 +120,13 @@ class SupervisedTask(Task):
         if self.cfg.finetune.ema and self.kind == "finetune":
             self.ema = ModelEmaV3(self.sup.net, decay=float(self.cfg.finetune.ema_decay))
 
+    def describe(self) -> str:
+        d = self.data
+        return (
+            f"{d.num_classes} classes, {len(d.train)} of {d.n_train_total} labelled images "  # type: ignore[arg-type]
+            f"used, {len(d.val)} to evaluate"  # type: ignore[arg-type]
+        )
+
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]] | None:
         if self.layer_decay is None:
             return None

@@ -141,7 +141,8 @@ def adopt_architecture(
         if _plain(new) != _plain(old):
             changed.append(key)
             shown = json.dumps(_plain(new)) if isinstance(new, DictConfig) else new
-            print(f"note: {key}={shown} (from {source.path})")
+            was = json.dumps(_plain(old)) if isinstance(old, DictConfig) else old
+            print(f"note: {key}={shown} (from {source.path}; the config said {was})")
         OmegaConf.update(cfg, key, _plain(new), merge=False)
     return changed
 
