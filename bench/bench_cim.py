@@ -1,6 +1,6 @@
 """CPU throughput and memory of one CIM pre-training step, its parts, and the real Trainer.
 
-Fang et al., "Corrupted Image Modeling" (ICLR 2023, arXiv 2202.03382); METHOD.md "One training
+Fang et al., "Corrupted Image Modeling" (ICLR 2023, arXiv 2202.03382); docs/METHOD.md "One training
 step". For one config (default ``configs/cifar10_vit.yaml``) on CPU, at the config's batch
 size, in the precision ``train.amp`` resolves to (``auto``: bf16 on a CPU with AMX, else fp32;
 pass ``train.amp=none`` or ``train.amp=bf16`` to choose), this measures in one run:
@@ -12,7 +12,7 @@ pass ``train.amp=none`` or ``train.amp=bf16`` to choose), this measures in one r
    * tokenizer: ``golden_tokens(x_tok)`` + ``corrupt(z_hat)`` (encode, decode, resize,
      normalize), no gradient;
    * generator: ``generator_step`` forward + backward of its masked cross-entropy;
-   * sample: the Gumbel sampling of the replacements (METHOD.md step 5);
+   * sample: the Gumbel sampling of the replacements (docs/METHOD.md step 5);
    * enhancer + head: ``enhancer_step`` forward + backward of the objective's loss on a fixed
      corrupted image;
    * optimizer: the Trainer's ``_optimizer_step`` (clip, AdamW over all trainable

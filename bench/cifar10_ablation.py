@@ -214,7 +214,7 @@ def job_commit(job: Job) -> str | None:
 
 def last_pretrain_metrics(run_dir: Path) -> dict[str, float]:
     """The generator's token accuracy on masked positions and the share of masked tokens it
-    replaced, at the last logged step: how plausible the corruption was (METHOD.md)."""
+    replaced, at the last logged step: how plausible the corruption was (docs/METHOD.md)."""
     last: dict[str, Any] = {}
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         rec = json.loads(line)

@@ -1,6 +1,6 @@
 """End-to-end tests of the ``cimpt`` command line: usage errors, config errors, tokenizer runs.
 
-The contract (DESIGN.md, "The stable interface"): exit 0 on success; on bad input a non-zero
+The contract (docs/DESIGN.md, "The stable interface"): exit 0 on success; on bad input a non-zero
 exit and exactly one stderr line that starts with ``error:`` and names what is wrong, before
 anything is written into ``run.dir``.
 """

@@ -2,7 +2,7 @@
 
 What a user relies on after a run: the merged ``config.yaml``, ``metrics.jsonl`` with the
 documented keys, a checkpoint holding generator, enhancer and head but never the frozen
-tokenizer (METHOD.md: the tokenizer is frozen and not part of CIM's weights), a figure, the
+tokenizer (docs/METHOD.md: the tokenizer is frozen and not part of CIM's weights), a figure, the
 exported enhancer, exact ``resume=auto``, and one clear ``error:`` line for each bad input.
 """
 
@@ -64,7 +64,7 @@ def test_pretrain_writes_a_complete_run(
 
     lines = _metrics(run)
     assert [m["step"] for m in lines] == [1, 2]  # log_every=1, two steps
-    base_lr = 1.5e-3 * 4 / 256  # blr * batch / 256 (METHOD.md recipe)
+    base_lr = 1.5e-3 * 4 / 256  # blr * batch / 256 (docs/METHOD.md recipe)
     for m in lines:
         for key in (*COMMON_KEYS, *OBJECTIVE_KEYS[objective]):
             assert key in m and math.isfinite(m[key]), key

@@ -1,6 +1,6 @@
 """Corrupted Image Modeling as one module (Fang et al., ICLR 2023, arXiv 2202.03382).
 
-``CIM.forward`` is METHOD.md's "One training step", one short stage method per step:
+``CIM.forward`` is docs/METHOD.md's "One training step", one short stage method per step:
 
     z      = golden_tokens(x_tok)              # 3. frozen tokenizer ids, no gradient
     logits = generator_step(x, mask, z)        # 4. small BEiT, CE on masked positions
@@ -57,7 +57,7 @@ class CIM(FrozenTokenizerModule):
         enh_weight: lambda in ``L = L_gen + lambda * L_enh``.
         respix_window: sliding-window side k for the RESPIX target; 0 means the patch size.
         respix_residual: RESPIX predicts ``x - x_cor`` (both dataset-normalized) instead of the
-            sliding-window-normalized image (a choice, METHOD.md step 7).
+            sliding-window-normalized image (a choice, docs/METHOD.md step 7).
         temperature: sampling temperature T; an engine schedule may overwrite
             ``self.temperature`` every step.
         tokenizer_precision: "fp32" (default) runs the frozen tokenizer in fp32 even inside
@@ -116,7 +116,7 @@ class CIM(FrozenTokenizerModule):
         present = {n for n, _ in self.named_parameters()}
         return names & present
 
-    # ---- METHOD.md step 3: golden_tokens (FrozenTokenizerModule) ----------------------
+    # ---- docs/METHOD.md step 3: golden_tokens (FrozenTokenizerModule) ----------------------
     # ---- step 4 -----------------------------------------------------------------------------
     def generator_step(
         self, x: torch.Tensor, mask: torch.Tensor, z: torch.Tensor
@@ -222,7 +222,7 @@ class CIM(FrozenTokenizerModule):
                 "respix_vs_zero": vs_zero,
                 "output": out,
             }
-        # A sampled id equal to the original is "not replaced" (paper; METHOD.md step 7).
+        # A sampled id equal to the original is "not replaced" (paper; docs/METHOD.md step 7).
         loss, acc, pos = revdet_loss(out, z_hat != z)
         return {"enh_loss": loss, "revdet_acc": acc, "revdet_pos": pos, "output": out}
 

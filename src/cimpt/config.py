@@ -2,7 +2,7 @@
 
 The schema is a tree of dataclasses merged with OmegaConf in struct mode, so an unknown key or
 a value of the wrong type is an error that names the key. ``validate`` then checks the sizes
-that must agree with each other (METHOD.md step 1: the token grid must equal the enhancer's
+that must agree with each other (docs/METHOD.md step 1: the token grid must equal the enhancer's
 patch grid) before any work starts. The merged config is written into each run directory.
 Every key is documented in ``configs/defaults.yaml`` (shipped as ``cimpt/configs``); a test
 keeps that file and this schema identical.
@@ -368,7 +368,8 @@ def _require(ok: bool, key: str, reason: str) -> None:
 
 
 def token_grid(cfg: DictConfig) -> int:
-    """Side of the enhancer's patch grid, which the token grid must match (METHOD.md step 1)."""
+    """Side of the enhancer's patch grid, which the token grid must match (docs/METHOD.md,
+    step 1)."""
     return int(cfg.data.img_size) // int(cfg.enhancer.patch_size)
 
 

@@ -1,6 +1,6 @@
 """Losses of Corrupted Image Modeling (Fang et al., ICLR 2023, arXiv 2202.03382).
 
-* ``mlm_loss``: the generator's masked-token cross-entropy (METHOD.md step 4, as in BEiT).
+* ``mlm_loss``: the generator's masked-token cross-entropy (docs/METHOD.md step 4, as in BEiT).
 * ``respix_loss`` with ``sliding_window_normalize``: the enhancer's RESPIX target, the original
   image normalized by the mean and std of a sliding window around each pixel (step 7).
 * ``revdet_loss``: the enhancer's REVDET per-position replaced-token detection (step 7).
@@ -109,7 +109,7 @@ def sliding_window_normalize(x: torch.Tensor, k: int, eps: float = 1e-6) -> torc
 
 
 def respix_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over every pixel (METHOD.md step 7: the loss covers all pixels).
+    """Mean squared error over every pixel (docs/METHOD.md step 7: the loss covers all pixels).
 
     Args:
         pred: ``[B, 3, R, R]``.

@@ -1,6 +1,6 @@
 """``cimpt visualize CHECKPOINT``: the CIM figure for a batch of images, from any checkpoint.
 
-The model is rebuilt from the checkpoint's saved config (DESIGN.md lesson 11); ``key=value``
+The model is rebuilt from the checkpoint's saved config (docs/DESIGN.md lesson 11); ``key=value``
 overrides can point at other images (``data.path=...``) or another output (``run.dir``).
 """
 

@@ -1,6 +1,6 @@
 """Data pipeline: datasets, CIM's two-resolution views, block masks, collate, sampler.
 
-METHOD.md steps 1 and 2: every image gives two views of one random crop (``x`` for the
+docs/METHOD.md steps 1 and 2: every image gives two views of one random crop (``x`` for the
 networks, ``x_tok`` for the tokenizer) and a BEiT-style block mask over the patch grid.
 """
 

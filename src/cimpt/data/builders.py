@@ -1,6 +1,6 @@
 """Config -> data components: the views, the mask generator and the CIM loader of a run.
 
-Components take plain arguments (DESIGN.md: avoid components that take the whole config);
+Components take plain arguments (docs/DESIGN.md: avoid components that take the whole config);
 these functions are the one place that reads ``cfg.data`` / ``cfg.mask`` for them.
 """
 
@@ -19,7 +19,8 @@ from cimpt.data.transforms import SingleViewTransform, TwoViewTransform
 
 
 def build_two_view_transform(cfg: DictConfig) -> TwoViewTransform:
-    """x at data.img_size (normalized), x_tok at the tokenizer resolution (METHOD.md step 1)."""
+    """x at data.img_size (normalized), x_tok at the tokenizer resolution (docs/METHOD.md,
+    step 1)."""
     d = cfg.data
     return TwoViewTransform(
         int(d.img_size),
@@ -43,7 +44,7 @@ def build_single_view_transform(cfg: DictConfig, size: int) -> SingleViewTransfo
 def build_mask_generator(cfg: DictConfig) -> BlockMaskGenerator | RandomMaskGenerator:
     """The objective's masks over the enhancer's patch grid, seeded by ``seed``.
 
-    CIM and BEiT: BEiT's blockwise masks (``mask.*``, METHOD.md step 2); MAE: uniform random
+    CIM and BEiT: BEiT's blockwise masks (``mask.*``, docs/METHOD.md step 2); MAE: uniform random
     patches (``mae.mask_ratio``); SimMIM: uniform random mask patches of
     ``simmim.mask_patch_size`` pixels (``simmim.mask_ratio``).
     """

@@ -1,8 +1,8 @@
 """Batching: stack views, draw one block mask per image, drop and count broken samples.
 
-The mask is drawn here (DESIGN.md lesson 8: views and masks belong to the data code), inside
+The mask is drawn here (docs/DESIGN.md lesson 8: views and masks belong to the data code), inside
 the DataLoader worker, so the training step receives ready-made masks and the main process
-spends no time on them (METHOD.md step 2).
+spends no time on them (docs/METHOD.md step 2).
 
 Broken files arrive as ``None`` (see ``cimpt.data.images``). They are dropped, and the batch
 says how many in ``"skipped"``, a plain int that the training loop can sum across workers and

@@ -1,4 +1,4 @@
-"""Choosing and building the data set of a run from the config (METHOD.md, "One training step").
+"""Choosing and building the data set of a run from the config (docs/METHOD.md, step 1).
 
 ``build_dataset(cfg, split, transform)`` turns ``data.source`` / ``data.path`` (train) or
 ``data.val_path`` (val) into a dataset whose items are ``(transform(rgb_pil_image), label)``

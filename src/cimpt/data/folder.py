@@ -1,6 +1,6 @@
 """A recursive image-folder dataset whose first-level sub-folders give the class labels.
 
-This is ``data.path`` in its most common form (DESIGN.md, "The stable interface": class
+This is ``data.path`` in its most common form (docs/DESIGN.md, "The stable interface": class
 sub-folders give labels). Unlike ``torchvision.datasets.ImageFolder`` it also accepts images
 lying directly in the root (an unlabelled collection, label -1) and it never crashes on an
 unreadable file (see ``cimpt.data.images``).

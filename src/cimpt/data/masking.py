@@ -1,6 +1,6 @@
 """Blockwise masks over the patch grid, as in BEiT (Bao et al., ICLR 2022, Algorithm 1).
 
-METHOD.md step 2: CIM's generator is a small BEiT (Fang et al., ICLR 2023), so its input is
+docs/METHOD.md step 2: CIM's generator is a small BEiT (Fang et al., ICLR 2023), so its input is
 masked the BEiT way, in blocks of contiguous patches rather than independent random patches
 (the exact numbers are a documented choice, see below). Masking whole blocks removes the easy
 shortcut of copying a neighbouring patch, so the generator must model content, and the

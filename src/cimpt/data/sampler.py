@@ -1,6 +1,6 @@
 """A resumable, rank-sharded sampler and the DataLoader factory.
 
-Long pre-training runs are interrupted; ``resume=auto`` (DESIGN.md, "The stable interface")
+Long pre-training runs are interrupted; ``resume=auto`` (docs/DESIGN.md, "The stable interface")
 should continue with exactly the samples the interrupted epoch had not yet seen. The order of
 an epoch is a pure function of (seed, epoch), so a resumed run recomputes it and skips the
 first ``i`` samples with ``set_start(i)``. Sharding across ranks follows

@@ -1,6 +1,6 @@
 """Views of an image: CIM's two-resolution crop, a single view, and the evaluation view.
 
-METHOD.md step 1 (a choice borrowed from BEiT, Bao et al. 2022): ONE random-resized crop (and
+docs/METHOD.md step 1 (a choice borrowed from BEiT, Bao et al. 2022): ONE random-resized crop (and
 one flip decision) of each image yields two views of the same content, ``x`` at the enhancer's
 resolution R, normalized with the dataset mean/std, and ``x_tok`` at the tokenizer's
 resolution T = grid * tokenizer_downsample, in [0, 1]. Because both views come from the same

@@ -1,4 +1,4 @@
-"""Checkpoints as plain data (DESIGN.md lesson 7), written atomically, last k kept.
+"""Checkpoints as plain data (docs/DESIGN.md lesson 7), written atomically, last k kept.
 
 Layout of one checkpoint, ``<run.dir>/checkpoints/step_00000500/``:
 

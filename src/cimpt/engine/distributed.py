@@ -1,4 +1,4 @@
-"""All distributed code in one place (DESIGN.md lesson 6).
+"""All distributed code in one place (docs/DESIGN.md lesson 6).
 
 Runs under ``torchrun`` (single node or multi-node through torchrun's own flags): the
 ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` variables select the process; without them the

@@ -1,4 +1,4 @@
-"""The training loop (DESIGN.md lesson 2: the model returns losses, the loop trains).
+"""The training loop (docs/DESIGN.md lesson 2: the model returns losses, the loop trains).
 
 Handles device placement, DDP under torchrun, bf16/fp16 autocast, gradient accumulation,
 clipping, the NaN guard, per-step lr schedule, progress bar, JSONL/TensorBoard logs,

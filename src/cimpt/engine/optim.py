@@ -1,4 +1,4 @@
-"""AdamW with BEiT's weight-decay exclusions (METHOD.md, pre-training recipe).
+"""AdamW with BEiT's weight-decay exclusions (docs/METHOD.md, pre-training recipe).
 
 No decay for norms, biases (every parameter with fewer than 2 dims), position embeddings,
 class and [MASK] tokens (the names a model returns from ``no_weight_decay()``).

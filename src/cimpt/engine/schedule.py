@@ -1,4 +1,4 @@
-"""Per-step schedules (DESIGN.md lesson 5): values are functions of the global step."""
+"""Per-step schedules (docs/DESIGN.md lesson 5): values are functions of the global step."""
 
 from __future__ import annotations
 

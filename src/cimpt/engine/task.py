@@ -1,7 +1,7 @@
 """What the training loop needs to know about a job, and nothing about CIM itself.
 
 A ``Task`` bundles a model whose ``forward(batch)`` returns a dict of scalar tensors with a
-``"loss"`` key (DESIGN.md lesson 2), the dataset and collate function that feed it, the
+``"loss"`` key (docs/DESIGN.md lesson 2), the dataset and collate function that feed it, the
 modules whose weights go into checkpoints, and optional hooks: per-step schedules, optimizer
 parameter groups (e.g. layer-wise lr decay), an update after each optimizer step (e.g. an
 EMA of the weights), periodic evaluation, and a little state of its own that is checkpointed

@@ -1,4 +1,4 @@
-"""Fine-tuning augmentation (METHOD.md, fine-tuning recipe): timm's RandAugment and mixup.
+"""Fine-tuning augmentation (docs/METHOD.md, fine-tuning recipe): timm's RandAugment and mixup.
 
 ``FinetuneTransform``: random-resized crop, horizontal flip, RandAugment, normalization.
 timm's RandAugment draws from Python's ``random`` and NumPy's global generator; both are

@@ -1,7 +1,7 @@
 """``cimpt finetune``: supervised fine-tuning of a pre-trained enhancer (or from scratch).
 
 The paper's main measure (Fang et al., ICLR 2023, Sec. 3: ImageNet top-1 after fine-tuning;
-ViT-B/16 83.3, ResNet-50 80.6). The recipe is BEiT's (METHOD.md): layer-wise lr decay
+ViT-B/16 83.3, ResNet-50 80.6). The recipe is BEiT's (docs/METHOD.md): layer-wise lr decay
 (timm's ``param_groups_layer_decay``), drop path, mixup + cutmix, label smoothing,
 RandAugment, AdamW with warm-up then cosine, optionally an EMA of the weights. An empty
 ``init.checkpoint`` trains the same architecture from scratch with the identical recipe,

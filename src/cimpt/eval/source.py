@@ -1,4 +1,4 @@
-"""Where an evaluation's backbone weights come from (DESIGN.md lesson 11).
+"""Where an evaluation's backbone weights come from (docs/DESIGN.md lesson 11).
 
 Every evaluation rebuilds the network from what the file says about itself, never from the
 user's config alone:

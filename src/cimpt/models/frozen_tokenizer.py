@@ -114,7 +114,7 @@ def check_token_grid(z: torch.Tensor, mask: torch.Tensor) -> None:
 
 
 def check_tokenizer(tokenizer: ImageTokenizer, cfg: DictConfig) -> None:
-    """Start-up checks (METHOD.md step 1): token grid == patch grid, vocabularies agree.
+    """Start-up checks (docs/METHOD.md step 1): token grid == patch grid, vocabularies agree.
 
     Used by every objective that reads tokenizer ids (CIM, BEiT), before any data is read.
     """

@@ -4,7 +4,7 @@ Fang et al., "Corrupted Image Modeling for Self-Supervised Visual Pre-Training" 
 arXiv 2202.03382), Sec. 2: the generator is a small trainable BEiT. It sees the image
 patches (pixels), replaces the embeddings of masked patches by one learned [MASK] embedding
 and predicts, at every position, a distribution over the frozen tokenizer's vocabulary
-(METHOD.md step 4). Its logits are later sampled to corrupt the image (step 5).
+(docs/METHOD.md step 4). Its logits are later sampled to corrupt the image (step 5).
 
 The transformer blocks and the patch embedding come from timm; only the BEiT-specific parts
 (the [MASK] substitution and the vocabulary head) are written here.

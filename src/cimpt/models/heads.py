@@ -2,7 +2,7 @@
 
 Both read the enhancer's per-position features ``[B, C, g, g]``:
 
-* ``RespixHead`` (RESPIX, generative): "for a ViT the head is linear" (METHOD.md step 7):
+* ``RespixHead`` (RESPIX, generative): "for a ViT the head is linear" (docs/METHOD.md step 7):
   each position predicts the ``patch_size**2 * 3`` pixels of its patch, then the patches are
   put back in place to form a ``[B, 3, R, R]`` image.
 * ``RevdetHead`` (REVDET, discriminative, like ELECTRA): one replaced/not-replaced logit per

@@ -1,4 +1,4 @@
-"""The image-tokenizer interface that CIM relies on (METHOD.md, "Parts").
+"""The image-tokenizer interface that CIM relies on (docs/METHOD.md, "Parts").
 
 A tokenizer maps an image in [0, 1] to a grid of discrete visual tokens and back. During CIM
 pre-training it is frozen: eval mode, no gradients, never wrapped in DDP.
@@ -37,7 +37,7 @@ class ImageTokenizer(nn.Module, ABC):
         """Everything needed to rebuild this module before loading its weights."""
 
     def freeze(self) -> ImageTokenizer:
-        """Frozen use (METHOD.md: the tokenizer is frozen during CIM): eval mode, no grads."""
+        """Frozen use (docs/METHOD.md: the tokenizer is frozen during CIM): eval mode, no grads."""
         self.eval()
         for p in self.parameters():
             p.requires_grad_(False)

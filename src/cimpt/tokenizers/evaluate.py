@@ -1,6 +1,6 @@
 """Tokenizer evaluation: reconstruction PSNR and codebook usage on held-out images.
 
-A CIM tokenizer must reconstruct well (the corrupted image is a decoded token grid, METHOD.md
+A CIM tokenizer must reconstruct well (the corrupted image is a decoded token grid, docs/METHOD.md
 step 6, so its reconstruction error bounds how clean an "unreplaced" region can look) and use
 much of its vocabulary (the generator classifies over it, step 4). This module measures both:
 PSNR per image averaged over images, and the perplexity and usage of the code histogram over

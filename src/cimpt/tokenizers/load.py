@@ -2,7 +2,7 @@
 
 A tokenizer file is one safetensors file whose metadata holds ``"cimpt_tokenizer"`` (the kind:
 ``vqvae`` or ``dalle``) and ``"arch"`` (JSON of ``arch_config()``), so any checkpoint can be
-rebuilt and loaded later without the config of the run that made it (DESIGN.md, items 7, 11).
+rebuilt and loaded later without the config of the run that made it (docs/DESIGN.md, items 7, 11).
 Nothing is ever unpickled. ``load_tokenizer`` also accepts an engine checkpoint directory
 (``model.safetensors`` with keys prefixed ``tokenizer.``) and a run directory.
 """
