@@ -46,7 +46,7 @@ def build_adamw(
     groups: list[dict[str, Any]] | None = None,
 ) -> torch.optim.AdamW:
     """AdamW; the fused kernel on CPU and CUDA (one kernel per tensor instead of ~10 small
-    ops per parameter, which on a busy 2-core CPU made the step swing from 0.1 to 2 s).
+    ops per parameter, whose cost swings with the machine's load; docs/BENCHMARKS.md).
 
     ``groups`` replaces the default decay/no-decay split (e.g. layer-wise lr decay groups).
     """

@@ -17,7 +17,8 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         # Deterministic mode also fills every new tensor with NaN (a debugging aid for
-        # reads of unwritten memory); that cost about 12 % of a CIM step on CPU.
+        # reads of unwritten memory), a measurable share of a CIM step on CPU
+        # (docs/BENCHMARKS.md); the fill is not needed for determinism.
         torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
         torch.backends.cudnn.benchmark = False
 
