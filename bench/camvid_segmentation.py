@@ -60,7 +60,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cifar10_evidence as evidence
-from records import ROOT, git_commit
+from records import git_commit, write_study
 
 CAMVID = Path("~/.cache/cimpt/data/camvid").expanduser()
 CONFIG = "configs/camvid_segment.yaml"
@@ -312,15 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_count": os.cpu_count(),
         "command": " ".join(sys.argv),
     }
-    out = Path(a.out)
-    out = out if out.is_absolute() else ROOT / out
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "camvid_segmentation.json").write_text(
-        json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n"
-    )
-    table = markdown(rows, meta)
-    (out / "camvid_segmentation.md").write_text(table)
-    print(table)
+    write_study(a.out, "camvid_segmentation", {"meta": meta, "rows": rows}, markdown(rows, meta))
     return 0
 
 

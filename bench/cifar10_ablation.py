@@ -56,7 +56,7 @@ from cifar10_evidence import (
     run_job,
     tokenizer_job,
 )
-from records import ROOT, git_commit
+from records import git_commit, write_study
 
 
 @dataclass(frozen=True)
@@ -392,15 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_count": os.cpu_count(),
         "command": " ".join(sys.argv),
     }
-    out = Path(a.out)
-    out = out if out.is_absolute() else ROOT / out
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "cifar10_ablation.json").write_text(
-        json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n"
-    )
-    table = markdown(rows, meta)
-    (out / "cifar10_ablation.md").write_text(table)
-    print(table)
+    write_study(a.out, "cifar10_ablation", {"meta": meta, "rows": rows}, markdown(rows, meta))
     return 0
 
 

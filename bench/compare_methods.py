@@ -56,7 +56,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cifar10_evidence
 from cifar10_evidence import CIFAR, VIT, Job, cifar_folders_exist, count_images, run_job
-from records import ROOT, git_commit
+from records import git_commit, write_study
 
 PRETRAIN_CONFIG = "configs/cifar10_vit.yaml"
 FINETUNE_CONFIG = "configs/cifar10_finetune.yaml"
@@ -546,14 +546,8 @@ def main(argv: list[str] | None = None) -> int:
         "study_wallclock_s": round(time.time() - t0, 1), "cpu_count": os.cpu_count(),
         "command": " ".join(sys.argv),
     }  # fmt: skip
-    out = Path(a.out)
-    out = out if out.is_absolute() else ROOT / out
-    out.mkdir(parents=True, exist_ok=True)
     payload = {"meta": meta, "methods": records}
-    (out / "cifar10_methods.json").write_text(json.dumps(payload, indent=2) + "\n")
-    table = markdown(records, meta)
-    (out / "cifar10_methods.md").write_text(table)
-    print(table)
+    write_study(a.out, "cifar10_methods", payload, markdown(records, meta))
     return 0
 
 

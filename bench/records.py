@@ -32,3 +32,15 @@ def write_record(record: dict[str, Any], out: str | Path) -> Path:
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {path}")
     return path
+
+
+def write_study(out: str | Path, stem: str, payload: Any, table: str) -> Path:
+    """A study's results: ``<out>/<stem>.json`` (``payload``) and ``<out>/<stem>.md``
+    (``table``, also printed); a relative ``out`` is under the repository root."""
+    folder = Path(out)
+    folder = folder if folder.is_absolute() else ROOT / folder
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (folder / f"{stem}.md").write_text(table)
+    print(table)
+    return folder
