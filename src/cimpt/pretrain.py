@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from cimpt.engine.loop import FitResult, Trainer
+from cimpt.engine.loop import FitResult, Trainer, print_resume_hint
 from cimpt.engine.rng import seed_model_init
 from cimpt.engine.task import Task
 from cimpt.errors import CimptError
@@ -178,8 +178,7 @@ def pretrain(cfg: DictConfig, tokenizer: ImageTokenizer | None = None) -> FitRes
     result = trainer.fit()
     if trainer.dist.is_main:
         if result.interrupted:
-            print(f"stopped at step {result.state.step}; checkpoint: {result.last_checkpoint}")
-            print(f"continue with: cimpt pretrain {result.run_dir} resume=auto")
+            print_resume_hint(result, "pretrain")
         else:
             print(
                 f"pre-training done: {result.run_dir} (enhancer: {result.run_dir / ENHANCER_FILE})"

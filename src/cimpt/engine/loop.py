@@ -115,6 +115,13 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
+def print_resume_hint(result: FitResult, command: str) -> None:
+    """After an interrupted run: where it stopped and the command that continues it
+    (``cimpt <command> RUN_DIR resume=auto``, a run directory being a config)."""
+    print(f"stopped at step {result.state.step}; checkpoint: {result.last_checkpoint}")
+    print(f"continue with: cimpt {command} {result.run_dir} resume=auto")
+
+
 def exit_status(result: FitResult) -> int:
     """The process exit status for a finished ``fit``: 0, or 128 + the signal that stopped
     it (130 for Ctrl-C, 143 for SIGTERM), so that ``cimpt pretrain ... && next`` and

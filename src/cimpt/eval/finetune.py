@@ -28,7 +28,7 @@ from cimpt.atomic import write_json, write_safetensors
 from cimpt.config import to_dict
 from cimpt.data import ImageCollate
 from cimpt.data.checks import check_paths
-from cimpt.engine.loop import FitResult, Trainer
+from cimpt.engine.loop import FitResult, Trainer, print_resume_hint
 from cimpt.engine.rng import seed_model_init
 from cimpt.engine.task import Task
 from cimpt.eval.accuracy import evaluate_classifier, topk_correct
@@ -241,10 +241,7 @@ def run_supervised(task: SupervisedTask, cfg: DictConfig) -> FitResult:
     trainer = Trainer(task, cfg)
     result = trainer.fit()
     if trainer.dist.is_main and result.interrupted:
-        print(
-            f"stopped at step {result.state.step}; continue with: cimpt finetune "
-            f"{result.run_dir} resume=auto (or cimpt linprobe, as it was started)"
-        )
+        print_resume_hint(result, task.kind)  # finetune or linprobe
     return result
 
 

@@ -25,7 +25,7 @@ from timm.optim import param_groups_layer_decay
 from torch import nn
 
 from cimpt.atomic import write_json
-from cimpt.engine.loop import FitResult, Trainer
+from cimpt.engine.loop import FitResult, Trainer, print_resume_hint
 from cimpt.engine.optim import param_groups
 from cimpt.engine.precision import resolve_amp
 from cimpt.engine.rng import seed_model_init
@@ -250,8 +250,5 @@ def segment(cfg: DictConfig) -> FitResult:
     trainer = Trainer(build_segment_task(cfg), cfg)
     result = trainer.fit()
     if trainer.dist.is_main and result.interrupted:
-        print(
-            f"stopped at step {result.state.step}; continue with: cimpt segment "
-            f"{result.run_dir} resume=auto"
-        )
+        print_resume_hint(result, "segment")
     return result

@@ -15,7 +15,7 @@ import torch
 from omegaconf import DictConfig
 
 from cimpt.config import tokenizer_resolution
-from cimpt.engine.loop import FitResult, Trainer
+from cimpt.engine.loop import FitResult, Trainer, print_resume_hint
 from cimpt.engine.rng import seed_model_init
 from cimpt.engine.task import Task
 from cimpt.errors import CimptError
@@ -107,8 +107,7 @@ def train_tokenizer(cfg: DictConfig) -> FitResult:
 def _report_and_evaluate(cfg: DictConfig, result: FitResult) -> None:
     out = result.run_dir / TOKENIZER_FILE
     if result.interrupted:
-        print(f"stopped at step {result.state.step}; checkpoint: {result.last_checkpoint}")
-        print(f"continue with: cimpt tokenizer train {result.run_dir} resume=auto")
+        print_resume_hint(result, "tokenizer train")
         return
     print(f"tokenizer written to {out}")
     from cimpt.data import resolve_source
