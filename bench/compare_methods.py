@@ -18,7 +18,9 @@ the **same pre-training wall-clock**, then is evaluated with one identical recip
 3. **Evaluation** of every encoder: ``cimpt knn`` (k 20 / 200, all training labels),
    ``cimpt linprobe``, ``cimpt finetune`` at 10 % labels (class-balanced, several seeds; the
    seed fixes the label subset and training, and every gain is paired with the scratch run
-   of the same seed) and at 100 % labels.
+   of the same seed) and at 100 % labels. They run in rounds across the arms, most
+   informative first (``EVAL_ROUNDS``), and the table is rewritten after each round, so
+   a study stopped early still compares every arm on the same evaluations.
 
 Arms: scratch, MAE, SimMIM, BEiT, CIM-RESPIX, CIM-REVDET, CIM-REVDET with argmax corruption
 (``generator.temperature=0``, the paper's claim 4). Per-method pre-training recipe: the
@@ -382,14 +384,19 @@ def pretrain_method(s: Study, m: Method, calib: dict[str, float], tok: Job) -> d
     return rec
 
 
-def evaluate_method(s: Study, m: Method) -> dict[str, Any]:
-    """kNN, linear probe and fine-tuning of one arm's encoder (random for scratch)."""
+# Evaluations run in rounds across all arms, most informative first, and the table is rewritten
+# after each round: a study stopped early still gives every arm the same evaluations.
+EVAL_ROUNDS = ("ft10_seed0", "ft10_seed1", "linprobe", "knn", "ft10_seed2", "ft100_seed0")
+
+
+def evaluate_round(s: Study, m: Method, key: str, rec: dict[str, Any]) -> None:
+    """Run one evaluation (``key`` of :func:`eval_jobs`) of one arm into ``rec['eval']``."""
     encoder = str(s.work / m.name / "pretrain") if m.objective else ""
-    results: dict[str, Any] = {}
-    for key, job in eval_jobs(s, m, encoder).items():
-        done = run_job(job, s.threads, s.work / "logs")
-        results[key] = {"result": read_result(done), "wallclock_s": round(done.wallclock_s, 1)}
-    return results
+    job = eval_jobs(s, m, encoder).get(key)
+    if job is None:  # e.g. a seed the preset does not have
+        return
+    done = run_job(job, s.threads, s.work / "logs")
+    rec["eval"][key] = {"result": read_result(done), "wallclock_s": round(done.wallclock_s, 1)}
 
 
 def _max_steps(argv: list[str]) -> str:
@@ -460,7 +467,7 @@ def markdown(records: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
         f"CIFAR-10 (JPEG copy), preset {meta['preset']}, commit {meta['commit'][:7]}, "
         f"{meta['date']}; pre-training budget {meta['budget_s'] / 60:.0f} min per method "
-        "(tokenizer charged to BEiT and CIM)",
+        f"(tokenizer charged to BEiT and CIM); evaluations done: {meta['progress']}",
         "",
         "| method | pre-train steps | images seen | ms / image (calibrated) | GFLOP / image "
         "(step) | tokenizer charge (s) "
@@ -489,7 +496,9 @@ def markdown(records: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 
 
 # ---- main -----------------------------------------------------------------------------------
-def run_study(s: Study, methods: list[Method]) -> list[dict[str, Any]]:
+def run_study(
+    s: Study, methods: list[Method], report: Callable[[list[dict[str, Any]], str], None]
+) -> list[dict[str, Any]]:
     calib = calibrate(s, methods)
     flops = count_flops(s, methods)
     tok_steps = s.steps(s.preset.tokenizer_epochs, s.n_train)
@@ -504,10 +513,14 @@ def run_study(s: Study, methods: list[Method]) -> list[dict[str, Any]]:
         {"method": m.name, "objective": m.objective, "pretrain": pretrain_method(s, m, calib, tok)}
         for m in methods
     ]
-    for rec, m in zip(records, methods, strict=True):
-        rec["eval"] = evaluate_method(s, m)
     for rec in records:
         rec["gflops_per_image"] = flops.get(rec["method"])
+        rec["eval"] = {}
+    extra = sorted(set(eval_jobs(s, methods[0], "")) - set(EVAL_ROUNDS))
+    for i, key in enumerate([*EVAL_ROUNDS, *extra]):
+        for rec, m in zip(records, methods, strict=True):
+            evaluate_round(s, m, key, rec)
+        report(records, f"{i + 1} of {len(EVAL_ROUNDS) + len(extra)} evaluation rounds ({key})")
     return records
 
 
@@ -539,15 +552,19 @@ def main(argv: list[str] | None = None) -> int:
     s = Study(data, Path(a.val_data).expanduser().resolve(), work, PRESETS[a.preset],
               count_images(data), os.cpu_count() or 1)  # fmt: skip
     t0 = time.time()
-    records = run_study(s, [m for m in METHODS if m.name in names])
-    meta = {
-        "preset": a.preset, "commit": git_commit(), "budget_s": s.preset.budget_s,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "study_wallclock_s": round(time.time() - t0, 1), "cpu_count": os.cpu_count(),
-        "command": " ".join(sys.argv),
-    }  # fmt: skip
-    payload = {"meta": meta, "methods": records}
-    write_study(a.out, "cifar10_methods", payload, markdown(records, meta))
+
+    def report(records: list[dict[str, Any]], progress: str) -> None:
+        meta = {
+            "preset": a.preset, "commit": git_commit(), "budget_s": s.preset.budget_s,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "study_wallclock_s": round(time.time() - t0, 1), "cpu_count": os.cpu_count(),
+            "command": " ".join(sys.argv), "progress": progress,
+        }  # fmt: skip
+        payload = {"meta": meta, "methods": records}
+        write_study(a.out, "cifar10_methods", payload, markdown(records, meta))
+        print(f"[methods] table written after {progress}", flush=True)
+
+    run_study(s, [m for m in METHODS if m.name in names], report)
     return 0
 
 

@@ -123,3 +123,4 @@ def test_compare_methods_quick_writes_the_table(
         assert all(v["result"] is not None for v in rec["eval"].values())
     table = (out / "cifar10_methods.md").read_text()
     assert "| scratch |" in table and "| mae |" in table
+    assert payload["meta"]["progress"].startswith("6 of 6 evaluation rounds")
