@@ -15,7 +15,7 @@ pass ``train.amp=none`` or ``train.amp=bf16`` to choose), this measures in one r
    * sample: the Gumbel sampling of the replacements (docs/METHOD.md step 5);
    * enhancer + head: ``enhancer_step`` forward + backward of the objective's loss on a fixed
      corrupted image;
-   * optimizer: the Trainer's ``_optimizer_step`` (clip, AdamW over all trainable
+   * optimizer: the Trainer's ``optimizer_step`` (clip, AdamW over all trainable
      parameters, zero_grad) on fixed gradients;
    * the full CIM step: ``Trainer.train_step``, the step ``Trainer.fit`` runs (schedules,
      forward + backward under autocast, NaN guard, clip, AdamW);
@@ -186,7 +186,7 @@ def cim_parts(trainer: Trainer, batch: dict[str, Any]) -> dict[str, Part]:
     Every part starts with no gradients (``zero_grad(set_to_none=True)``), as a Trainer step
     does, so each backward allocates its gradients like the full step's backward.
     """
-    model, b = trainer.model, trainer._to_device(batch)
+    model, b = trainer.model, trainer.to_device(batch)
     x, x_tok, mask = b["x"], b["x_tok"], b["mask"].bool()
     model.train()
     with torch.no_grad(), autocast(trainer.device, trainer.amp_dtype):
@@ -222,7 +222,7 @@ def cim_parts(trainer: Trainer, batch: dict[str, Any]) -> dict[str, Part]:
             p.grad = g.clone()
 
     def optimizer() -> None:
-        trainer._optimizer_step(True, False)
+        trainer.optimizer_step(True, False)
 
     def full() -> None:
         # One optimizer step exactly as Trainer.fit runs it, minus the data fetch (timed end
@@ -261,7 +261,7 @@ def matmul_part(dtype: str, n: int) -> Part:
 def _fixed_gradients(trainer: Trainer, batch: dict[str, Any]) -> list[tuple[Any, torch.Tensor]]:
     """Gradients of one real step, copied, so the optimizer part sees every parameter's grad."""
     trainer.model.zero_grad(set_to_none=True)
-    trainer._forward_backward(batch, sync=True)
+    trainer.forward_backward(batch, sync=True)
     grads = [
         (p, p.grad.detach().clone())
         for p in trainer.model.parameters()

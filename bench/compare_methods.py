@@ -298,7 +298,7 @@ def count_flops(s: Study, methods: list[Method]) -> dict[str, dict[str, float]]:
         with FlopCounterMode(display=False) as step:
             trainer.train_step(lambda batch=batch: batch)
         with FlopCounterMode(display=False) as fwd, torch.no_grad():
-            task.model(trainer._to_device(batch))
+            task.model(trainer.to_device(batch))
         n = int(batch["x"].shape[0])
         parts = _part_flops(task.model, fwd.get_flop_counts())
         parts = {f"forward {k}": v for k, v in parts.items()}

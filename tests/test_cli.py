@@ -75,6 +75,23 @@ def test_bad_config_is_one_line_and_writes_nothing(
     assert not run.exists()
 
 
+def test_a_command_destroys_the_process_group_it_ran_in(tmp_path: Path, e2e, capsys) -> None:
+    """Under torchrun a training command joins a process group; the CLI destroys it as the
+    command ends, on success and on error alike (here a group of one, joined beforehand)."""
+    import torch.distributed as dist
+
+    missing = str(tmp_path / "missing.yaml")
+    for argv, code in ((["config", "list"], 0), (["config", "show", missing], 2)):
+        pg_file = tmp_path / f"pg_{code}"
+        dist.init_process_group("gloo", init_method=f"file://{pg_file}", rank=0, world_size=1)
+        try:
+            assert e2e.run_cli(argv) == code
+            assert not dist.is_initialized()
+        finally:
+            if dist.is_initialized():  # do not leave a group to the other tests
+                dist.destroy_process_group()
+
+
 def test_tokenizer_train_writes_a_loadable_tokenizer(tokenizer_run: Path, image_folder) -> None:
     tok = load_tokenizer(tokenizer_run / "tokenizer.safetensors")
     assert (tok.vocab_size, tok.downsample) == (16, 4)

@@ -38,6 +38,7 @@ from cimpt.models.frozen_tokenizer import (
 )
 from cimpt.models.generator import BEiTGenerator
 from cimpt.models.heads import RespixHead, RevdetHead
+from cimpt.models.modes import eval_mode
 from cimpt.tokenizers.base import ImageTokenizer
 
 OBJECTIVES = ("respix", "revdet")
@@ -296,9 +297,7 @@ class CIM(FrozenTokenizerModule):
             ``[B, 3, R, R]`` in [0, 1];
             REVDET: "prob" ``[B, g, g]`` (sigmoid) and "replaced" ``[B, g, g]`` bool.
         """
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             x, mask = batch["x"], batch["mask"].bool()
             z = self.golden_tokens(batch["x_tok"])
             logits, _, _ = self.generator_step(x, mask, z)
@@ -319,8 +318,6 @@ class CIM(FrozenTokenizerModule):
             else:
                 vis["prob"] = torch.sigmoid(out)
                 vis["replaced"] = z_hat != z
-        finally:
-            self.train(was_training)
         return {k: v.detach().cpu() for k, v in vis.items()}
 
     def _respix_to_image(self, pred: torch.Tensor, x_cor: torch.Tensor) -> torch.Tensor:

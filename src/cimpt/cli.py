@@ -227,6 +227,18 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
     return args
 
 
+def _leave_process_group() -> None:
+    """Destroy the torchrun process group a training command joined (``Trainer`` joins it),
+    whether the command ended, failed or was interrupted: a process that exits with its NCCL
+    group alive may leave operations unfinished that other ranks wait on (torch warns about
+    it). A command that never imported torch joined no group, and importing torch only to
+    find that out would slow down every quick command's exit."""
+    if "torch" in sys.modules:
+        from cimpt.engine.distributed import cleanup
+
+        cleanup()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = _parse(parser, argv)
@@ -238,6 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    finally:
+        _leave_process_group()
     if result is None:
         return 0
     # A run stopped by a signal checkpointed and ends with 128 + signal (130, 143), not 0.

@@ -64,6 +64,36 @@ def test_accumulation_matches_one_big_batch(tmp_path: Path) -> None:
         torch.testing.assert_close(finals[0][k], finals[1][k], rtol=1e-5, atol=1e-6)
 
 
+def test_logged_means_are_the_means_of_the_applied_steps(tmp_path: Path) -> None:
+    """The loop keeps scalars on the device and reads them back once per log step: the numbers
+    logged are still the plain means, over the steps since the last record that were applied
+    (a skipped NaN step counts in nan_skipped only), of each step's micro-batch mean."""
+    from cimpt.engine.loop import Trainer
+
+    cfg = toy_config(str(tmp_path), 7, ["train.accum_steps=2", "run.log_every=3"])
+    torch.manual_seed(123)
+    model = ToyModel(nan_at=(5,))  # the 5th micro-batch: the 3rd step is skipped
+    losses: list[float] = []
+    forward = model.forward
+
+    def recording(batch: dict) -> dict[str, torch.Tensor]:
+        out = forward(batch)
+        losses.append(float(out["loss"].detach()))  # the test's own reading, one per micro-batch
+        return out
+
+    model.forward = recording  # type: ignore[method-assign]
+    Trainer(ToyTask(model, ToyData(), toy_collate), cfg).fit()
+    steps = [(losses[2 * i] + losses[2 * i + 1]) / 2 for i in range(7)]
+    windows = {3: [1, 2], 6: [4, 5, 6], 7: [7]}  # step 3 skipped
+    records = _metrics(tmp_path)
+    assert [r["step"] for r in records] == list(windows)
+    for r in records:
+        expected = sum(steps[s - 1] for s in windows[r["step"]]) / len(windows[r["step"]])
+        assert r["loss"] == pytest.approx(expected, rel=1e-6)
+        assert r["mse"] == pytest.approx(expected, rel=1e-6)
+        assert r["nan_skipped"] == 1
+
+
 def test_nan_step_is_skipped_and_logged(tmp_path: Path) -> None:
     cfg_extra = ["run.ckpt_every=100"]
     _, clean = run_toy(str(tmp_path / "clean"), 2, cfg_extra)

@@ -18,6 +18,7 @@ from cimpt.baselines.masked_input import MaskEmbedding
 from cimpt.losses import mlm_loss
 from cimpt.models.enhancer import Enhancer
 from cimpt.models.frozen_tokenizer import FrozenTokenizerModule, check_token_grid
+from cimpt.models.modes import eval_mode
 from cimpt.tokenizers.base import ImageTokenizer
 
 
@@ -87,9 +88,7 @@ class BEiT(FrozenTokenizerModule):
     def visualize(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Panels in [0, 1]: "original", "recon" (decode of the true ids), "mask",
         "reconstruction" (decode of the true ids with masked ones replaced by the argmax)."""
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             x, mask = batch["x"], batch["mask"].bool()
             z = self.golden_tokens(batch["x_tok"])
             guess = torch.where(mask, self.logits(x, mask).argmax(-1), z)
@@ -99,6 +98,4 @@ class BEiT(FrozenTokenizerModule):
                 "mask": mask,
                 "reconstruction": self.decode_image(guess),
             }
-        finally:
-            self.train(was_training)
         return {k: v.detach().cpu() for k, v in panels.items()}

@@ -31,6 +31,7 @@ from cimpt.baselines.patches import (
 from cimpt.errors import CimptError
 from cimpt.models.enhancer import Enhancer
 from cimpt.models.heads import unpatchify
+from cimpt.models.modes import eval_mode
 
 _layer_norm = partial(nn.LayerNorm, eps=1e-6)
 
@@ -190,9 +191,7 @@ class MAE(nn.Module):
         patches copied, masked ones predicted). With ``norm_pix_loss`` the prediction is
         brought back to pixels with each masked patch's *true* mean and std, as in MAE's own
         figures: the panel shows structure, not the patch's brightness."""
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             x, mask = batch["x"], batch["mask"].bool()
             pred = self.predict(x, mask).float()
             if self.norm_pix_loss:
@@ -209,6 +208,4 @@ class MAE(nn.Module):
                 "masked_input": masked_input_panel(original, mask, p),
                 "reconstruction": rec,
             }
-        finally:
-            self.train(was_training)
         return {k: v.detach().cpu() for k, v in panels.items()}

@@ -17,6 +17,7 @@ from cimpt.baselines.masked_input import MaskEmbedding
 from cimpt.baselines.patches import mask_to_pixels, masked_input_panel
 from cimpt.models.enhancer import Enhancer
 from cimpt.models.heads import RespixHead
+from cimpt.models.modes import eval_mode
 
 
 class SimMIM(nn.Module):
@@ -63,9 +64,7 @@ class SimMIM(nn.Module):
         """Panels in [0, 1]: "original", "mask", "masked_input", "reconstruction" (visible
         pixels copied, masked ones the raw prediction, de-normalized with the dataset's
         mean and std only)."""
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             x, mask = batch["x"], batch["mask"].bool()
             pred = self.predict(x, mask).float()
             p = self.enhancer.patch_size
@@ -77,6 +76,4 @@ class SimMIM(nn.Module):
                 "masked_input": masked_input_panel(original, mask, p),
                 "reconstruction": (rec * self.std + self.mean).clamp(0, 1),
             }
-        finally:
-            self.train(was_training)
         return {k: v.detach().cpu() for k, v in panels.items()}

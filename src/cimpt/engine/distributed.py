@@ -93,5 +93,7 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
 
 
 def cleanup() -> None:
+    """Destroy the process group, if one was joined (the CLI calls it as each command ends;
+    a no-op when running alone)."""
     if is_initialized():
         dist.destroy_process_group()

@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from cimpt.engine.runlock import RunLock
 from cimpt.engine.schedule import scaled_lr, warmup_cosine
 from cimpt.engine.task import Task
 from cimpt.errors import CimptError
+from cimpt.models.modes import eval_mode
 
 
 @dataclass
@@ -113,6 +114,49 @@ class _StopFlag:
     def __exit__(self, *exc: object) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+
+class _Window:
+    """The micro-batches of a run, counted between two log lines: images per second and the
+    share of that time spent waiting for data."""
+
+    def __init__(
+        self,
+        batches: Iterator[dict[str, Any]],
+        size_of: Callable[[dict[str, Any]], int],
+        world: int,
+    ) -> None:
+        self._batches, self._size_of, self._world = batches, size_of, world
+        self._reset()
+
+    def _reset(self) -> None:
+        self._t0, self._images, self._wait = time.perf_counter(), 0, 0.0
+
+    def next_batch(self) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        batch = next(self._batches)
+        self._wait += time.perf_counter() - t0
+        # Every rank reads the same number of images: the job's rate is world x this one's.
+        self._images += self._size_of(batch) * self._world
+        return batch
+
+    def pop_rates(self) -> tuple[float, float]:
+        """(images per second, data-wait fraction) since the last call; starts a new window."""
+        elapsed = max(time.perf_counter() - self._t0, 1e-9)
+        rates = self._images / elapsed, self._wait / elapsed
+        self._reset()
+        return rates
+
+
+@dataclass
+class _FitRun:
+    """What one ``fit`` carries from step to step besides ``LoopState``."""
+
+    window: _Window
+    bar: tqdm
+    means: RunningMeans = field(default_factory=RunningMeans)  # scalars since the last log
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    last_checkpoint: Path | None = None
 
 
 def print_resume_hint(result: FitResult, command: str) -> None:
@@ -386,7 +430,9 @@ class Trainer:
             self.state.epoch += 1
             self.state.batch_in_epoch = 0
 
-    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+    def to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The batch's tensors on the run's device (images channels-last when the config
+        asks); other values as they are."""
         out = {}
         for k, v in batch.items():
             if isinstance(v, torch.Tensor):
@@ -409,7 +455,10 @@ class Trainer:
             g["lr"] = lr * g.get("lr_scale", 1.0)  # layer-wise lr decay, when the task asks
         return lr
 
-    def _forward_backward(self, batch: dict[str, Any], sync: bool) -> dict[str, torch.Tensor]:
+    def forward_backward(self, batch: dict[str, Any], sync: bool) -> dict[str, torch.Tensor]:
+        """Forward under autocast and backward of ``loss / accum_steps`` on a device batch;
+        returns the model's outputs. ``sync=False`` (not the last micro-batch) skips DDP's
+        gradient all-reduce."""
         ctx = (
             self.wrapped.no_sync()
             if not sync and isinstance(self.wrapped, nn.parallel.DistributedDataParallel)
@@ -422,7 +471,7 @@ class Trainer:
             self.scaler.scale(loss).backward()
         return out
 
-    def _optimizer_step(
+    def optimizer_step(
         self, finite_local: torch.Tensor | bool, stop_local: bool
     ) -> tuple[torch.Tensor, bool, bool]:
         """Clip, check finiteness on every rank, step or skip. Returns (grad norm, ok, stop).
@@ -452,7 +501,7 @@ class Trainer:
         (forward + backward each), then clip, the NaN guard and AdamW.
 
         Scalars stay on the device (``StepOutput.values``); nothing is read back but the
-        step/stop flags (see ``_optimizer_step``).
+        step/stop flags (see ``optimizer_step``).
         """
         sched = self.task.on_step(self.state.step, self.total_steps)
         lr = self._set_lr()
@@ -466,11 +515,11 @@ class Trainer:
         accum = self.cfg.train.accum_steps
         for micro in range(accum):
             batch = next_batch()
-            out = self._forward_backward(self._to_device(batch), sync=micro == accum - 1)
+            out = self.forward_backward(self.to_device(batch), sync=micro == accum - 1)
             scalars = {k: v.detach() for k, v in out.items() if v.numel() == 1}
             finite = torch.isfinite(scalars["loss"]) & finite
             step_vals.add(scalars)
-        norm, ok, stop = self._optimizer_step(finite, stop_requested)
+        norm, ok, stop = self.optimizer_step(finite, stop_requested)
         if not ok:
             with torch.no_grad():
                 for b, old in zip(buffers, saved, strict=True):
@@ -491,86 +540,97 @@ class Trainer:
                 self.lock.release()
 
     def _fit(self) -> FitResult:
-        cfg, st = self.cfg, self.state
-        means = RunningMeans()
-        last_metrics: dict[str, float] = {}
-        last_ckpt = self.resumed_from
-        bar = tqdm(
-            total=self.total_steps,
-            initial=st.step,
-            unit="step",
-            dynamic_ncols=True,
-            disable=not (self.dist.is_main and cfg.run.progress),
+        """``train_step`` until ``total_steps`` or a signal; after each, the bookkeeping
+        (``_end_step``) and the periodic work (``_periodic``: log, evaluate, figure,
+        checkpoint)."""
+        run = _FitRun(
+            _Window(self._batches(), self.task.batch_size_of, self.dist.world_size),
+            tqdm(
+                total=self.total_steps,
+                initial=self.state.step,
+                unit="step",
+                dynamic_ncols=True,
+                disable=not (self.dist.is_main and self.cfg.run.progress),
+            ),
+            last_checkpoint=self.resumed_from,
         )
-        batches = self._batches()
-        window_t0, window_images, window_wait = time.perf_counter(), 0, 0.0
         interrupted = False
-
-        def next_batch() -> dict[str, Any]:
-            nonlocal window_wait, window_images
-            t0 = time.perf_counter()
-            b = next(batches)
-            window_wait += time.perf_counter() - t0
-            window_images += self.task.batch_size_of(b) * self.dist.world_size
-            return b
-
         self.model.train()
         with _StopFlag() as stop_flag:
-            while st.step < self.total_steps:
-                step = self.train_step(next_batch, stop_flag.set)
+            while self.state.step < self.total_steps:
+                step = self.train_step(run.window.next_batch, stop_flag.set)
                 stop_flag.announce()
-                stop, batch = step.stop, step.batch
-                st.step += 1
-                bar.update(1)
-                if step.ok:
-                    st.nan_streak = 0
-                    means.add(step.values)
-                    self.task.after_optimizer_step(st.step)
-                else:
-                    st.nan_streak += 1
-                    st.nan_total += 1
-                    self._on_nonfinite()
-                if st.step % cfg.run.log_every == 0 or st.step == self.total_steps:
-                    elapsed = max(time.perf_counter() - window_t0, 1e-9)
-                    last_metrics = {
-                        **means.pop(),
-                        **step.schedule,
-                        "epoch": st.epoch,
-                        "img_per_s": window_images / elapsed,
-                        "data_wait_frac": window_wait / elapsed,
-                        "peak_mem_mb": peak_memory_mb(self.device),
-                        "skipped_images": st.skipped_images,
-                        "nan_skipped": st.nan_total,
-                    }
-                    self.logger.log(st.step, last_metrics)
-                    bar.set_postfix(
-                        loss=f"{last_metrics.get('loss', float('nan')):.4f}",
-                        img_s=f"{last_metrics['img_per_s']:.0f}",
-                    )
-                    window_t0, window_images, window_wait = time.perf_counter(), 0, 0.0
-                if self._eval_due():
-                    self._evaluate()
-                every = cfg.run.vis_every
-                vis_now = every > 0 and (st.step % every == 0 or st.step == self.total_steps)
-                if self.dist.is_main and vis_now:
-                    self.task.visualize(st.step, batch, self.run_dir)
-                    self.logger.log_figures(st.step, self.run_dir / "figures")
-                due = stop or st.step % cfg.run.ckpt_every == 0 or st.step == self.total_steps
-                if due and st.nan_streak > 0:
-                    # Never a checkpoint in a NaN streak: the last good one must survive the
-                    # pruning, for the advice of the NaN error to work.
-                    if self.dist.is_main:
-                        tqdm.write(f"step {st.step}: checkpoint withheld (in a NaN streak)")
-                elif due:
-                    last_ckpt = self.save()
-                if stop:
+                self._end_step(step, run)
+                self._periodic(step, run)
+                if step.stop:
                     interrupted = True
                     break
-        bar.close()
+        run.bar.close()
         if self.dist.is_main and not interrupted:
             self.task.finish(self.run_dir)
         signum = stop_flag.signum if interrupted else 0
-        return FitResult(st, self.run_dir, interrupted, last_ckpt, last_metrics, signum)
+        return FitResult(
+            self.state, self.run_dir, interrupted, run.last_checkpoint, run.last_metrics, signum
+        )
+
+    def _end_step(self, step: StepOutput, run: _FitRun) -> None:
+        """Count the step; keep its scalars for the next log line, or count it as skipped
+        (``_on_nonfinite`` stops the run after ``run.max_nan_steps`` in a row)."""
+        st = self.state
+        st.step += 1
+        run.bar.update(1)
+        if step.ok:
+            st.nan_streak = 0
+            run.means.add(step.values)  # stays on the device until the log step
+            self.task.after_optimizer_step(st.step)
+        else:
+            st.nan_streak += 1
+            st.nan_total += 1
+            self._on_nonfinite()
+
+    def _periodic(self, step: StepOutput, run: _FitRun) -> None:
+        """What is due after the step that just ended: log line, evaluation, figure,
+        checkpoint (a stop request makes the checkpoint due)."""
+        st, last = self.state, self.state.step == self.total_steps
+        if st.step % self.cfg.run.log_every == 0 or last:
+            self._log(step, run)
+        if self._eval_due():
+            self._evaluate()
+        every = self.cfg.run.vis_every
+        if self.dist.is_main and every > 0 and (st.step % every == 0 or last):
+            self.task.visualize(st.step, step.batch, self.run_dir)
+            self.logger.log_figures(st.step, self.run_dir / "figures")
+        if step.stop or st.step % self.cfg.run.ckpt_every == 0 or last:
+            self._checkpoint(run)
+
+    def _log(self, step: StepOutput, run: _FitRun) -> None:
+        """One log record: the means since the last one (one device-to-host transfer for all
+        of them, ``RunningMeans.pop``), the schedules, throughput and counters."""
+        st = self.state
+        img_per_s, wait_frac = run.window.pop_rates()
+        run.last_metrics = {
+            **run.means.pop(),
+            **step.schedule,
+            "epoch": st.epoch,
+            "img_per_s": img_per_s,
+            "data_wait_frac": wait_frac,
+            "peak_mem_mb": peak_memory_mb(self.device),
+            "skipped_images": st.skipped_images,
+            "nan_skipped": st.nan_total,
+        }
+        self.logger.log(st.step, run.last_metrics)
+        run.bar.set_postfix(
+            loss=f"{run.last_metrics.get('loss', float('nan')):.4f}", img_s=f"{img_per_s:.0f}"
+        )
+
+    def _checkpoint(self, run: _FitRun) -> None:
+        """A due checkpoint, unless in a NaN streak: the last good one must survive the
+        pruning, for the advice of the NaN error to work."""
+        if self.state.nan_streak > 0:
+            if self.dist.is_main:
+                tqdm.write(f"step {self.state.step}: checkpoint withheld (in a NaN streak)")
+            return
+        run.last_checkpoint = self.save()
 
     def _eval_due(self) -> bool:
         """At the end of every ``task.eval_every_epochs``-th epoch, and after the last step."""
@@ -582,11 +642,8 @@ class Trainer:
         return at_end or (spe > 0 and self.state.step % (spe * every) == 0)
 
     def _evaluate(self) -> None:
-        self.model.eval()
-        try:
+        with eval_mode(self.model):
             vals = self.task.evaluate(self.model, self.state.step)
-        finally:
-            self.model.train()
         if vals:
             spe = self.steps_per_epoch()
             epochs = self.state.step / spe if spe else float(self.state.epoch)

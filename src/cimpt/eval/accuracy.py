@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from cimpt.data import ImageCollate
 from cimpt.data.tar_shards import distributed_rank_world
 from cimpt.engine import distributed as D
+from cimpt.models.modes import eval_mode
 
 
 def shard_loader(dataset: Dataset[Any], batch_size: int, num_workers: int) -> DataLoader:
@@ -44,21 +45,19 @@ def evaluate_classifier(
     prefix: str = "val",
 ) -> dict[str, float]:
     """``{prefix}_top1``, ``{prefix}_top5`` (percent) and ``{prefix}_loss`` (cross-entropy)."""
-    was_training = model.training
-    model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, count
-    for batch in shard_loader(dataset, batch_size, num_workers):
-        if batch["label"].numel() == 0:
-            continue
-        x, y = batch["x"].to(device), batch["label"].to(device)
-        logits = model(x).float()
-        c1, c5 = topk_correct(logits, y, (1, 5))
-        sums += torch.tensor(
-            [float(F.cross_entropy(logits, y, reduction="sum")), c1, c5, len(y)],
-            dtype=torch.float64,
-            device=device,
-        )
-    model.train(was_training)
+    with eval_mode(model):
+        for batch in shard_loader(dataset, batch_size, num_workers):
+            if batch["label"].numel() == 0:
+                continue
+            x, y = batch["x"].to(device), batch["label"].to(device)
+            logits = model(x).float()
+            c1, c5 = topk_correct(logits, y, (1, 5))
+            sums += torch.tensor(
+                [float(F.cross_entropy(logits, y, reduction="sum")), c1, c5, len(y)],
+                dtype=torch.float64,
+                device=device,
+            )
     D.all_reduce_sum(sums)
     n = max(float(sums[3]), 1.0)
     return {

@@ -20,6 +20,7 @@ from torchvision.utils import make_grid
 
 from cimpt.atomic import write_json, write_png
 from cimpt.errors import CimptError
+from cimpt.models.modes import eval_mode
 from cimpt.tokenizers.base import ImageTokenizer
 
 # PSNR of a perfect reconstruction would be infinite; clamping the MSE caps it at 100 dB.
@@ -64,21 +65,19 @@ def evaluate_tokenizer(
     ``loader`` yields dicts with "x" ``[B, 3, H, W]`` in [0, 1] and "skipped" (images that
     could not be read). Returns {"psnr", "perplexity", "usage", "n_images", "skipped"}.
     """
-    was_training = tok.training
-    tok.eval()
     counts = torch.zeros(tok.vocab_size, dtype=torch.long, device=device)
     psnr_sum, n_images, n_skipped = 0.0, 0, 0
-    for batch in loader:
-        n_skipped += _skipped(batch)
-        x = batch["x"].to(device, non_blocking=True)
-        if x.shape[0] == 0:
-            continue
-        ids = tok.encode(x)
-        recon = tok.decode(ids)
-        psnr_sum += float(batch_psnr(recon, x).sum())
-        n_images += x.shape[0]
-        counts += torch.bincount(ids.flatten(), minlength=tok.vocab_size)
-    tok.train(was_training)
+    with eval_mode(tok):
+        for batch in loader:
+            n_skipped += _skipped(batch)
+            x = batch["x"].to(device, non_blocking=True)
+            if x.shape[0] == 0:
+                continue
+            ids = tok.encode(x)
+            recon = tok.decode(ids)
+            psnr_sum += float(batch_psnr(recon, x).sum())
+            n_images += x.shape[0]
+            counts += torch.bincount(ids.flatten(), minlength=tok.vocab_size)
     if n_images == 0:
         raise CimptError("tokenizer evaluation found no images in the held-out set")
     stats = codebook_stats(counts)

@@ -19,6 +19,7 @@ from cimpt.engine.loop import FitResult, Trainer, print_resume_hint
 from cimpt.engine.rng import seed_model_init
 from cimpt.engine.task import Task
 from cimpt.errors import CimptError
+from cimpt.models.modes import eval_mode
 from cimpt.tokenizers.base import ImageTokenizer
 
 TOKENIZER_FILE = "tokenizer.safetensors"
@@ -61,11 +62,8 @@ class TokenizerTask(Task):
 
         tok = self.tokenizer
         x = batch["x"][:16].to(next(tok.parameters()).device)
-        was_training = tok.training
-        tok.eval()
-        with torch.no_grad():
+        with eval_mode(tok), torch.no_grad():
             recon = tok.decode(tok.encode(x))
-        tok.train(was_training)
         save_reconstruction_figure(
             x.cpu(), recon.cpu(), run_dir / "figures" / f"recon_{step:08d}.png"
         )
