@@ -39,6 +39,7 @@ from cimpt.models.frozen_tokenizer import (
 from cimpt.models.generator import BEiTGenerator
 from cimpt.models.heads import RespixHead, RevdetHead
 from cimpt.models.modes import eval_mode
+from cimpt.models.sampling import truncate_logits
 from cimpt.tokenizers.base import ImageTokenizer
 
 OBJECTIVES = ("respix", "revdet")
@@ -61,6 +62,9 @@ class CIM(FrozenTokenizerModule):
             sliding-window-normalized image (a choice, docs/METHOD.md step 7).
         temperature: sampling temperature T; an engine schedule may overwrite
             ``self.temperature`` every step.
+        top_k: sample among the ``top_k`` most likely ids only (0: all).
+        top_p: nucleus sampling: among the smallest set of ids whose tempered probability
+            reaches ``top_p`` (1: all).
         tokenizer_precision: "fp32" (default) runs the frozen tokenizer in fp32 even inside
             the run's autocast; "amp" lets it follow autocast (faster, some ids flip).
     """
@@ -84,6 +88,8 @@ class CIM(FrozenTokenizerModule):
         respix_window: int = 0,
         respix_residual: bool = False,
         temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
         tokenizer_precision: str = "fp32",
     ) -> None:
         super().__init__()
@@ -100,6 +106,7 @@ class CIM(FrozenTokenizerModule):
         self.respix_window = int(respix_window) or enhancer.patch_size
         self.respix_residual = bool(respix_residual)
         self.temperature = float(temperature)
+        self.top_k, self.top_p = int(top_k), float(top_p)
         # Non-persistent: derived from the config, so kept out of checkpoints.
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
@@ -144,6 +151,8 @@ class CIM(FrozenTokenizerModule):
         Uses the Gumbel-max trick, ``argmax(logits + T * G)`` with ``G ~ Gumbel(0, 1)``, which
         is an exact sample of ``softmax(logits / T)`` for T > 0 and becomes argmax as T -> 0
         without dividing by T. No gradient flows back to the generator (paper, Sec. 2).
+        With ``top_k`` / ``top_p`` the distribution is first restricted to the k most likely
+        ids / the nucleus (our options, not the paper's: docs/METHOD_CHOICES.md).
 
         Args:
             logits: ``[B, g, g, V]``.
@@ -155,7 +164,7 @@ class CIM(FrozenTokenizerModule):
         """
         # Static shapes: every position is sampled and ``where`` keeps the original id outside
         # the mask, so no host-device sync and no data-dependent shape (GPU, torch.compile).
-        scores = logits.detach().float()  # [B, g, g, V]
+        scores = truncate_logits(logits.detach().float(), self.top_k, self.top_p, self.temperature)
         if self.temperature > 0:
             # G = -log(-log(U)); torch.rand + log is several times faster on CPU than
             # exponential_ and this runs over B x g x g x V values every step.
@@ -374,5 +383,7 @@ def build_cim(cfg: DictConfig, tokenizer: ImageTokenizer) -> CIM:
         respix_window=int(cfg.loss.respix_window),
         respix_residual=bool(cfg.loss.respix_residual),
         temperature=float(g.temperature),
+        top_k=int(g.top_k),
+        top_p=float(g.top_p),
         tokenizer_precision=str(cfg.tokenizer.precision),
     )

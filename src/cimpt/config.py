@@ -88,6 +88,8 @@ class GeneratorConfig:
     num_heads: int = 4
     mlp_ratio: float = 4.0
     temperature: float = 1.0
+    top_k: int = 0  # sample among the k most likely ids only; 0: all
+    top_p: float = 1.0  # nucleus: the smallest set of ids holding this much probability
 
 
 @dataclass
@@ -489,6 +491,17 @@ def validate(cfg: DictConfig) -> None:
         cfg.generator.temperature >= 0,
         "generator.temperature",
         f"{cfg.generator.temperature} must be >= 0 (0: argmax, the deterministic corruption)",
+    )
+    vocab = cfg.tokenizer.vocab_size
+    _require(
+        0 <= cfg.generator.top_k <= vocab,
+        "generator.top_k",
+        f"{cfg.generator.top_k} must be from 0 (all ids) to tokenizer.vocab_size ({vocab})",
+    )
+    _require(
+        0 < cfg.generator.top_p <= 1,
+        "generator.top_p",
+        f"{cfg.generator.top_p} must be in (0, 1] (1: no nucleus cut)",
     )
     _require(cfg.run.log_every > 0, "run.log_every", "must be positive")
     _require(

@@ -177,6 +177,10 @@ def test_a_run_dir_that_cannot_be_written_is_one_error(tmp_path: Path) -> None:
         ("enhancer.kwargs={embed_dim:64,depth:2}", "enhancer.kwargs"),  # YAML: keys, no values
         ("train.lr=-1", "train.lr"),
         ("generator.temperature=-0.5", "generator.temperature"),
+        ("generator.top_k=1025", "generator.top_k"),  # larger than the 1,024-id vocabulary
+        ("generator.top_k=-1", "generator.top_k"),
+        ("generator.top_p=0", "generator.top_p"),
+        ("generator.top_p=1.5", "generator.top_p"),
     ],
 )
 def test_config_mistakes_that_were_silent(override: str, key: str) -> None:
@@ -323,6 +327,6 @@ def test_temperature_zero_is_accepted_and_is_argmax() -> None:
     assert load_config(None, ["generator.temperature=0"]).generator.temperature == 0
     logits = torch.randn(2, 4, 4, 16)
     z, mask = torch.zeros(2, 4, 4, dtype=torch.long), torch.rand(2, 4, 4) < 0.5
-    stub = type("Stub", (), {"temperature": 0.0})()
+    stub = type("Stub", (), {"temperature": 0.0, "top_k": 0, "top_p": 1.0})()
     z_hat = CIM.sample.__wrapped__(stub, logits, z, mask)  # type: ignore[attr-defined]
     assert torch.equal(z_hat, torch.where(mask, logits.argmax(-1), z))

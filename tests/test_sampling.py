@@ -1,0 +1,76 @@
+"""Top-k and nucleus truncation of the generator's distribution, against hand computations."""
+
+from __future__ import annotations
+
+import torch
+
+from cimpt.cim import CIM
+from cimpt.models.sampling import truncate_logits
+
+
+def _frequencies(model: CIM, logits: torch.Tensor, n: int = 20_000) -> torch.Tensor:
+    """Empirical distribution of ``model.sample`` at one position repeated ``n`` times."""
+    v = logits.numel()
+    many = logits.expand(1, 1, n, v)
+    z = torch.zeros(1, 1, n, dtype=torch.long)
+    z_hat = model.sample(many, z, torch.ones(1, 1, n, dtype=torch.bool))
+    return torch.bincount(z_hat.flatten(), minlength=v).float() / n
+
+
+def _sampler(top_k: int = 0, top_p: float = 1.0, temperature: float = 1.0) -> CIM:
+    # ``sample`` reads only these three attributes: no tokenizer or network is needed.
+    stub = CIM.__new__(CIM)
+    stub.__dict__.update(top_k=top_k, top_p=top_p, temperature=temperature)
+    return stub
+
+
+# Probabilities 0.05, 0.5, 0.15, 0.3 at T=1, deliberately not sorted by id.
+PROBS = torch.tensor([0.05, 0.5, 0.15, 0.3])
+LOGITS = PROBS.log()
+
+
+def test_top_k_samples_the_renormalized_k_most_likely_ids() -> None:
+    torch.manual_seed(0)
+    freq = _frequencies(_sampler(top_k=2), LOGITS)
+    want = torch.tensor([0.0, 0.5, 0.0, 0.3]) / 0.8
+    torch.testing.assert_close(freq, want, atol=0.015, rtol=0)
+
+
+def test_nucleus_keeps_the_smallest_set_reaching_p() -> None:
+    torch.manual_seed(0)
+    # Most likely first: 0.5 (id 1), 0.3 (id 3), 0.15 (id 2), 0.05 (id 0). p = 0.7: after
+    # id 1 the mass is 0.5 < 0.7, after id 3 it is 0.8 >= 0.7, so ids 1 and 3 stay.
+    freq = _frequencies(_sampler(top_p=0.7), LOGITS)
+    torch.testing.assert_close(freq, torch.tensor([0.0, 0.5, 0.0, 0.3]) / 0.8, atol=0.015, rtol=0)
+    # p = 0.9 needs the third id too (0.8 < 0.9).
+    freq = _frequencies(_sampler(top_p=0.9), LOGITS)
+    want = torch.tensor([0.0, 0.5, 0.15, 0.3]) / 0.95
+    torch.testing.assert_close(freq, want, atol=0.015, rtol=0)
+
+
+def test_nucleus_is_measured_at_the_sampling_temperature() -> None:
+    # At T = 2 the probabilities are proportional to sqrt(PROBS): 0.379 (id 1), 0.294 (id 3),
+    # 0.208 (id 2), 0.120 (id 0). The two largest hold 0.673 < 0.7, so the nucleus at p = 0.7
+    # needs three ids, where at T = 1 it needed two.
+    t = 2.0
+    tempered = PROBS.sqrt() / PROBS.sqrt().sum()
+    order = tempered.argsort(descending=True)
+    before = tempered[order].cumsum(0) - tempered[order]
+    keep = torch.zeros(4, dtype=torch.bool)
+    keep[order[before < 0.7]] = True
+    out = truncate_logits(LOGITS.clone(), top_p=0.7, temperature=t)
+    assert torch.equal(torch.isfinite(out), keep)
+    assert keep.sum() == 3
+
+
+def test_zero_and_full_settings_change_nothing_and_argmax_survives() -> None:
+    logits = torch.randn(2, 3, 3, 16)
+    assert torch.equal(truncate_logits(logits, 0, 1.0), logits)
+    assert torch.equal(truncate_logits(logits, 16, 1.0), logits)
+    cut = truncate_logits(logits, 3, 0.5)
+    assert torch.equal(cut.argmax(-1), logits.argmax(-1))
+    assert bool((torch.isfinite(cut).sum(-1) <= 3).all())
+    z = torch.zeros(2, 3, 3, dtype=torch.long)
+    mask = torch.ones(2, 3, 3, dtype=torch.bool)
+    z_hat = _sampler(top_k=3, top_p=0.5, temperature=0.0).sample(logits, z, mask)
+    assert torch.equal(z_hat, logits.argmax(-1))
