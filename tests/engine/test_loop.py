@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -316,3 +317,21 @@ def test_fit_can_keep_the_run_dir_for_writes_after_training(tmp_path: Path) -> N
     trainer.close()
     with RunLock(tmp_path):
         pass
+
+
+def test_start_up_prints_a_time_estimate_from_the_measured_rate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Each toy step sleeps 0.05 s, so the measured rate cannot be faster than that.
+    run_toy(str(tmp_path / "run"), 10, ["run.progress=true"], sleep=0.05)
+    err = capsys.readouterr().err
+    assert "a time estimate follows the first log record" in err
+    lines = [ln[ln.index("time: ") :] for ln in err.splitlines() if "time: " in ln]
+    assert len(lines) == 1  # once, at the first log record (step 2 of 10)
+    m = re.match(
+        r"time: ([\d.e+-]+) s/step .* first 2 steps: about (\d+) s for the 8 steps", lines[0]
+    )
+    assert m is not None, lines[0]
+    s_per_step = float(m.group(1))
+    assert 0.05 <= s_per_step < 5
+    assert int(m.group(2)) == round(8 * s_per_step)

@@ -157,6 +157,14 @@ class _FitRun:
     means: RunningMeans = field(default_factory=RunningMeans)  # scalars since the last log
     last_metrics: dict[str, float] = field(default_factory=dict)
     last_checkpoint: Path | None = None
+    estimated: bool = False  # the time estimate is printed once, at the first log record
+
+
+def _duration(seconds: float) -> str:
+    """``42 s``, ``17 min`` or ``3.5 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def print_resume_hint(result: FitResult, command: str) -> None:
@@ -249,6 +257,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(enabled=self.amp_dtype == torch.float16)
         self._check_fresh_start()
         self.resumed_from = self._maybe_resume()
+        self.start_step = self.state.step
         # The last step checkpointed by this process (or resumed from). No checkpoint is
         # written in a NaN streak, so during one it is the last step before the streak.
         self._last_saved_step: int | None = self.state.step if self.resumed_from else None
@@ -320,7 +329,17 @@ class Trainer:
             f"{self.base_lr:.3g}; {self.total_steps} steps{epochs}, {self.warmup_steps} "
             f"warm-up; starting at step {self.state.step}"
             + (f"; {extra}" if (extra := self.task.describe()) else "")
-            + " (the progress bar gives the time left after the first steps)"
+            + " (a time estimate follows the first log record)"
+        )
+
+    def time_estimate(self, img_per_s: float) -> str:
+        """The time left at a measured rate: one line for the start of a run."""
+        left = self.total_steps - self.state.step
+        s_per_step = self.cfg.train.batch_size / max(img_per_s, 1e-9)
+        return (
+            f"time: {s_per_step:.3g} s/step ({img_per_s:.0f} img/s) over the first "
+            f"{self.state.step - self.start_step} steps: about {_duration(left * s_per_step)} "
+            f"for the {left} steps left (evaluations and figures not counted)"
         )
 
     def recipe_warnings(self) -> list[str]:
@@ -619,6 +638,10 @@ class Trainer:
             "nan_skipped": st.nan_total,
         }
         self.logger.log(st.step, run.last_metrics)
+        last = st.step >= self.total_steps
+        if self.dist.is_main and self.cfg.run.progress and not run.estimated and not last:
+            run.estimated = True
+            run.bar.write(self.time_estimate(img_per_s), file=sys.stderr)  # above the bar
         run.bar.set_postfix(
             loss=f"{run.last_metrics.get('loss', float('nan')):.4f}", img_s=f"{img_per_s:.0f}"
         )
