@@ -10,6 +10,7 @@ keeps that file and this schema identical.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -586,3 +587,22 @@ def to_dict(cfg: DictConfig) -> dict[str, Any]:
     out = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(out, dict)
     return out  # type: ignore[return-value]
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value) if isinstance(value, DictConfig) else value
+
+
+def adopt_value(cfg: DictConfig, key: str, value: Any, origin: object) -> bool:
+    """Set ``key`` of ``cfg`` to ``value``, read from the checkpoint ``origin``; print a note
+    when the config said otherwise. Returns whether the value changed.
+
+    A checkpoint is the truth about what it holds (a user should not have to repeat a CNN's
+    name or a tokenizer's widths), and ``config.yaml`` of the run then records what was used.
+    """
+    new, old = _plain(value), _plain(OmegaConf.select(cfg, key))
+    if new != old:
+        shown, was = (json.dumps(v) if isinstance(v, dict) else v for v in (new, old))
+        print(f"note: {key}={shown} (from {origin}; the config said {was})")
+    OmegaConf.update(cfg, key, new, merge=False)
+    return new != old

@@ -34,19 +34,19 @@ from typing import Any
 import timm
 import torch
 from omegaconf import DictConfig, OmegaConf
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 
 from cimpt.atomic import write_json, write_safetensors, write_text
 from cimpt.config import from_dict, to_dict
-from cimpt.engine.checkpoint import (
-    load_meta,
-    load_tensors,
-    read_safetensors_metadata,
-    resolve_checkpoint,
-)
+from cimpt.engine.checkpoint import RunCheckpoint, open_checkpoint
 from cimpt.errors import CimptError
+from cimpt.models.weights import classifier_keys
+from cimpt.weights_io import (
+    load_weights,
+    read_safetensors,
+    read_safetensors_metadata,
+    strip_prefix,
+)
 
 #: Names of timm's folder layout (``timm.models._hub``): weights and config.
 FOLDER_WEIGHTS = "model.safetensors"
@@ -64,8 +64,8 @@ PATH_KEYS = (
     "init.checkpoint",
     "enhancer.pretrained",
 )
-#: Checkpoint kind -> key prefix of the timm model's weights in a checkpoint.
-CHECKPOINT_PREFIX = {
+#: Checkpoint kind -> key prefix of the timm backbone's weights in ``model.safetensors``.
+BACKBONE_PREFIX = {
     "cim": "enhancer.backbone.",
     "finetune": "model.backbone.",
     "linprobe": "model.backbone.",
@@ -230,10 +230,9 @@ def _head_weight_key(args: dict[str, Any]) -> str:
     """State-dict key of the classifier weight of the timm model ``args`` describe."""
     with torch.device("meta"):
         model: Any = timm.create_model(pretrained=False, **{**args, "num_classes": 1})
-    head = model.get_classifier()
-    for name, module in model.named_modules():
-        if module is head:
-            return f"{name}.weight"
+    for key in sorted(classifier_keys(model)):
+        if key.endswith(".weight"):
+            return key
     raise CimptError(f"'{args['model_name']}' has no classifier head to export")
 
 
@@ -258,9 +257,19 @@ def _headless(state: dict[str, torch.Tensor], cfg: DictConfig, kind: str) -> Exp
 
         args = classifier_args(args, 0, 0.0, str(cfg.finetune.global_pool))
         args.pop("drop_path_rate")
+    return Exportable(only_model_keys(state, args), args, cfg, [], kind)
+
+
+def only_model_keys(
+    state: dict[str, torch.Tensor], args: dict[str, Any]
+) -> dict[str, torch.Tensor]:
+    """``state`` without what the timm model of ``args`` does not have (a classifier head).
+
+    The model is built on the meta device: only its key names are needed, no memory.
+    """
     with torch.device("meta"):
         keys = set(timm.create_model(pretrained=False, **args).state_dict())
-    return Exportable({k: v for k, v in state.items() if k in keys}, args, cfg, [], kind)
+    return {k: v for k, v in state.items() if k in keys}
 
 
 def _run_classes(run_dir: Path) -> list[str]:
@@ -274,24 +283,17 @@ def _run_classes(run_dir: Path) -> list[str]:
 def _from_supervised_file(path: Path, meta: dict[str, str]) -> Exportable:
     """``best.safetensors`` of a fine-tuning or linear-probe run (weights under ``backbone.``)."""
     cfg = from_dict(json.loads(meta["cimpt_config"]))
-    state = {k[len("backbone.") :]: v for k, v in _load(path).items() if k.startswith("backbone.")}
+    state = strip_prefix(read_safetensors(path), "backbone.")
     if meta.get("kind") == "linprobe":
         return _headless(state, cfg, "linprobe")
     classes = json.loads(meta.get("cimpt_classes", "[]")) or _run_classes(path.parent)
     return _classifier(state, cfg, classes)
 
 
-def _load(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path))
-    except (OSError, SafetensorError) as exc:
-        raise CimptError(f"cannot read {path} ({exc})") from exc
-
-
 def _from_exported_file(path: Path, meta: dict[str, str]) -> Exportable:
     """A file ``cimpt export`` (or pre-training's ``enhancer.safetensors``) wrote."""
     return Exportable(
-        _load(path),
+        read_safetensors(path),
         json.loads(meta["cimpt_timm_args"]),
         from_dict(json.loads(meta["cimpt_config"])),
         json.loads(meta.get("cimpt_classes", "[]")),
@@ -311,21 +313,26 @@ def _from_file(path: Path) -> Exportable:
     )
 
 
+def open_backbone_checkpoint(
+    path: Path, what: str
+) -> tuple[RunCheckpoint, dict[str, torch.Tensor]]:
+    """A CIM pre-training, fine-tuning or linear-probe checkpoint and its timm model's weights
+    (``BACKBONE_PREFIX`` removed); ``what`` heads the error lines (``open_checkpoint``)."""
+    needs = "a CIM pre-training, fine-tuning or linear-probe checkpoint"
+    ckpt = open_checkpoint(path, BACKBONE_PREFIX, what, needs)
+    prefix = BACKBONE_PREFIX[ckpt.kind]
+    state = strip_prefix(ckpt.tensors, prefix)
+    if not state:
+        raise CimptError(f"{what}: {ckpt.path} holds no weights under '{prefix}'")
+    return ckpt, state
+
+
 def _from_checkpoint(path: Path) -> Exportable:
-    ckpt = resolve_checkpoint(path)
-    meta = load_meta(ckpt)
-    kind = str(meta.get("kind"))
-    if kind not in CHECKPOINT_PREFIX:
-        raise CimptError(
-            f"{ckpt} is a '{kind}' checkpoint, which holds no enhancer; export needs a CIM "
-            "pre-training, fine-tuning or linear-probe checkpoint"
-        )
-    cfg = from_dict(meta["config"])
-    prefix = CHECKPOINT_PREFIX[kind]
-    state = {k[len(prefix) :]: v for k, v in load_tensors(ckpt).items() if k.startswith(prefix)}
-    if kind == "finetune":
-        return _classifier(state, cfg, _run_classes(ckpt.parent.parent))
-    return _headless(state, cfg, kind)
+    ckpt, state = open_backbone_checkpoint(path, "export")
+    cfg = from_dict(ckpt.config)
+    if ckpt.kind == "finetune":
+        return _classifier(state, cfg, _run_classes(ckpt.path.parent.parent))
+    return _headless(state, cfg, ckpt.kind)
 
 
 def is_export_folder(path: Path) -> bool:
@@ -380,5 +387,5 @@ def load_exported_backbone(path: str | Path) -> nn.Module:
     if item.classes:
         overlay["label_names"] = tuple(item.classes)
     model = timm.create_model(pretrained=False, pretrained_cfg_overlay=overlay, **item.args)
-    model.load_state_dict(item.state, strict=True)
+    load_weights(model, item.state, p, f"'{item.args['model_name']}'")
     return model

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from cimpt.config import adopt_value
 from cimpt.engine.loop import FitResult, Trainer, print_resume_hint
 from cimpt.engine.rng import seed_model_init
 from cimpt.engine.task import Task
@@ -102,9 +103,7 @@ def load_frozen_tokenizer(cfg: DictConfig) -> ImageTokenizer:
     arch = {**tok.arch_config(), "vocab_size": tok.vocab_size, "downsample": tok.downsample}
     for key, value in arch.items():
         if key in cfg.tokenizer and key not in ("kind", "checkpoint", "img_size"):
-            if cfg.tokenizer[key] != value:
-                print(f"note: tokenizer.{key}={value} (from {cfg.tokenizer.checkpoint})")
-            cfg.tokenizer[key] = value
+            adopt_value(cfg, f"tokenizer.{key}", value, cfg.tokenizer.checkpoint)
     return tok.freeze()
 
 

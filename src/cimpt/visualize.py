@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from cimpt.config import from_dict
-from cimpt.engine.checkpoint import load_into, load_meta, load_tensors, resolve_checkpoint
+from cimpt.engine.checkpoint import load_modules, open_checkpoint
 from cimpt.errors import CimptError
 
 
@@ -22,20 +22,15 @@ def visualize_command(checkpoint: str, overrides: list[str], out: str = "", n: i
 
     if n < 1:
         raise CimptError(f"--n: the number of images must be at least 1, got {n}")
-    ckpt = resolve_checkpoint(checkpoint)
-    meta = load_meta(ckpt)
-    if meta.get("kind") != "cim":
-        raise CimptError(f"{ckpt} is a '{meta.get('kind')}' checkpoint, not a CIM pre-training one")
-    cfg = from_dict(meta["config"], ["data.num_workers=0", *overrides])
+    ckpt = open_checkpoint(checkpoint, ("cim",), "visualize", "a CIM pre-training checkpoint")
+    cfg = from_dict(ckpt.config, ["data.num_workers=0", *overrides])
     torch.manual_seed(cfg.seed)
     task = build_cim_task(cfg)
-    tensors = load_tensors(ckpt)
-    for name, module in task.saved_modules().items():
-        load_into(module, tensors, name)
+    load_modules(task.saved_modules(), ckpt)
     loader = build_loader(task.dataset, n, 0, task.collate, None, cfg.seed, drop_last=False)
     batch = next(iter(loader))
     task.model.eval()
     with torch.no_grad():
         panels = task.model.visualize(batch)  # type: ignore[operator]
-    target = Path(out) if out else Path(cfg.run.dir) / "figures" / f"visualize_{ckpt.name}.png"
+    target = Path(out) if out else Path(cfg.run.dir) / "figures" / f"visualize_{ckpt.path.name}.png"
     return save_cim_figure(panels, target)

@@ -11,6 +11,7 @@ from torch import nn
 
 from cimpt.engine import checkpoint as C
 from cimpt.errors import CimptError
+from cimpt.weights_io import read_safetensors_metadata
 
 
 def _save(run: Path, step: int, value: float, keep: int = 2) -> Path:
@@ -26,7 +27,7 @@ def test_round_trip_and_layout(tmp_path: Path) -> None:
     assert torch.equal(C.load_tensors(path)["m.w"], torch.full((3,), 1.5))
     assert C.load_state(path)["step"] == 7
     assert C.load_meta(path)["kind"] == "toy"
-    meta = C.read_safetensors_metadata(path / "model.safetensors")
+    meta = read_safetensors_metadata(path / "model.safetensors")
     assert '"a": 1' in meta["cimpt_config"]
 
 
@@ -81,10 +82,11 @@ def test_errors_for_bad_paths(tmp_path: Path) -> None:
         C.load_tensors(junk)
 
 
-def test_load_into_lists_differences() -> None:
+def test_load_modules_lists_differences() -> None:
     model = nn.Linear(3, 2)
     tensors = {"net.weight": torch.zeros(4, 3), "net.extra": torch.zeros(1)}
     with pytest.raises(CimptError) as info:
-        C.load_into(model, tensors, "net")
+        C.load_modules({"net": model}, C.RunCheckpoint(Path("ck"), "toy", {}, tensors))
     msg = str(info.value)
+    assert msg.startswith("weights of ck do not fit the 'net' model: ")
     assert "weight [4, 3] vs [2, 3]" in msg and "missing bias" in msg and "unexpected extra" in msg

@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
+from cimpt.engine.checkpoint import config_differences
 from cimpt.engine.optim import param_groups
-from cimpt.engine.resume import arch_differences
 from cimpt.engine.rng import rng_state, set_rng_state
 from cimpt.engine.schedule import scaled_lr, warmup_cosine
 
@@ -64,8 +64,8 @@ def test_rng_snapshot_round_trip() -> None:
     assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
 
 
-def test_arch_differences_names_keys() -> None:
+def test_config_differences_names_keys() -> None:
     stored = {"enhancer": {"name": "vit", "patch_size": 4}, "train": {"lr": 1}}
     current = {"enhancer": {"name": "vit", "patch_size": 8}, "train": {"lr": 2}}
-    diffs = arch_differences(stored, current, ["enhancer"])
+    diffs = config_differences(stored, current, ["enhancer"])
     assert diffs == ["enhancer.patch_size: checkpoint 4 vs config 8"]

@@ -121,7 +121,7 @@ def test_label_fraction_is_class_balanced_and_resume_keeps_the_best(
         ("fraction", "leaves class"),
         ("unlabelled", "has no labels"),
         ("missing", "does not exist"),
-        ("tokenizer", "holds no enhancer"),
+        ("tokenizer", "'tokenizer' checkpoint, not a CIM pre-training, fine-tuning"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(

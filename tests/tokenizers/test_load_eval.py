@@ -21,13 +21,12 @@ from cimpt.config import load_config, save_config
 from cimpt.errors import CimptError
 from cimpt.tokenizers.base import ImageTokenizer
 from cimpt.tokenizers.evaluate import (
-    batch_psnr,
-    codebook_stats,
     evaluate_tokenizer,
     evaluate_tokenizer_command,
     save_reconstruction_figure,
 )
 from cimpt.tokenizers.load import build_tokenizer, load_tokenizer, save_tokenizer
+from cimpt.tokenizers.metrics import batch_psnr, codebook_stats
 from cimpt.tokenizers.vqvae import VQVAE
 
 ARCH = dict(vocab_size=16, downsample=4, width=16, res_blocks=1, embed_dim=4)
@@ -255,8 +254,8 @@ def test_load_expected_mismatch_lists_fields(tmp_path: Path) -> None:
     with pytest.raises(CimptError) as err:
         load_tokenizer(path, expected=tok_cfg(vocab_size=512, width=32))
     msg = str(err.value)
-    assert "vocab_size: config 512 vs checkpoint 16" in msg
-    assert "width: config 32 vs checkpoint 16" in msg
+    assert "vocab_size: checkpoint 16 vs config 512" in msg
+    assert "width: checkpoint 16 vs config 32" in msg
     assert "downsample" not in msg and "\n" not in msg
     assert OmegaConf.is_config(tok_cfg())
 
@@ -269,7 +268,7 @@ def test_load_weight_shapes_mismatch(tmp_path: Path) -> None:
     with pytest.raises(CimptError) as err:
         load_tokenizer(path)
     msg = str(err.value)
-    assert "weights do not match the architecture" in msg
+    assert "t.safetensors do not fit the vqvae tokenizer: " in msg
     assert "encoder.stem.weight" in msg or "more)" in msg
     assert "(+" in msg and "\n" not in msg  # long lists are shortened
 

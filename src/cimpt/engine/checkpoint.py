@@ -19,16 +19,17 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from cimpt.errors import CimptError
+from cimpt.errors import CimptError, first_line
+from cimpt.weights_io import load_weights, read_safetensors, strip_prefix
 
 CKPT_SUBDIR = "checkpoints"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -95,9 +96,8 @@ def save_checkpoint(
     except (OSError, RuntimeError) as exc:
         # torch.save reports a full disk as RuntimeError ("file write failed"), not OSError.
         shutil.rmtree(tmp, ignore_errors=True)
-        reason = getattr(exc, "strerror", None) or (str(exc).splitlines() or [repr(exc)])[0]
         raise CimptError(
-            f"could not write checkpoint step {step} in {root} ({reason}); "
+            f"could not write checkpoint step {step} in {root} ({first_line(exc)}); "
             "earlier checkpoints are intact"
         ) from exc
     prune_checkpoints(root, keep_last)
@@ -200,10 +200,8 @@ def load_meta(ckpt: Path) -> dict[str, Any]:
 
 
 def load_tensors(ckpt: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(ckpt / "model.safetensors"))
-    except (OSError, SafetensorError) as exc:
-        raise CimptError(f"{ckpt / 'model.safetensors'} is not a safetensors file ({exc})") from exc
+    """The weights of every saved module (``model.safetensors``), keys prefixed by its name."""
+    return read_safetensors(ckpt / "model.safetensors")
 
 
 def load_state(ckpt: Path) -> dict[str, Any]:
@@ -214,50 +212,60 @@ def load_state(ckpt: Path) -> dict[str, Any]:
         raise CimptError(f"{path} is not a readable training state ({type(exc).__name__})") from exc
 
 
-def read_safetensors_metadata(path: Path) -> dict[str, str]:
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except (OSError, SafetensorError) as exc:
-        raise CimptError(f"{path} is not a safetensors file ({exc})") from exc
+@dataclass
+class RunCheckpoint:
+    """A checkpoint read back: its folder, the kind of run that wrote it, the run config
+    (plain dict) and the weights of every saved module (keys prefixed by its name)."""
+
+    path: Path
+    kind: str
+    config: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
 
 
-def _shorten(items: list[str], keep: int = 3) -> str:
-    more = f" (+{len(items) - keep} more)" if len(items) > keep else ""
-    return ", ".join(items[:keep]) + more
+def open_checkpoint(
+    path: str | Path, kinds: Collection[str], what: str, needs: str
+) -> RunCheckpoint:
+    """Read the checkpoint ``path`` names (see ``resolve_checkpoint``) if a ``kinds`` run wrote it.
 
-
-def state_dict_differences(
-    own: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]
-) -> list[str]:
-    """What keeps ``given`` from loading into a module whose state dict is ``own``.
-
-    Returns short phrases ("missing a, b", "unexpected c", "shape (file vs model) k [..] vs
-    [..]"), long lists shortened; empty when the two fit.
+    ``what`` heads the error line ("export", "init.checkpoint"); ``needs`` says what it takes
+    ("a CIM pre-training checkpoint"): ``<what>: <ckpt> is a '<kind>' checkpoint, not <needs>``.
     """
-    missing = sorted(set(own) - set(given))
-    unexpected = sorted(set(given) - set(own))
-    shapes = [
-        f"{k} {list(given[k].shape)} vs {list(own[k].shape)}"
-        for k in sorted(set(own) & set(given))
-        if given[k].shape != own[k].shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing {_shorten(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {_shorten(unexpected)}")
-    if shapes:
-        problems.append(f"shape (file vs model) {_shorten(shapes)}")
-    return problems
+    ckpt = resolve_checkpoint(path)
+    meta = load_meta(ckpt)
+    kind = str(meta.get("kind"))
+    if kind not in kinds:
+        raise CimptError(f"{what}: {ckpt} is a '{kind}' checkpoint, not {needs}")
+    return RunCheckpoint(ckpt, kind, dict(meta.get("config", {})), load_tensors(ckpt))
 
 
-def load_into(module: nn.Module, tensors: Mapping[str, torch.Tensor], prefix: str) -> None:
-    """Load the ``prefix.``-keyed tensors into ``module``; mismatches name what differs."""
-    sub = {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
-    problems = state_dict_differences(module.state_dict(), sub)
-    if problems:
-        raise CimptError(
-            f"checkpoint weights do not fit the '{prefix}' model: {'; '.join(problems)}"
+def load_modules(modules: Mapping[str, nn.Module], ckpt: RunCheckpoint) -> None:
+    """Load ``{name: module}`` from ``ckpt``'s weights (the inverse of ``module_tensors``)."""
+    for name, module in modules.items():
+        load_weights(
+            module, strip_prefix(ckpt.tensors, f"{name}."), ckpt.path, f"the '{name}' model"
         )
-    module.load_state_dict(sub, strict=True)
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_differences(
+    stored: Mapping[str, Any], current: Mapping[str, Any], keys: Sequence[str]
+) -> list[str]:
+    """``key: checkpoint X vs config Y`` for each key under ``keys`` where the checkpoint's
+    config (or architecture) ``stored`` and this run's ``current`` differ; nested mappings are
+    compared key by key (``enhancer.kwargs.depth``)."""
+    a, b = _flatten(stored), _flatten(current)
+    diffs = []
+    for k in sorted(set(a) | set(b)):
+        if any(k == p or k.startswith(p + ".") for p in keys) and a.get(k) != b.get(k):
+            diffs.append(f"{k}: checkpoint {a.get(k)!r} vs config {b.get(k)!r}")
+    return diffs

@@ -14,9 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from cimpt.engine.checkpoint import state_dict_differences
-from cimpt.errors import CimptError
-from cimpt.models.weights import create_timm_model
+from cimpt.models.weights import classifier_keys, create_timm_model
+from cimpt.weights_io import check_fits
 
 
 def is_vit_args(args: dict[str, Any]) -> bool:
@@ -53,25 +52,14 @@ class Classifier(nn.Module):
         return self.backbone(x)
 
 
-def _head_keys(backbone: Any) -> set[str]:
-    """State-dict keys of a timm model's classifier head (empty when it has none)."""
-    head = backbone.get_classifier()
-    for name, module in backbone.named_modules():
-        if module is head:
-            return {f"{name}.{k}" for k in head.state_dict()}
-    return set()
-
-
 def load_backbone_into(backbone: Any, state: dict[str, torch.Tensor], origin: str) -> None:
     """Load pre-trained weights into a timm model; only its head may be missing (new).
 
     ``state`` is headless (``BackboneSource`` drops a fine-tuned head, since the number of
     classes may differ). Any other mismatch is an error naming ``origin``.
     """
-    head = _head_keys(backbone)
+    head = classifier_keys(backbone)
     own = {k: v for k, v in backbone.state_dict().items() if k not in head}
-    problems = state_dict_differences(own, state)
-    if problems:
-        raise CimptError(f"init.checkpoint: {origin} does not fit the model: {'; '.join(problems)}")
+    check_fits(own, state, origin, "the model", "init.checkpoint")
     missing, unexpected = backbone.load_state_dict(state, strict=False)
     assert not unexpected and set(missing) <= head, (missing, unexpected)

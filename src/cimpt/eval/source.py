@@ -15,30 +15,22 @@ backbone, the run config it was made with, and its weights (classifier weights d
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cimpt.config import from_dict
-from cimpt.engine.checkpoint import (
-    load_meta,
-    load_tensors,
-    resolve_checkpoint,
-)
+from cimpt.config import adopt_value, from_dict
 from cimpt.errors import CimptError
-from cimpt.export import is_export_folder, read_exportable, timm_args
-
-#: Checkpoint kind -> key prefix of the timm backbone's weights in ``model.safetensors``.
-BACKBONE_PREFIX = {
-    "cim": "enhancer.backbone.",
-    "finetune": "model.backbone.",
-    "linprobe": "model.backbone.",
-}
+from cimpt.export import (
+    is_export_folder,
+    only_model_keys,
+    open_backbone_checkpoint,
+    read_exportable,
+    timm_args,
+)
 
 
 @dataclass
@@ -74,7 +66,7 @@ def _from_export(path: Path) -> BackboneSource:
     # The headless backbone of the run config: a fine-tuned export also holds a head, and
     # its classifier arguments (pooling) are the fine-tuning run's, not the backbone's.
     args = {**timm_args(item.cfg), "num_classes": 0}
-    return BackboneSource(path, "export", args, item.cfg, _without_head(item.state, args))
+    return BackboneSource(path, "export", args, item.cfg, only_model_keys(item.state, args))
 
 
 def load_backbone_source(path: str | Path) -> BackboneSource:
@@ -90,61 +82,24 @@ def load_backbone_source(path: str | Path) -> BackboneSource:
         p.is_dir() and is_export_folder(p)
     ):
         return _from_export(p)
-    ckpt = resolve_checkpoint(p)
-    meta = load_meta(ckpt)
-    kind = str(meta.get("kind"))
-    if kind not in BACKBONE_PREFIX:
-        raise CimptError(
-            f"init.checkpoint: {ckpt} is a '{kind}' checkpoint, which holds no enhancer; "
-            f"use a CIM pre-training, fine-tuning or linear-probe checkpoint"
-        )
-    cfg = from_dict(meta["config"])
-    prefix = BACKBONE_PREFIX[kind]
-    tensors = load_tensors(ckpt)
-    state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-    if not state:
-        raise CimptError(f"init.checkpoint: {ckpt} holds no weights under '{prefix}'")
+    ckpt, state = open_backbone_checkpoint(p, "init.checkpoint")
+    cfg = from_dict(ckpt.config)
     args = {**timm_args(cfg), "num_classes": 0}
-    return BackboneSource(ckpt, kind, args, cfg, _without_head(state, args))
-
-
-def _without_head(state: dict[str, torch.Tensor], args: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """Drop what the headless backbone does not have (a fine-tuned classifier head).
-
-    The model is built on the meta device: only its key names are needed, no memory.
-    """
-    with torch.device("meta"):
-        keys = set(timm.create_model(pretrained=False, **args).state_dict())
-    return {k: v for k, v in state.items() if k in keys}
+    return BackboneSource(ckpt.path, ckpt.kind, args, cfg, only_model_keys(state, args))
 
 
 #: Config keys that define the backbone a checkpoint holds.
 ARCH_KEYS = ("enhancer.name", "enhancer.patch_size", "enhancer.kwargs", "data.img_size")
 
 
-def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value) if isinstance(value, DictConfig) else value
-
-
 def adopt_architecture(
     cfg: DictConfig, source: BackboneSource, keep: tuple[str, ...] = ()
 ) -> list[str]:
-    """Copy the keys that define the backbone from the source's config into ``cfg``.
-
-    The checkpoint decides the architecture (a user should not have to repeat a CNN's
-    name, size and stride), and ``config.yaml`` of the run records what was really trained
-    or evaluated. Prints one note per key whose value changes; returns those keys.
-    """
-    changed = []
-    for key in (k for k in ARCH_KEYS if k not in keep):
-        new, old = OmegaConf.select(source.config, key), OmegaConf.select(cfg, key)
-        if _plain(new) != _plain(old):
-            changed.append(key)
-            shown = json.dumps(_plain(new)) if isinstance(new, DictConfig) else new
-            was = json.dumps(_plain(old)) if isinstance(old, DictConfig) else old
-            print(f"note: {key}={shown} (from {source.path}; the config said {was})")
-        OmegaConf.update(cfg, key, _plain(new), merge=False)
-    return changed
+    """Copy the keys that define the backbone from the source's config into ``cfg``
+    (``adopt_value``: one note per key whose value changes); returns those keys."""
+    keys = [k for k in ARCH_KEYS if k not in keep]
+    new = {k: OmegaConf.select(source.config, k) for k in keys}
+    return [k for k in keys if adopt_value(cfg, k, new[k], source.path)]
 
 
 def resolve_init(cfg: DictConfig, keep: tuple[str, ...] = ()) -> BackboneSource | None:
@@ -165,7 +120,4 @@ def adopt_from_init(cfg: DictConfig, what: str) -> BackboneSource | None:
     runs on a randomly initialized backbone."""
     if not cfg.init.checkpoint:
         print(f"note: init.checkpoint is empty; {what} a randomly initialized backbone")
-        return None
-    source = load_backbone_source(str(cfg.init.checkpoint))
-    adopt_architecture(cfg, source)
-    return source
+    return resolve_init(cfg)

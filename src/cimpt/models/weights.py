@@ -24,7 +24,8 @@ from typing import Any
 import timm
 from torch import nn
 
-from cimpt.errors import CimptError
+from cimpt.errors import CimptError, first_line
+from cimpt.weights_io import check_fits
 
 TIMM = "timm"
 
@@ -41,10 +42,6 @@ def pretrained_kwargs(pretrained: str) -> dict[str, Any]:
     return {"pretrained": True, "pretrained_cfg_overlay": {"file": str(path.resolve())}}
 
 
-def _why(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-
-
 def _check_file_fits(path: Path, model: nn.Module) -> None:
     """Every weight of ``model`` but its classifier must come from the file.
 
@@ -54,19 +51,14 @@ def _check_file_fits(path: Path, model: nn.Module) -> None:
     from timm.models import load_state_dict
 
     given = set(load_state_dict(str(path)))
-    head = _classifier_keys(model)
-    missing = sorted(k for k in model.state_dict() if k not in given and k not in head)
-    if missing:
-        shown = ", ".join(missing[:3]) + (
-            f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-        )
-        raise CimptError(
-            f"enhancer.pretrained: {path} holds no {shown} ({len(missing)} of the model's "
-            "weights), so it is not a weights file of this timm model and config"
-        )
+    head = classifier_keys(model)
+    own = {k: v for k, v in model.state_dict().items() if k not in head}
+    # timm resamples shapes and drops extra keys itself: only a missing key does not fit.
+    fitted = {k: v for k, v in own.items() if k in given}
+    check_fits(own, fitted, path, "this timm model", "enhancer.pretrained")
 
 
-def _classifier_keys(model: Any) -> set[str]:
+def classifier_keys(model: Any) -> set[str]:
     """State-dict keys of a timm model's classifier (new when the class count differs)."""
     get = getattr(model, "get_classifier", None)
     head = get() if callable(get) else None
@@ -93,14 +85,14 @@ def create_timm_model(pretrained: str, **args: Any) -> nn.Module:
     except Exception as exc:  # hub, file and state-dict errors come in many types
         if not extra["pretrained"]:
             raise
-        name = args.get("model_name", "?")
+        name, why = args.get("model_name", "?"), first_line(exc)[:300]
         if pretrained == TIMM:
             raise CimptError(
                 f"enhancer.pretrained=timm: could not get timm's released weights for "
-                f"'{name}' ({_why(exc)}); when offline they must be in the Hugging Face cache "
+                f"'{name}' ({why}); when offline they must be in the Hugging Face cache "
                 "(download them once online), or give a local weights file: "
                 "enhancer.pretrained=/path/to/weights.safetensors"
             ) from None
         raise CimptError(
-            f"enhancer.pretrained: {pretrained} does not load into '{name}' ({_why(exc)})"
+            f"enhancer.pretrained: {pretrained} does not load into '{name}' ({why})"
         ) from None

@@ -43,7 +43,6 @@ also accepts the directory holding ``encoder.pkl`` + ``decoder.pkl``, or a torch
 
 from __future__ import annotations
 
-import json
 import pickle
 import pickletools
 import re
@@ -56,12 +55,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
 
 from cimpt.atomic import write_safetensors
-from cimpt.errors import CimptError
+from cimpt.errors import CimptError, first_line
 from cimpt.tokenizers.dalle import DalleTokenizer, state_dict_from_original
+from cimpt.tokenizers.header import header_metadata, read_header
+from cimpt.weights_io import load_weights, read_safetensors
 
 _MODULE_CLASSES = (
     "dall_e.encoder.Encoder",
@@ -183,17 +182,12 @@ def _referenced_globals(path: Path) -> tuple[set[str], str | None]:
                 for _ in range(5):
                     found.update(_globals_in_pickle(pickletools.genops(f)))
     except (ValueError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
-        return found, _first_line(exc)
+        return found, first_line(exc)
     return found, None
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 def _refusal(path: Path, exc: BaseException) -> CimptError:
-    msg = _first_line(exc)
+    msg = first_line(exc)
     match = re.search(r"GLOBAL (\S+)", str(exc))
     if match:
         return CimptError(
@@ -363,29 +357,14 @@ def infer_arch(sd: dict[str, torch.Tensor]) -> dict[str, int]:
     }
 
 
-def _shorten(items: list[str], keep: int = 4) -> str:
-    more = f" (and {len(items) - keep} more)" if len(items) > keep else ""
-    return "; ".join(items[:keep]) + more
-
-
 def _build(sd: dict[str, torch.Tensor], origin: str, arch: dict[str, Any] | None) -> DalleTokenizer:
     """A frozen ``DalleTokenizer`` holding ``sd``; one-line error listing any mismatch."""
     arch = infer_arch(sd) if arch is None else arch
     try:
         tok = DalleTokenizer(**arch)
     except TypeError as exc:
-        raise CimptError(f"{origin}: bad DALL-E arch {arch}: {_first_line(exc)}") from None
-    expected = tok.state_dict()
-    diffs = [f"missing {k}" for k in expected if k not in sd]
-    diffs += [f"unexpected {k}" for k in sd if k not in expected]
-    diffs += [
-        f"{k} has shape {list(sd[k].shape)}, expected {list(v.shape)}"
-        for k, v in expected.items()
-        if k in sd and sd[k].shape != v.shape
-    ]
-    if diffs:
-        raise CimptError(f"{origin} does not match the DALL-E dVAE {arch}: {_shorten(diffs)}")
-    tok.load_state_dict({k: v.float() for k, v in sd.items()})
+        raise CimptError(f"{origin}: bad DALL-E arch {arch}: {first_line(exc)}") from None
+    load_weights(tok, {k: v.float() for k, v in sd.items()}, origin, f"the DALL-E dVAE {arch}")
     return tok.freeze()  # type: ignore[return-value]
 
 
@@ -411,29 +390,15 @@ def convert_dalle_pickles(
     """
     origin = f"{encoder_pkl} + {decoder_pkl}"
     tok = _build(_tensors_from_pickles(encoder_pkl, decoder_pkl), origin, None)
-    meta = {"cimpt_tokenizer": "dalle", "arch": json.dumps(tok.arch_config())}
+    meta = header_metadata("dalle", tok.arch_config())
     return write_safetensors(Path(out_safetensors), tok.state_dict(), meta)
 
 
 def _load_safetensors(path: Path) -> DalleTokenizer:
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        sd = load_file(str(path))
-    except Exception as exc:  # safetensors raises its own error types for corrupt headers
-        raise CimptError(f"{path} is not a readable safetensors file: {_first_line(exc)}") from None
-    kind = meta.get("cimpt_tokenizer", "dalle")
-    if kind != "dalle":
+    kind, arch = read_header(path)
+    if kind not in (None, "dalle"):
         raise CimptError(f"{path} holds a '{kind}' tokenizer, not a DALL-E dVAE")
-    arch = None
-    if "arch" in meta:
-        try:
-            arch = json.loads(meta["arch"])
-        except json.JSONDecodeError:
-            raise CimptError(f"{path}: metadata 'arch' is not valid JSON") from None
-        if not isinstance(arch, dict):
-            raise CimptError(f"{path}: metadata 'arch' is not a mapping")
-    return _build(sd, str(path), arch)
+    return _build(read_safetensors(path), str(path), arch)
 
 
 def _load_torch_state_dict(path: Path) -> DalleTokenizer:
@@ -441,7 +406,7 @@ def _load_torch_state_dict(path: Path) -> DalleTokenizer:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any refusal or parse failure: not a plain state dict
         raise CimptError(
-            f"{path} is not a plain torch state dict ({_first_line(exc)}); for the released "
+            f"{path} is not a plain torch state dict ({first_line(exc)}); for the released "
             "encoder.pkl/decoder.pkl pass their directory or run `cimpt tokenizer convert-dalle`"
         ) from None
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

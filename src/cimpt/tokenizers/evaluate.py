@@ -22,31 +22,8 @@ from cimpt.atomic import write_json, write_png
 from cimpt.errors import CimptError
 from cimpt.models.modes import eval_mode
 from cimpt.tokenizers.base import ImageTokenizer
-
-# PSNR of a perfect reconstruction would be infinite; clamping the MSE caps it at 100 dB.
-_MIN_MSE = 1e-10
-
-
-def batch_psnr(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB for images in [0, 1]: ``[B, C, H, W]`` x2 -> ``[B]``.
-
-    ``10 log10(1 / MSE)`` with the MSE over all pixels and channels of each image.
-    """
-    mse = (recon.float() - target.float()).pow(2).flatten(1).mean(1)
-    return 10.0 * torch.log10(1.0 / mse.clamp_min(_MIN_MSE))
-
-
-def codebook_stats(counts: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Code histogram ``[K]`` -> {"perplexity": exp(entropy), "usage": share of codes used}.
-
-    Perplexity is the effective number of codes in use (K for a uniform histogram); an empty
-    histogram gives perplexity 1 and usage 0. Both are scalar tensors.
-    """
-    counts = counts.float()
-    p = counts / counts.sum().clamp_min(1.0)
-    # 0 * log 0 = 0: xlogy handles the unused codes.
-    entropy = -torch.special.xlogy(p, p).sum()
-    return {"perplexity": entropy.exp(), "usage": (counts > 0).float().mean()}
+from cimpt.tokenizers.load import load_tokenizer
+from cimpt.tokenizers.metrics import batch_psnr, codebook_stats
 
 
 def _skipped(batch: dict[str, Any]) -> int:
@@ -184,7 +161,6 @@ def evaluate_tokenizer_command(checkpoint: str, overrides: list[str]) -> dict[st
     """
     from cimpt.config import load_config, token_grid
     from cimpt.data import EvalTransform, ImageCollate, build_dataset, build_loader
-    from cimpt.tokenizers.load import load_tokenizer
 
     ckpt = Path(checkpoint).expanduser()
     tok = load_tokenizer(ckpt)

@@ -1,27 +1,23 @@
 """Build, save and load image tokenizers as plain safetensors files.
 
-A tokenizer file is one safetensors file whose metadata holds ``"cimpt_tokenizer"`` (the kind:
-``vqvae`` or ``dalle``) and ``"arch"`` (JSON of ``arch_config()``), so any checkpoint can be
-rebuilt and loaded later without the config of the run that made it (docs/DESIGN.md, items 7, 11).
+A tokenizer file is one safetensors file whose metadata names its kind and architecture
+(``cimpt.tokenizers.header``), so it is rebuilt without the config of the run that made it.
 Nothing is ever unpickled. ``load_tokenizer`` also accepts an engine checkpoint directory
 (``model.safetensors`` with keys prefixed ``tokenizer.``) and a run directory.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
-
 from cimpt.atomic import write_safetensors
-from cimpt.engine.checkpoint import state_dict_differences
+from cimpt.engine.checkpoint import config_differences, latest_checkpoint
 from cimpt.errors import CimptError
 from cimpt.tokenizers.base import ImageTokenizer
+from cimpt.tokenizers.header import ARCH_KEY, KIND_KEY, header_metadata, read_header
+from cimpt.tokenizers.vqvae import VQVAE
+from cimpt.weights_io import load_weights, read_safetensors, read_safetensors_metadata, strip_prefix
 
 KINDS = ("vqvae", "dalle")
 # Fields of arch_config() that change the module; a config asking for other values is an error.
@@ -34,8 +30,6 @@ _PREFIX = "tokenizer."
 
 def build_tokenizer(tok_cfg: Any) -> ImageTokenizer:
     """A fresh, trainable tokenizer from the ``tokenizer`` config section."""
-    from cimpt.tokenizers.vqvae import VQVAE
-
     kind = str(tok_cfg.kind)
     if kind == "dalle":
         raise CimptError(
@@ -67,8 +61,7 @@ def save_tokenizer(tok: ImageTokenizer, path: str | Path, trained_at: int = 0) -
     tokenizer views of another size can say so (``trained_at``).
     """
     arch = tok.arch_config()
-    kind = getattr(tok, "kind", None) or arch.get("kind", "vqvae")
-    metadata = {"cimpt_tokenizer": str(kind), "arch": json.dumps(arch)}
+    metadata = header_metadata(getattr(tok, "kind", None) or arch.get("kind", "vqvae"), arch)
     if trained_at > 0:
         metadata[TRAINED_AT_KEY] = str(int(trained_at))
     return write_safetensors(Path(path).expanduser(), tok.state_dict(), metadata)
@@ -79,17 +72,10 @@ def trained_at(path: str | Path) -> int | None:
     does not say (checkpoints, older files, the DALL-E dVAE) or is not a cimpt file."""
     p = Path(path).expanduser()
     try:
-        file, _ = _resolve_file(p)
-        with safe_open(str(file), framework="pt") as fh:
-            value = (fh.metadata() or {}).get(TRAINED_AT_KEY)
-    except Exception:  # not ours to judge here: loading reports unreadable files
+        value = read_safetensors_metadata(_resolve_file(p)[0]).get(TRAINED_AT_KEY)
+    except CimptError:  # not ours to judge here: loading reports unreadable files
         return None
     return int(value) if value and value.isdigit() else None
-
-
-def _step_number(folder: Path) -> int:
-    match = re.fullmatch(r"step_(\d+)", folder.name)
-    return int(match.group(1)) if match else -1
 
 
 def _resolve_file(path: Path) -> tuple[Path, str]:
@@ -100,10 +86,8 @@ def _resolve_file(path: Path) -> tuple[Path, str]:
         return path / "tokenizer.safetensors", ""
     if (path / "model.safetensors").is_file():  # an engine checkpoint dir
         return path / "model.safetensors", _PREFIX
-    steps = [p for p in (path / "checkpoints").glob("step_*") if _step_number(p) >= 0]
-    steps = [p for p in steps if (p / "model.safetensors").is_file()]
-    if steps:
-        newest = max(steps, key=_step_number)
+    newest = latest_checkpoint(path)
+    if newest is not None:
         return newest / "model.safetensors", _PREFIX
     raise CimptError(
         f"{path} holds no tokenizer checkpoint (looked for tokenizer.safetensors, "
@@ -113,25 +97,11 @@ def _resolve_file(path: Path) -> tuple[Path, str]:
 
 def _read_header(file: Path) -> tuple[str, dict[str, Any]]:
     """-> (kind, arch) from the safetensors metadata, or a one-line CimptError."""
-    try:
-        with safe_open(str(file), framework="pt") as fh:
-            meta = fh.metadata() or {}
-    except Exception as exc:  # safetensors raises several types for a foreign file
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    kind, arch = read_header(file)
+    if kind is None or arch is None:
         raise CimptError(
-            f"{file} is not a cimpt tokenizer checkpoint (not a safetensors file: {reason})"
-        ) from None
-    if "cimpt_tokenizer" not in meta or "arch" not in meta:
-        raise CimptError(
-            f"{file} is not a cimpt tokenizer checkpoint (no 'cimpt_tokenizer'/'arch' metadata)"
+            f"{file} is not a cimpt tokenizer checkpoint (no '{KIND_KEY}'/'{ARCH_KEY}' metadata)"
         )
-    try:
-        arch = json.loads(meta["arch"])
-    except json.JSONDecodeError:
-        arch = None
-    if not isinstance(arch, dict):
-        raise CimptError(f"{file} is not a cimpt tokenizer checkpoint (unreadable 'arch')")
-    kind = meta["cimpt_tokenizer"]
     if kind not in KINDS:
         raise CimptError(
             f"{file} holds an unknown tokenizer kind '{kind}' (known: {', '.join(KINDS)})"
@@ -141,32 +111,19 @@ def _read_header(file: Path) -> tuple[str, dict[str, Any]]:
 
 def _check_expected(file: Path, kind: str, arch: dict[str, Any], expected: Any) -> None:
     """Fail with every field where the config section and the checkpoint disagree."""
-    diffs = []
-    exp_kind = str(getattr(expected, "kind", kind))
-    if exp_kind != kind:
-        diffs.append(f"kind: config {exp_kind} vs checkpoint {kind}")
-    for name in _ARCH_FIELDS[kind]:
-        want = getattr(expected, name, None)
-        have = arch.get(name)
-        if want is not None and have is not None and want != have:
-            diffs.append(f"{name}: config {want} vs checkpoint {have}")
+    names = [n for n in _ARCH_FIELDS[kind] if None not in (arch.get(n), getattr(expected, n, None))]
+    stored = {"kind": kind, **{n: arch[n] for n in names}}
+    current = {
+        "kind": str(getattr(expected, "kind", kind)),
+        **{n: getattr(expected, n) for n in names},
+    }
+    diffs = config_differences(stored, current, list(stored))
     if diffs:
         raise CimptError(f"tokenizer config does not match {file}: {'; '.join(diffs)}")
 
 
-def _load_weights(tok: ImageTokenizer, file: Path, prefix: str) -> None:
-    """Load the tensors of ``file`` into ``tok``, listing any key or shape that differs."""
-    tensors = load_file(str(file))
-    if prefix and any(k.startswith(prefix) for k in tensors):
-        tensors = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-    problems = state_dict_differences(tok.state_dict(), tensors)
-    if problems:
-        raise CimptError(f"{file}: weights do not match the architecture: {'; '.join(problems)}")
-    with torch.no_grad():
-        tok.load_state_dict(tensors, strict=True)
-
-
 def _load_dalle(path: Path) -> ImageTokenizer:
+    # Looked up at call time: a test stands in a fake dalle_io module to see the delegation.
     from cimpt.tokenizers.dalle_io import load_dalle_tokenizer
 
     return load_dalle_tokenizer(path).freeze()
@@ -220,13 +177,13 @@ def load_tokenizer(
         _check_expected(file, kind, arch, expected)
     if kind == "dalle":
         return _load_dalle(file)
-
-    from cimpt.tokenizers.vqvae import VQVAE
-
     kwargs = {k: v for k, v in arch.items() if k != "kind"}
     try:
         tok = VQVAE(**kwargs)
     except TypeError as exc:
         raise CimptError(f"{file} has an invalid vqvae 'arch' metadata: {exc}") from None
-    _load_weights(tok, file, prefix)
+    tensors = read_safetensors(file)
+    if any(k.startswith(prefix) for k in tensors):  # else a bare tokenizer state dict
+        tensors = strip_prefix(tensors, prefix)
+    load_weights(tok, tensors, file, "the vqvae tokenizer")
     return tok.freeze()

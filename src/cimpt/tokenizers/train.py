@@ -21,6 +21,8 @@ from cimpt.engine.task import Task
 from cimpt.errors import CimptError
 from cimpt.models.modes import eval_mode
 from cimpt.tokenizers.base import ImageTokenizer
+from cimpt.tokenizers.evaluate import evaluate_tokenizer_command, save_reconstruction_figure
+from cimpt.tokenizers.load import build_tokenizer, save_tokenizer
 
 TOKENIZER_FILE = "tokenizer.safetensors"
 
@@ -58,8 +60,6 @@ class TokenizerTask(Task):
         return {"tokenizer": self.tokenizer}
 
     def visualize(self, step: int, batch: dict[str, Any], run_dir: Path) -> None:
-        from cimpt.tokenizers.evaluate import save_reconstruction_figure
-
         tok = self.tokenizer
         x = batch["x"][:16].to(next(tok.parameters()).device)
         with eval_mode(tok), torch.no_grad():
@@ -69,15 +69,12 @@ class TokenizerTask(Task):
         )
 
     def finish(self, run_dir: Path) -> None:
-        from cimpt.tokenizers.load import save_tokenizer
-
         save_tokenizer(self.tokenizer, run_dir / TOKENIZER_FILE, self.view_size)
 
 
 def build_tokenizer_task(cfg: DictConfig) -> TokenizerTask:
     from cimpt.data import ImageCollate, build_dataset, build_single_view_transform
     from cimpt.data.checks import check_paths
-    from cimpt.tokenizers.load import build_tokenizer
 
     check_paths(cfg, val="optional")  # the evaluation at the end must not fail on a bad path
     seed_model_init(int(cfg.seed), bool(cfg.train.deterministic))
@@ -115,6 +112,4 @@ def _report_and_evaluate(cfg: DictConfig, result: FitResult) -> None:
         "cifar10",
         "cifar100",
     ):
-        from cimpt.tokenizers.evaluate import evaluate_tokenizer_command
-
         evaluate_tokenizer_command(str(out), [f"run.dir={result.run_dir}"])

@@ -40,7 +40,7 @@ from torch import nn
 from cimpt.engine.precision import full_precision
 from cimpt.errors import CimptError
 from cimpt.tokenizers.base import ImageTokenizer
-from cimpt.tokenizers.evaluate import batch_psnr, codebook_stats
+from cimpt.tokenizers.metrics import batch_psnr, codebook_stats
 
 # Laplace smoothing constant for the EMA cluster sizes (VQ-VAE appendix A.1 / Sonnet).
 _LAPLACE_EPS = 1e-5
