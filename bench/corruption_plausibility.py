@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cimpt.errors import CimptError
 from records import git_commit, write_record
 
 # (label, temperature, top_k, top_p); None temperature: uniform random ids (the floor).
@@ -74,18 +75,15 @@ def load_run(run: str, data: str) -> tuple[Any, Any]:
     """The CIM model of a pre-training run (weights loaded, eval mode) and its image loader."""
     from cimpt.config import from_dict
     from cimpt.data import build_loader
-    from cimpt.engine.checkpoint import load_into, load_meta, load_tensors, resolve_checkpoint
+    from cimpt.engine.checkpoint import load_modules, open_checkpoint
     from cimpt.pretrain import build_cim_task
 
-    ckpt = resolve_checkpoint(run)
-    meta = load_meta(ckpt)
-    if meta.get("kind") != "cim" or meta["config"].get("objective") not in ("respix", "revdet"):
-        sys.exit(f"error: --run {run}: not a CIM (respix/revdet) pre-training run")
-    cfg = from_dict(meta["config"], ["data.num_workers=1", f"data.path={data}"])
+    ckpt = open_checkpoint(run, ("cim",), "--run", "a CIM pre-training checkpoint")
+    if ckpt.config.get("objective") not in ("respix", "revdet"):
+        raise CimptError(f"--run: {ckpt.path} is a '{ckpt.config.get('objective')}' run, not CIM")
+    cfg = from_dict(ckpt.config, ["data.num_workers=1", f"data.path={data}"])
     task = build_cim_task(cfg)
-    tensors = load_tensors(ckpt)
-    for name, module in task.saved_modules().items():
-        load_into(module, tensors, name)
+    load_modules(task.saved_modules(), ckpt)
     task.model.eval()
     loader = build_loader(task.dataset, 128, 1, task.collate, None, 0, drop_last=False)
     return task.model, loader
@@ -138,7 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="")
     a = ap.parse_args(argv)
     t0 = time.time()
-    model, loader = load_run(a.run, str(Path(a.data).expanduser()))
+    try:
+        model, loader = load_run(a.run, str(Path(a.data).expanduser()))
+    except CimptError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     rows = measure(model, loader, a.n, a.close_db)
     print(f"run {a.run}: generator accuracy on masked tokens {rows[0]['generator_acc_masked']:.1%}")
     print(

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
 import torch
 
 from cimpt.cim import CIM
@@ -74,3 +80,29 @@ def test_zero_and_full_settings_change_nothing_and_argmax_survives() -> None:
     mask = torch.ones(2, 3, 3, dtype=torch.bool)
     z_hat = _sampler(top_k=3, top_p=0.5, temperature=0.0).sample(logits, z, mask)
     assert torch.equal(z_hat, logits.argmax(-1))
+
+
+def test_cell_psnr_matches_a_hand_computation(e2e: SimpleNamespace) -> None:
+    cp = e2e.import_bench("corruption_plausibility")
+    a = torch.zeros(1, 3, 8, 8)
+    b = a.clone()
+    b[:, :, :4, 4:] = 0.1  # one of the four 4x4 cells differs by 0.1 everywhere: MSE 0.01
+    psnr = cp.cell_psnr(a, b, grid=2)
+    assert psnr.shape == (1, 2, 2)
+    torch.testing.assert_close(psnr[0, 0, 1], torch.tensor(20.0))
+    assert bool((psnr[0].flatten()[[0, 2, 3]] == 100.0).all())  # identical: capped at 1e-10
+
+
+def test_plausibility_bench_on_a_tiny_run(
+    pretrained_runs: Callable[[str], Path], image_folder: Path, tmp_path: Path, e2e: SimpleNamespace
+) -> None:
+    cp = e2e.import_bench("corruption_plausibility")
+    out = tmp_path / "p.json"
+    args = ["--run", str(pretrained_runs("revdet")), "--data", str(image_folder), "--n", "8"]
+    assert cp.main([*args, "--out", str(out)]) == 0
+    rows = {r["setting"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {s[0] for s in cp.SETTINGS}
+    argmax = rows["argmax (T=0)"]
+    # Argmax replaces exactly the masked tokens the generator gets wrong.
+    assert argmax["replaced_of_masked"] == pytest.approx(1 - argmax["generator_acc_masked"])
+    assert all(0 <= r["close_of_replaced"] <= 1 for r in rows.values())
