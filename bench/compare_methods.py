@@ -531,7 +531,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--val-data", default=str(CIFAR / "test"))
     ap.add_argument("--work", default="runs/methods")
     ap.add_argument("--out", default="docs/results")
-    ap.add_argument("--methods", default=",".join(m.name for m in METHODS))
+    ap.add_argument(
+        "--methods",
+        default=",".join(m.name for m in METHODS),
+        help="arms, in the order each evaluation round runs them (scratch required)",
+    )
     ap.add_argument("--in-process", action="store_true", help="no subprocesses (tests)")
     return ap.parse_args(argv)
 
@@ -564,7 +568,8 @@ def main(argv: list[str] | None = None) -> int:
         write_study(a.out, "cifar10_methods", payload, markdown(records, meta))
         print(f"[methods] table written after {progress}", flush=True)
 
-    run_study(s, [m for m in METHODS if m.name in names], report)
+    by_name = {m.name: m for m in METHODS}
+    run_study(s, [by_name[n] for n in names], report)  # in --methods order
     return 0
 
 
