@@ -13,8 +13,8 @@ pass ``train.amp=none`` or ``train.amp=bf16`` to choose), this measures in one r
      normalize), no gradient;
    * generator: ``generator_step`` forward + backward of its masked cross-entropy;
    * sample: the Gumbel sampling of the replacements (docs/METHOD.md step 5);
-   * enhancer + head: ``enhancer_step`` forward + backward of the objective's loss on a fixed
-     corrupted image;
+   * enhancer + head: the enhancer and the objective's head forward + backward of the
+     objective's loss (``head.loss``) on a fixed corrupted image;
    * optimizer: the Trainer's ``optimizer_step`` (clip, AdamW over all trainable
      parameters, zero_grad) on fixed gradients;
    * the full CIM step: ``Trainer.train_step``, the step ``Trainer.fit`` runs (schedules,
@@ -67,7 +67,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -187,13 +187,11 @@ def cim_parts(trainer: Trainer, batch: dict[str, Any]) -> dict[str, Part]:
     does, so each backward allocates its gradients like the full step's backward.
     """
     model, b = trainer.model, trainer.to_device(batch)
-    x, x_tok, mask = b["x"], b["x_tok"], b["mask"].bool()
     model.train()
     with torch.no_grad(), autocast(trainer.device, trainer.amp_dtype):
-        z = model.golden_tokens(x_tok)
-        logits = model.generator(x, mask)
-        z_hat = model.sample(logits, z, mask)
-        x_cor = model.corrupt(z_hat)
+        stages = model._pipeline(b)  # the tensors every part starts from
+    x, x_tok, mask = b["x"], b["x_tok"], stages.mask
+    z, logits, z_hat, x_cor = stages.z, stages.logits, stages.z_hat, stages.x_cor
     grads = _fixed_gradients(trainer, b)
 
     def clear() -> None:
@@ -214,8 +212,9 @@ def cim_parts(trainer: Trainer, batch: dict[str, Any]) -> dict[str, Part]:
 
     def enhancer() -> None:
         with amp():
-            out = model.enhancer_step(x_cor, x, z, z_hat)
-        (model.enh_weight * out["enh_loss"]).backward()
+            out = model.head(model.enhancer.features(x_cor))
+            loss, _ = model.head.loss(replace(stages, out=out))
+        (model.enh_weight * loss).backward()
 
     def set_grads() -> None:
         for p, g in grads:

@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import cimpt.cim as cim_module
-from cimpt.cim import CIM, build_cim
+import cimpt.cim_objectives as objectives
+from cimpt.build import build_cim
+from cimpt.cim import CIM
 from cimpt.config import load_config
 from cimpt.errors import CimptError
 from cimpt.tokenizers.base import ImageTokenizer
@@ -138,17 +139,13 @@ def test_enh_weight_scales_the_enhancer_term() -> None:
 @pytest.mark.parametrize("objective", ["respix", "revdet"])
 def test_no_gradient_crosses_between_generator_and_enhancer(objective: str) -> None:
     model = _model(objective).train()
-    batch = _random_batch(model)
-    z = model.golden_tokens(batch["x_tok"])
-    logits, gen_loss, _ = model.generator_step(batch["x"], batch["mask"], z)
-    z_hat = model.sample(logits, z, batch["mask"])
-    x_cor = model.corrupt(z_hat)
-    enh = model.enhancer_step(x_cor, batch["x"], z, z_hat)
-    enh["enh_loss"].backward(retain_graph=True)
+    s = model._pipeline(_random_batch(model))
+    enh_loss, _ = model.head.loss(s)
+    enh_loss.backward(retain_graph=True)
     assert all(p.grad is None for p in model.generator.parameters())
     assert all(p.grad is not None for p in model.enhancer.parameters())
     model.zero_grad(set_to_none=True)
-    gen_loss.backward()
+    s.gen_loss.backward()
     assert all(p.grad is None for p in model.enhancer.parameters())
     assert all(p.grad is None for p in model.head.parameters())
     assert all(p.grad is not None for p in model.generator.parameters())
@@ -228,13 +225,13 @@ def test_revdet_labels_and_replaced_counts(monkeypatch: pytest.MonkeyPatch) -> N
     mask = torch.rand(2, 8, 8, generator=g) < 0.5
     batch = _batch(model, ids, mask)
     seen: dict[str, torch.Tensor] = {}
-    real = cim_module.revdet_loss
+    real = objectives.revdet_loss
 
     def spy(logits: torch.Tensor, labels: torch.Tensor):  # type: ignore[no-untyped-def]
         seen["labels"] = labels
         return real(logits, labels)
 
-    monkeypatch.setattr(cim_module, "revdet_loss", spy)
+    monkeypatch.setattr(objectives, "revdet_loss", spy)
     out = model(batch)
     # Hand count: masked positions whose golden token is not c are replaced; masked positions
     # that already were c got the same id back and count as not replaced.
@@ -257,21 +254,20 @@ def test_revdet_labels_and_replaced_counts(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_respix_target_default_window_and_residual() -> None:
     model = _model("respix").eval()
-    assert model.respix_window == 4  # 0 in the config means the patch size
-    assert _model("respix", 4, "loss.respix_window=3").respix_window == 3
+    assert model.head.window == 4  # 0 in the config means the patch size
+    assert _model("respix", 4, "loss.respix_window=3").head.window == 3
     batch = _random_batch(model)
-    z = model.golden_tokens(batch["x_tok"])
-    x_cor = model.corrupt(z)
-    out = model.head(model.enhancer.features(x_cor))
-    enh = model.enhancer_step(x_cor, batch["x"], z, z)
-    target = cim_module.sliding_window_normalize(batch["x"], 4)
-    assert enh["respix_loss"].item() == pytest.approx(((out - target) ** 2).mean().item(), rel=1e-5)
+    s = model._pipeline(batch)
+    target = objectives.sliding_window_normalize(batch["x"], 4)
+    _, metrics = model.head.loss(s)
+    want = ((s.out - target) ** 2).mean()
+    assert metrics["respix_loss"].item() == pytest.approx(want.item(), rel=1e-5)
 
     res = _model("respix", 4, "loss.respix_residual=true").eval()
-    out = res.head(res.enhancer.features(x_cor))
-    enh = res.enhancer_step(x_cor, batch["x"], z, z)
-    want = ((out - (batch["x"] - x_cor)) ** 2).mean()
-    assert enh["respix_loss"].item() == pytest.approx(want.item(), rel=1e-5)
+    s = res._pipeline(batch)
+    _, metrics = res.head.loss(s)
+    want = ((s.out - (batch["x"] - s.x_cor)) ** 2).mean()
+    assert metrics["respix_loss"].item() == pytest.approx(want.item(), rel=1e-5)
 
 
 def test_tokenizer_is_not_a_submodule_but_moves_with_the_model() -> None:
@@ -353,13 +349,14 @@ def test_position_prior_scores_each_batch_before_learning_from_it() -> None:
     labels = torch.zeros(4, g, g, dtype=torch.bool)
     labels[:, 0, 0] = True  # only the corner cell is ever replaced
     # Nothing seen yet: the prior says "not replaced" everywhere, wrong only at the corner.
-    assert model.position_prior_accuracy(labels).item() == pytest.approx(1 - 1 / g**2)
+    prior = model.head.prior_accuracy
+    assert prior(labels).item() == pytest.approx(1 - 1 / g**2)
     # It has now seen the corner replaced in every image: right everywhere.
-    assert model.position_prior_accuracy(labels).item() == 1.0
+    assert prior(labels).item() == 1.0
     model.eval()  # evaluation (figures) scores without counting
-    before = model.prior_seen.clone()
-    model.position_prior_accuracy(~labels)
-    assert torch.equal(model.prior_seen, before)
+    before = model.head.prior_seen.clone()
+    prior(~labels)
+    assert torch.equal(model.head.prior_seen, before)
 
 
 def test_respix_figure_and_score_show_only_what_the_model_predicts() -> None:

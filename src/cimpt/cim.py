@@ -1,14 +1,17 @@
 """Corrupted Image Modeling as one module (Fang et al., ICLR 2023, arXiv 2202.03382).
 
-``CIM.forward`` is docs/METHOD.md's "One training step", one short stage method per step:
+``CIM.forward`` is docs/METHOD.md's "One training step"; ``_pipeline`` runs steps 3-7, one
+short stage method per step, for both ``forward`` and ``visualize``:
 
     z      = golden_tokens(x_tok)              # 3. frozen tokenizer ids, no gradient
     logits = generator_step(x, mask, z)        # 4. small BEiT, CE on masked positions
     z_hat  = sample(logits, z, mask)           # 5. sample masked ids, no gradient
     x_cor  = corrupt(z_hat)                    # 6. decode the WHOLE grid, resize, normalize
-    enh    = enhancer_step(x_cor, x, z, z_hat) # 7. RESPIX or REVDET
+    out    = head(enhancer.features(x_cor))    # 7. the objective's head: RESPIX or REVDET
     loss   = gen_loss + enh_weight * enh_loss  # 8. both networks update every step
 
+What differs between RESPIX and REVDET (head, target, loss, metrics, figure panels) is the
+objective class in ``cim_objectives``; ``build.build_cim`` builds the module from a config.
 The model returns a dict of scalar tensors and never calls backward; the training loop owns
 optimisation. The frozen tokenizer is deliberately not a registered submodule: it is neither
 in ``state_dict`` (checkpoints) nor in ``parameters()`` (optimizer, DDP), yet ``.to(device)``
@@ -18,32 +21,17 @@ moves it along (see ``_apply``).
 from __future__ import annotations
 
 import torch
-from omegaconf import DictConfig
-from torch import nn
 
-from cimpt.errors import CimptError
-from cimpt.losses import (
-    mlm_loss,
-    respix_loss,
-    revdet_loss,
-    sliding_window_normalize,
-    sliding_window_stats,
-)
-from cimpt.models.enhancer import Enhancer, build_enhancer
-from cimpt.models.frozen_tokenizer import (
-    TOKENIZER_PRECISIONS,
-    FrozenTokenizerModule,
-    check_token_grid,
-    check_tokenizer,
-)
+from cimpt.cim_objectives import Objective, Stages
+from cimpt.losses import mlm_loss
+from cimpt.models.enhancer import Enhancer
+from cimpt.models.frozen_tokenizer import FrozenTokenizerModule, check_token_grid
 from cimpt.models.generator import BEiTGenerator
-from cimpt.models.heads import RespixHead, RevdetHead
 from cimpt.models.modes import eval_mode
 from cimpt.models.sampling import truncate_logits
 from cimpt.tokenizers.base import ImageTokenizer
 
-OBJECTIVES = ("respix", "revdet")
-__all__ = ["CIM", "OBJECTIVES", "TOKENIZER_PRECISIONS", "build_cim"]
+__all__ = ["CIM"]
 
 
 class CIM(FrozenTokenizerModule):
@@ -53,13 +41,10 @@ class CIM(FrozenTokenizerModule):
         tokenizer: frozen image tokenizer (kept outside the module tree).
         generator: predicts token logits ``[B, g, g, V]`` from ``(x, mask)``.
         enhancer: per-position features ``[B, C, g, g]`` of the corrupted image.
-        head: ``RespixHead`` for "respix", ``RevdetHead`` for "revdet".
-        objective: "respix" or "revdet".
+        head: the objective (``cim_objectives.Respix`` or ``Revdet``), registered as ``head``:
+            its parameters are the checkpoint's ``head.*``.
         mean, std: the dataset normalization of ``x`` (3 values each); ``x_cor`` gets the same.
         enh_weight: lambda in ``L = L_gen + lambda * L_enh``.
-        respix_window: sliding-window side k for the RESPIX target; 0 means the patch size.
-        respix_residual: RESPIX predicts ``x - x_cor`` (both dataset-normalized) instead of the
-            sliding-window-normalized image (a choice, docs/METHOD.md step 7).
         temperature: sampling temperature T; an engine schedule may overwrite
             ``self.temperature`` every step.
         top_k: sample among the ``top_k`` most likely ids only (0: all).
@@ -69,53 +54,36 @@ class CIM(FrozenTokenizerModule):
             the run's autocast; "amp" lets it follow autocast (faster, some ids flip).
     """
 
+    head: Objective
     mean: torch.Tensor
     std: torch.Tensor
-    prior_replaced: torch.Tensor
-    prior_seen: torch.Tensor
 
     def __init__(
         self,
         tokenizer: ImageTokenizer,
         generator: BEiTGenerator,
         enhancer: Enhancer,
-        head: nn.Module,
+        head: Objective,
         *,
-        objective: str,
         mean: list[float] | tuple[float, ...],
         std: list[float] | tuple[float, ...],
         enh_weight: float = 1.0,
-        respix_window: int = 0,
-        respix_residual: bool = False,
         temperature: float = 1.0,
         top_k: int = 0,
         top_p: float = 1.0,
         tokenizer_precision: str = "fp32",
     ) -> None:
         super().__init__()
-        if objective not in OBJECTIVES:
-            raise CimptError(f"objective: '{objective}' is not one of {', '.join(OBJECTIVES)}")
-        if respix_window < 0:
-            raise CimptError(f"loss.respix_window: {respix_window} must be >= 0 (0: patch size)")
         self.attach_tokenizer(tokenizer, tokenizer_precision, enhancer.grid * enhancer.patch_size)
         self.generator = generator
         self.enhancer = enhancer
         self.head = head
-        self.objective = objective
         self.enh_weight = float(enh_weight)
-        self.respix_window = int(respix_window) or enhancer.patch_size
-        self.respix_residual = bool(respix_residual)
         self.temperature = float(temperature)
         self.top_k, self.top_p = int(top_k), float(top_p)
         # Non-persistent: derived from the config, so kept out of checkpoints.
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-        # REVDET's position-only baseline (revdet_prior_acc): running per-cell count of
-        # replaced tokens and of images seen. Non-persistent: a diagnostic, re-estimated
-        # after a resume within a few steps, and old checkpoints stay loadable.
-        g = enhancer.grid
-        self.register_buffer("prior_replaced", torch.zeros(g, g), persistent=False)
-        self.register_buffer("prior_seen", torch.zeros(()), persistent=False)
 
     def no_weight_decay(self) -> set[str]:
         """Full parameter names without weight decay: position embeddings, [CLS], [MASK]."""
@@ -193,48 +161,21 @@ class CIM(FrozenTokenizerModule):
         """
         return self.normalize(self.decode_image(z_hat))
 
-    # ---- step 7 -----------------------------------------------------------------------------
-    def respix_target(self, x: torch.Tensor, x_cor: torch.Tensor) -> torch.Tensor:
-        """RESPIX regression target ``[B, 3, R, R]``.
-
-        Default: ``x`` normalized by the mean/std of the k x k window around each pixel.
-        With ``respix_residual``: ``x - x_cor`` (what the corruption changed).
-        """
-        if self.respix_residual:
-            return x.float() - x_cor.float()
-        return sliding_window_normalize(x, self.respix_window)
-
-    def enhancer_step(
-        self, x_cor: torch.Tensor, x: torch.Tensor, z: torch.Tensor, z_hat: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        """Enhancer loss on the corrupted image.
+    # ---- steps 3-7, shared by forward and visualize -----------------------------------------
+    def _pipeline(self, batch: dict[str, torch.Tensor]) -> Stages:
+        """Mask -> golden tokens -> generator -> sample -> corrupt -> enhancer and head.
 
         Args:
-            x_cor: ``[B, 3, R, R]`` normalized corrupted image (no gradient).
-            x: ``[B, 3, R, R]`` normalized original.
-            z, z_hat: ``[B, g, g]`` original and corrupted ids.
-
-        Returns:
-            ``{"enh_loss", "output"}`` plus, for RESPIX, ``"respix_loss"`` and
-            ``"respix_vs_zero"`` (the loss over the loss of a zero prediction); for REVDET,
-            ``"revdet_acc"`` and ``"revdet_pos"``. ``"output"`` is the head's raw output:
-            pixels ``[B, 3, R, R]`` (RESPIX) or logits ``[B, g, g]`` (REVDET).
+            batch: ``{"x": [B, 3, R, R], "x_tok": [B, 3, T, T], "mask": [B, g, g] bool, ...}``.
         """
+        x, mask = batch["x"], batch["mask"].bool()
+        z = self.golden_tokens(batch["x_tok"])
+        check_token_grid(z, mask)
+        logits, gen_loss, gen_acc = self.generator_step(x, mask, z)
+        z_hat = self.sample(logits, z, mask)
+        x_cor = self.corrupt(z_hat)
         out = self.head(self.enhancer.features(x_cor))
-        if self.objective == "respix":
-            target = self.respix_target(x, x_cor)
-            loss = respix_loss(out, target)
-            # The loss a zero prediction would get: below 1 only if the enhancer learned.
-            vs_zero = loss.detach() / target.float().pow(2).mean().clamp_min(1e-12)
-            return {
-                "enh_loss": loss,
-                "respix_loss": loss.detach(),
-                "respix_vs_zero": vs_zero,
-                "output": out,
-            }
-        # A sampled id equal to the original is "not replaced" (paper; docs/METHOD.md step 7).
-        loss, acc, pos = revdet_loss(out, z_hat != z)
-        return {"enh_loss": loss, "revdet_acc": acc, "revdet_pos": pos, "output": out}
+        return Stages(x, mask, z, logits, gen_loss, gen_acc, z_hat, x_cor, out)
 
     # ---- step 8 -----------------------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -246,53 +187,21 @@ class CIM(FrozenTokenizerModule):
         Returns:
             scalar tensors: "loss", "gen_loss", "enh_loss", "gen_acc", "replaced" (share of all
             positions whose id changed), "replaced_masked" (same among masked positions), and
-            "respix_loss"/"respix_vs_zero" or
-            "revdet_acc"/"revdet_pos"/"revdet_prior_acc"/"revdet_margin".
+            the objective's metrics ("respix_loss"/"respix_vs_zero" or
+            "revdet_acc"/"revdet_pos"/"revdet_prior_acc"/"revdet_margin").
         """
-        x, mask = batch["x"], batch["mask"].bool()
-        z = self.golden_tokens(batch["x_tok"])
-        check_token_grid(z, mask)
-        logits, gen_loss, gen_acc = self.generator_step(x, mask, z)
-        z_hat = self.sample(logits, z, mask)
-        x_cor = self.corrupt(z_hat)
-        enh = self.enhancer_step(x_cor, x, z, z_hat)
-        enh.pop("output")
-        enh_loss = enh.pop("enh_loss")
-        changed = z_hat != z
-        if self.objective == "revdet":
-            enh["revdet_prior_acc"] = self.position_prior_accuracy(changed)
-            enh["revdet_margin"] = enh["revdet_acc"] - enh["revdet_prior_acc"]
+        s = self._pipeline(batch)
+        enh_loss, metrics = self.head.loss(s)
+        replaced = s.replaced
         return {
-            "loss": gen_loss + self.enh_weight * enh_loss,
-            "gen_loss": gen_loss.detach(),
+            "loss": s.gen_loss + self.enh_weight * enh_loss,
+            "gen_loss": s.gen_loss.detach(),
             "enh_loss": enh_loss.detach(),
-            "gen_acc": gen_acc,
-            "replaced": changed.float().mean(),
-            "replaced_masked": (changed & mask).sum().float() / mask.sum().clamp_min(1),
-            **enh,
+            "gen_acc": s.gen_acc,
+            "replaced": replaced.float().mean(),
+            "replaced_masked": (replaced & s.mask).sum().float() / s.mask.sum().clamp_min(1),
+            **metrics,
         }
-
-    @torch.no_grad()
-    def position_prior_accuracy(self, replaced: torch.Tensor) -> torch.Tensor:
-        """Accuracy of a detector that ignores the image: "replaced" wherever the cell was
-        replaced in more than half of the images seen before this batch.
-
-        REVDET's fair baseline: block masks are not uniform over the grid (BEiT's favour
-        the centre), so position alone beats the majority rate. Counts are updated after
-        scoring (the prior never sees the batch it scores) and only in training mode.
-
-        Args:
-            replaced: ``[B, g, g]`` bool, ``z_hat != z``.
-
-        Returns:
-            scalar accuracy of the prior on this batch.
-        """
-        freq = self.prior_replaced / self.prior_seen.clamp_min(1)
-        acc = ((freq > 0.5) == replaced).float().mean()
-        if self.training:
-            self.prior_replaced += replaced.sum(0).to(self.prior_replaced.dtype)
-            self.prior_seen += replaced.shape[0]
-        return acc
 
     @torch.no_grad()
     def visualize(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -300,90 +209,16 @@ class CIM(FrozenTokenizerModule):
 
         Returns:
             "original", "recon" (decode(z)), "corrupted": ``[B, 3, R, R]`` in [0, 1];
-            "mask": ``[B, g, g]`` bool; RESPIX: "target_norm" and "prediction_norm" (the
-            normalized target and output on one fixed scale) and "prediction" (the output
-            in pixels, de-normalized with the corrupted image's window statistics), each
-            ``[B, 3, R, R]`` in [0, 1];
-            REVDET: "prob" ``[B, g, g]`` (sigmoid) and "replaced" ``[B, g, g]`` bool.
+            "mask": ``[B, g, g]`` bool; then the objective's panels (``Respix.panels``,
+            ``Revdet.panels``).
         """
         with eval_mode(self):
-            x, mask = batch["x"], batch["mask"].bool()
-            z = self.golden_tokens(batch["x_tok"])
-            logits, _, _ = self.generator_step(x, mask, z)
-            z_hat = self.sample(logits, z, mask)
-            x_cor = self.corrupt(z_hat)
-            out = self.enhancer_step(x_cor, x, z, z_hat)["output"].float()
+            s = self._pipeline(batch)
             vis = {
-                "original": self.denormalize(x),
-                "recon": self.decode_image(z),
-                "mask": mask,
-                "corrupted": self.denormalize(x_cor),
+                "original": self.denormalize(s.x),
+                "recon": self.decode_image(s.z),
+                "mask": s.mask,
+                "corrupted": self.denormalize(s.x_cor),
+                **self.head.panels(s, self.denormalize),
             }
-            if self.objective == "respix":
-                target = self.respix_target(x, x_cor)
-                vis["target_norm"] = _normalized_panel(target)
-                vis["prediction_norm"] = _normalized_panel(out)
-                vis["prediction"] = self.denormalize(self._respix_to_image(out, x_cor))
-            else:
-                vis["prob"] = torch.sigmoid(out)
-                vis["replaced"] = z_hat != z
         return {k: v.detach().cpu() for k, v in vis.items()}
-
-    def _respix_to_image(self, pred: torch.Tensor, x_cor: torch.Tensor) -> torch.Tensor:
-        """RESPIX prediction -> dataset-normalized image, with only what the enhancer saw.
-
-        The sliding-window statistics come from the corrupted image ``x_cor`` (the enhancer's
-        input), never from the original: with the original's own statistics even a zero
-        prediction would render as a blurred copy of the answer.
-        """
-        if self.respix_residual:
-            return x_cor.float() + pred
-        mean, std = sliding_window_stats(x_cor, self.respix_window)
-        return pred * std + mean
-
-
-def _normalized_panel(t: torch.Tensor, span: float = 3.0) -> torch.Tensor:
-    """A normalized map ``[B, 3, R, R]`` shown in [0, 1] with one fixed scale: -span -> 0,
-    0 -> 0.5, +span -> 1 (the same for target and prediction, so they compare honestly)."""
-    return ((t.float().clamp(-span, span) + span) / (2 * span)).clamp(0, 1)
-
-
-def build_cim(cfg: DictConfig, tokenizer: ImageTokenizer) -> CIM:
-    """Build the CIM module from the root config and a (loaded) tokenizer.
-
-    The generator sees the enhancer's view ``x`` cut in the enhancer's patches, so both share
-    the token grid; the generator predicts ``cfg.tokenizer.vocab_size`` ids.
-    """
-    check_tokenizer(tokenizer, cfg)
-    g, e = cfg.generator, cfg.enhancer
-    generator = BEiTGenerator(
-        img_size=int(cfg.data.img_size),
-        patch_size=int(e.patch_size),
-        vocab_size=int(cfg.tokenizer.vocab_size),
-        embed_dim=int(g.embed_dim),
-        depth=int(g.depth),
-        num_heads=int(g.num_heads),
-        mlp_ratio=float(g.mlp_ratio),
-    )
-    enhancer = build_enhancer(cfg)
-    head: nn.Module = (
-        RespixHead(enhancer.out_dim, enhancer.patch_size)
-        if cfg.objective == "respix"
-        else RevdetHead(enhancer.out_dim)
-    )
-    return CIM(
-        tokenizer,
-        generator,
-        enhancer,
-        head,
-        objective=str(cfg.objective),
-        mean=list(cfg.data.mean),
-        std=list(cfg.data.std),
-        enh_weight=float(cfg.loss.enh_weight),
-        respix_window=int(cfg.loss.respix_window),
-        respix_residual=bool(cfg.loss.respix_residual),
-        temperature=float(g.temperature),
-        top_k=int(g.top_k),
-        top_p=float(g.top_p),
-        tokenizer_precision=str(cfg.tokenizer.precision),
-    )

@@ -2,8 +2,9 @@
 
 Wires the parts together: the two-view dataset and the objective's masks (``cimpt.data``),
 the frozen tokenizer (``cimpt.tokenizers``) when the objective reads token ids, and the
-objective's module (``cimpt.cim`` for respix/revdet, ``cimpt.baselines`` for mae, simmim and
-beit). At the end the enhancer alone is exported to ``run.dir/enhancer.safetensors``.
+objective's module (``cimpt.build``: ``cimpt.cim`` for respix/revdet, ``cimpt.baselines``
+for mae, simmim and beit). At the end the enhancer alone is exported to
+``run.dir/enhancer.safetensors``.
 Every objective's checkpoints have kind ``cim`` ("a pre-training run"), so export,
 visualize and the evaluations read them alike.
 """
@@ -87,7 +88,7 @@ def load_frozen_tokenizer(cfg: DictConfig) -> ImageTokenizer:
 
     The checkpoint is the truth about the tokenizer (a user should not have to repeat its
     widths); the adopted values are written into ``cfg`` so that ``config.yaml`` and the
-    grid/vocabulary checks of ``build_cim`` see the real ones.
+    grid/vocabulary checks of ``build.build_cim`` see the real ones.
     """
     from cimpt.tokenizers.load import load_tokenizer
 
@@ -148,7 +149,7 @@ def _warn_weak_tokenizer(checkpoint: Path) -> None:
 def build_cim_task(cfg: DictConfig, tokenizer: ImageTokenizer | None = None) -> CIMTask:
     """Everything ``cimpt pretrain`` trains for ``cfg.objective``; ``tokenizer`` overrides
     ``tokenizer.checkpoint`` (objectives without token targets load none)."""
-    from cimpt.baselines.build import NEEDS_TOKENIZER, build_pretrain_model
+    from cimpt.build import NEEDS_TOKENIZER, build_pretrain_model
     from cimpt.data import (
         CIMCollate,
         build_dataset,

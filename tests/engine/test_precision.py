@@ -82,9 +82,9 @@ class _AutocastProbe(VQVAE):
 @pytest.mark.parametrize(("precision", "autocast_inside"), [("fp32", False), ("amp", True)])
 def test_tokenizer_precision_inside_bf16_autocast(precision, autocast_inside) -> None:
     from cimpt.cim import CIM
+    from cimpt.cim_objectives import Revdet
     from cimpt.models.enhancer import Enhancer
     from cimpt.models.generator import BEiTGenerator
-    from cimpt.models.heads import RevdetHead
 
     torch.manual_seed(0)
     tok = _AutocastProbe(vocab_size=64, downsample=4, width=16, res_blocks=1, embed_dim=8)
@@ -96,8 +96,7 @@ def test_tokenizer_precision_inside_bf16_autocast(precision, autocast_inside) ->
         tok,
         gen,
         enh,
-        RevdetHead(enh.out_dim),
-        objective="revdet",
+        Revdet(enh.out_dim, enh.grid),
         mean=[0.5] * 3,
         std=[0.25] * 3,
         tokenizer_precision=precision,

@@ -1,8 +1,9 @@
 """Config -> the pre-training module of ``objective``: CIM or one of the baselines.
 
 The one place that maps ``objective`` to a module, so ``cimpt pretrain``, ``cimpt visualize``
-and the benchmarks build every method the same way. Checks that depend on the backbone
-(MAE needs a ViT) run here, before any data is read.
+and the benchmarks build every method the same way. The start-up checks run while building,
+before any data is read: token grid == patch grid and vocabularies (``check_tokenizer``),
+the RESPIX window (``Respix.from_config``), MAE's need of a ViT.
 """
 
 from __future__ import annotations
@@ -10,8 +11,12 @@ from __future__ import annotations
 from omegaconf import DictConfig
 from torch import nn
 
+from cimpt.cim import CIM
+from cimpt.cim_objectives import OBJECTIVES
 from cimpt.errors import CimptError
 from cimpt.models.enhancer import build_enhancer
+from cimpt.models.frozen_tokenizer import check_tokenizer
+from cimpt.models.generator import BEiTGenerator
 from cimpt.tokenizers.base import ImageTokenizer
 
 #: Objectives that read a frozen tokenizer's ids (and so need ``tokenizer.checkpoint``).
@@ -29,9 +34,7 @@ def build_pretrain_model(cfg: DictConfig, tokenizer: ImageTokenizer | None) -> n
     objective = str(cfg.objective)
     if objective in NEEDS_TOKENIZER and tokenizer is None:
         raise CimptError(f"objective: {objective} needs a tokenizer (tokenizer.checkpoint)")
-    if objective in ("respix", "revdet"):
-        from cimpt.cim import build_cim
-
+    if objective in OBJECTIVES:
         return build_cim(cfg, tokenizer)  # type: ignore[arg-type]
     mean, std = list(cfg.data.mean), list(cfg.data.std)
     if objective == "mae":
@@ -41,7 +44,6 @@ def build_pretrain_model(cfg: DictConfig, tokenizer: ImageTokenizer | None) -> n
 
         return SimMIM(build_enhancer(cfg), mean=mean, std=std)
     from cimpt.baselines.beit import BEiT
-    from cimpt.models.frozen_tokenizer import check_tokenizer
 
     assert tokenizer is not None
     check_tokenizer(tokenizer, cfg)
@@ -71,3 +73,37 @@ def _build_mae(cfg: DictConfig, mean: list[float], std: list[float]) -> nn.Modul
         num_prefix,
     )
     return MAE(enhancer, decoder, norm_pix_loss=bool(m.norm_pix_loss), mean=mean, std=std)
+
+
+def build_cim(cfg: DictConfig, tokenizer: ImageTokenizer) -> CIM:
+    """The CIM module for ``cfg.objective`` (respix or revdet) and a loaded tokenizer.
+
+    The generator sees the enhancer's view ``x`` cut in the enhancer's patches, so both share
+    the token grid; the generator predicts ``cfg.tokenizer.vocab_size`` ids. Parts are built
+    in a fixed order (generator, enhancer, head): it fixes their seeded initial weights.
+    """
+    check_tokenizer(tokenizer, cfg)
+    g, e = cfg.generator, cfg.enhancer
+    generator = BEiTGenerator(
+        img_size=int(cfg.data.img_size),
+        patch_size=int(e.patch_size),
+        vocab_size=int(cfg.tokenizer.vocab_size),
+        embed_dim=int(g.embed_dim),
+        depth=int(g.depth),
+        num_heads=int(g.num_heads),
+        mlp_ratio=float(g.mlp_ratio),
+    )
+    enhancer = build_enhancer(cfg)
+    return CIM(
+        tokenizer,
+        generator,
+        enhancer,
+        OBJECTIVES[str(cfg.objective)](cfg, enhancer),
+        mean=list(cfg.data.mean),
+        std=list(cfg.data.std),
+        enh_weight=float(cfg.loss.enh_weight),
+        temperature=float(g.temperature),
+        top_k=int(g.top_k),
+        top_p=float(g.top_p),
+        tokenizer_precision=str(cfg.tokenizer.precision),
+    )
