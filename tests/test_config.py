@@ -97,3 +97,17 @@ def test_saved_config_reloads_identically(tmp_path: Path) -> None:
     save_config(cfg, tmp_path / "config.yaml")
     again = load_config(tmp_path / "config.yaml")
     assert OmegaConf.to_container(again) == OmegaConf.to_container(cfg)
+
+
+@pytest.mark.parametrize(
+    ("override", "suggested"),
+    [("train.max_step=3", "train.max_steps"), ("data.imgsize=64", "data.img_size")],
+)
+def test_a_near_miss_key_names_the_key_meant(override: str, suggested: str) -> None:
+    with pytest.raises(ConfigError, match=rf"unknown key \(did you mean '{suggested}'\?\)$"):
+        load_config(overrides=[override])
+
+
+def test_a_far_miss_key_suggests_nothing() -> None:
+    with pytest.raises(ConfigError, match=r"'zzz': unknown key$"):
+        load_config(overrides=["zzz.yyy=1"])
