@@ -334,3 +334,12 @@ def test_eval_names_the_data_it_evaluates_on() -> None:
     assert eval_data_name(cfg) == "data.val_path=/other/test"
     cfg = load_config(overrides=["data.path=cifar10", "data.val_path="])
     assert eval_data_name(cfg) == "the test split of data.path=cifar10"
+
+
+def test_tokenizer_training_summary_names_the_view_size() -> None:
+    """The start-up line says at which size the tokenizer learns (issue 16 walk-through)."""
+    from cimpt.tokenizers.train import TokenizerTask
+
+    tok = build_tokenizer(load_config(overrides=["tokenizer.downsample=4"]).tokenizer)
+    assert TokenizerTask(tok, [], None, 32).describe() == "32 px views, 8x8 tokens of 4 px"
+    assert TokenizerTask(tok, [], None).describe() == ""
