@@ -259,3 +259,17 @@ def test_start_up_summary_and_recipe_warnings(cim_overrides, tmp_path, e2e, caps
     warnings = [ln for ln in err.splitlines() if ln.startswith("warning:")]
     assert any("warm-up (2 steps) covers the whole run (2 steps)" in w for w in warnings)
     assert any("3 steps per epoch" in w for w in warnings)
+
+
+def test_overrides_may_come_before_the_config(e2e, capsys) -> None:
+    """``cimpt config show seed=3 cifar10_vit train.epochs=7``: the config is the first word
+    that is not key=value, and the overrides keep their order (issue 16 walk-through)."""
+    import yaml
+
+    argv = ["config", "show", "seed=3", "train.epochs=5", "cifar10_vit", "train.epochs=7"]
+    assert e2e.run_cli(argv) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["seed"] == 3 and shown["train"]["epochs"] == 7
+    assert shown["enhancer"]["patch_size"] == 4  # cifar10_vit was read
+    assert e2e.run_cli(["config", "show", "seed=3"]) == 2
+    assert "config: missing" in e2e.error_line(capsys.readouterr().err)

@@ -97,3 +97,30 @@ def test_saved_config_reloads_identically(tmp_path: Path) -> None:
     save_config(cfg, tmp_path / "config.yaml")
     again = load_config(tmp_path / "config.yaml")
     assert OmegaConf.to_container(again) == OmegaConf.to_container(cfg)
+
+
+@pytest.mark.parametrize(
+    ("override", "suggested"),
+    [("train.max_step=3", "train.max_steps"), ("data.imgsize=64", "data.img_size")],
+)
+def test_a_near_miss_key_names_the_key_meant(override: str, suggested: str) -> None:
+    with pytest.raises(ConfigError, match=rf"unknown key \(did you mean '{suggested}'\?\)$"):
+        load_config(overrides=[override])
+
+
+def test_a_far_miss_key_suggests_nothing() -> None:
+    with pytest.raises(ConfigError, match=r"'zzz': unknown key$"):
+        load_config(overrides=["zzz.yyy=1"])
+
+
+def test_readme_image_size_table_rows_load_with_their_grid_and_view() -> None:
+    """Each row of README 'Other image sizes' is a valid override set giving its grid and view."""
+    import re
+    import shlex
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    rows = re.findall(r"^\| [^|]+\| [^|]+\| `([^`]*=[^`]*)` \| (\d+) \| (\d+) px \|$", readme, re.M)
+    assert len(rows) >= 6
+    for keys, grid, view in rows:
+        cfg = load_config("cifar10_vit", shlex.split(keys))
+        assert (token_grid(cfg), tokenizer_resolution(cfg)) == (int(grid), int(view)), keys

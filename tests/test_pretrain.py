@@ -231,6 +231,8 @@ def test_a_tokenizer_fed_views_of_another_size_is_named(
     # 64 px images in patches of 4: a 16x16 grid, so the tokenizer sees 64 px views.
     (line,) = warnings("bigger", "data.img_size=64")
     assert "32 px" in line and "64 px" in line
+    # A config's other downsample is replaced by the file's (a note), so the views stay 32 px.
+    assert warnings("downsample", "tokenizer.downsample=8") == []
 
 
 def test_tokenizer_verdict_and_a_weak_tokenizer_warns(cim_overrides, tmp_path, e2e, capsys):

@@ -224,7 +224,32 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
         parser.error(f"unrecognized arguments: {' '.join(unknown or late)}")
     if late:
         args.overrides = [*args.overrides, *late]
+    _override_before_positional(parser, args)
     return args
+
+
+def _is_override(word: str) -> bool:
+    key = word.split("=", 1)[0]
+    return "=" in word and bool(key) and key.replace(".", "").replace("_", "").isalnum()
+
+
+def _override_before_positional(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``cimpt pretrain run.dir=x cifar10_vit``: argparse took the override for the config
+    (or checkpoint); the first word that is not ``key=value`` is the positional instead."""
+    from pathlib import Path
+
+    for name in ("config", "checkpoint"):
+        value = getattr(args, name, None)
+        overrides = getattr(args, "overrides", None)
+        if not isinstance(value, str) or not isinstance(overrides, list):
+            continue
+        if not _is_override(value) or Path(value).exists():
+            continue
+        rest = [i for i, word in enumerate(overrides) if not _is_override(word)]
+        if not rest:
+            parser.error(f"{name}: missing (every word after the command is key=value)")
+        setattr(args, name, overrides[rest[0]])
+        args.overrides = [value, *overrides[: rest[0]], *overrides[rest[0] + 1 :]]
 
 
 def _leave_process_group() -> None:

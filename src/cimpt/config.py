@@ -10,6 +10,7 @@ keeps that file and this schema identical.
 
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,8 +228,23 @@ def _one_line(exc: OmegaConfBaseException, origin: str) -> str:
     key = getattr(exc, "full_key", None) or "?"
     msg = str(getattr(exc, "msg", None) or exc).splitlines()[0].strip()
     if "not in" in msg or ("Key '" in msg and "not" in msg):
-        msg = "unknown key"
+        msg = "unknown key" + did_you_mean(str(key))
     return f"{origin}: config key '{key}': {msg}"
+
+
+def _dotted_keys(node: Any, prefix: str = "") -> list[str]:
+    if not isinstance(node, DictConfig):
+        return [prefix]
+    keys = [] if not prefix else [prefix]
+    for name in node:
+        keys += _dotted_keys(node[name], f"{prefix}.{name}" if prefix else str(name))
+    return keys
+
+
+def did_you_mean(key: str) -> str:
+    """``" (did you mean 'train.max_steps'?)"`` for a near miss of a schema key, else ``""``."""
+    close = difflib.get_close_matches(key, _dotted_keys(_schema()), n=1, cutoff=0.8)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _schema() -> DictConfig:

@@ -171,6 +171,21 @@ def write_export_file(item: Exportable, path: str | Path) -> Path:
         raise CimptError(f"could not write {path} ({exc.strerror or exc})") from exc
 
 
+_METHODS = {
+    "respix": "Corrupted Image Modeling, RESPIX (Fang et al., ICLR 2023)",
+    "revdet": "Corrupted Image Modeling, REVDET (Fang et al., ICLR 2023)",
+    "mae": "MAE (He et al., CVPR 2022)",
+    "simmim": "SimMIM (Xie et al., CVPR 2022)",
+    "beit": "BEiT (Bao et al., ICLR 2022)",
+}
+
+
+def _method_name(cfg: DictConfig) -> str:
+    """The pre-training method of a run (its ``objective``), as a model card names it."""
+    objective = str(cfg.get("objective", "respix"))
+    return _METHODS.get(objective, f"objective {objective}")
+
+
 def _model_card(item: Exportable, folder: Path) -> str:
     """A short README: what the model is, how it was trained, how to load it."""
     pcfg = pretrained_cfg(item.cfg, int(item.args.get("num_classes", 0)))
@@ -181,7 +196,7 @@ def _model_card(item: Exportable, folder: Path) -> str:
         else "a classifier-free backbone (pooled features)"
     )
     trained = {
-        "cim": "pre-trained with Corrupted Image Modeling (Fang et al., ICLR 2023) by cimpt",
+        "cim": f"pre-trained with {_method_name(item.cfg)} by cimpt",
         "finetune": "CIM-pre-trained (or from scratch) and fine-tuned by cimpt",
         "linprobe": "the frozen backbone of a cimpt linear probe",
     }.get(item.kind, "exported by cimpt")

@@ -99,12 +99,12 @@ def load_frozen_tokenizer(cfg: DictConfig) -> ImageTokenizer:
             "tokenizer.checkpoint=<run dir or .safetensors>"
         )
     tok = load_tokenizer(cfg.tokenizer.checkpoint, kind=str(cfg.tokenizer.kind))
-    _warn_view_size(cfg)
     _warn_weak_tokenizer(Path(str(cfg.tokenizer.checkpoint)).expanduser())
     arch = {**tok.arch_config(), "vocab_size": tok.vocab_size, "downsample": tok.downsample}
     for key, value in arch.items():
         if key in cfg.tokenizer and key not in ("kind", "checkpoint", "img_size"):
             adopt_value(cfg, f"tokenizer.{key}", value, cfg.tokenizer.checkpoint)
+    _warn_view_size(cfg)  # after the file's downsample replaced the config's
     return tok.freeze()
 
 

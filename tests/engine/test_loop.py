@@ -335,3 +335,35 @@ def test_start_up_prints_a_time_estimate_from_the_measured_rate(
     s_per_step = float(m.group(1))
     assert 0.05 <= s_per_step < 5
     assert int(m.group(2)) == round(8 * s_per_step)
+
+
+class _EvalEveryEpoch(ToyTask):
+    eval_every_epochs = 1
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.eval_steps: list[int] = []
+
+    def evaluate(self, model, step):
+        self.eval_steps.append(step)
+        return {"val": 0.0}
+
+
+def test_a_resumed_epoch_still_evaluates_at_its_end(tmp_path: Path) -> None:
+    """96 images in batches of 8: 12 steps per epoch. Resumed at step 4, the sampler starts
+    part-way through the epoch; evaluations must stay at 12 and 24, and the epoch count right
+    (it evaluated at step 8 as 'epoch 1.00', the remaining 8 steps taken for an epoch)."""
+    from cimpt.engine.loop import Trainer
+
+    def fit(steps: int, *extra: str) -> tuple[list[int], Trainer]:
+        torch.manual_seed(123)
+        task = _EvalEveryEpoch(ToyModel(), ToyData(96), toy_collate)
+        trainer = Trainer(task, toy_config(str(tmp_path), steps, extra))
+        trainer.fit()
+        return task.eval_steps, trainer
+
+    assert fit(4)[0] == [4]  # the last step always evaluates
+    steps, trainer = fit(24, "resume=auto")
+    assert steps == [12, 24]
+    trainer.sampler.set_start(32)
+    assert trainer.steps_per_epoch() == 12

@@ -123,3 +123,18 @@ def test_a_finetuned_export_initializes_knn(ft_run, val_folder, image_folder, tm
     )
     assert code == 0
     assert (knn_dir / "knn.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("objective", "named"), [("mae", "MAE (He"), ("revdet", "REVDET"), ("simmim", "SimMIM")]
+)
+def test_model_card_names_the_pretraining_objective(objective, named, tmp_path) -> None:
+    """An MAE run's export folder must not call itself CIM (issue 16 walk-through)."""
+    from cimpt.config import load_config
+    from cimpt.export import Exportable, write_export_folder
+
+    cfg = load_config(overrides=[f"objective={objective}"])
+    model = timm.create_model("resnet10t", num_classes=0)
+    item = Exportable(model.state_dict(), {"model_name": "resnet10t", "num_classes": 0}, cfg)
+    card = (write_export_folder(item, tmp_path / "m") / "README.md").read_text()
+    assert named in card and ("Corrupted" in card) == (objective == "revdet")

@@ -6,6 +6,7 @@ and the one-line errors when the weights cannot be had.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -74,6 +75,22 @@ def test_finetuning_starts_from_a_local_weights_file(
     tensors = load_file(str(latest_checkpoint(run) / "model.safetensors"))
     _assert_starts_from(tensors, "model.backbone.", weights_file)
     assert tensors["model.backbone.head.weight"].shape == (2, 32)  # a new 2-class head
+    # results.json names the weights it started from, not "scratch" (issue 16 walk-through)
+    results = json.loads((run / "results.json").read_text())
+    assert results["init"] == f"enhancer.pretrained={weights_file}"
+    assert results["init_kind"] == "pretrained"
+
+
+def test_init_record_and_note_name_what_the_backbone_starts_from(capsys) -> None:
+    from cimpt.config import load_config
+    from cimpt.eval.source import adopt_from_init, init_record
+
+    cfg = load_config(overrides=["init.checkpoint=", "enhancer.pretrained=/w.safetensors"])
+    assert adopt_from_init(cfg, "probing") is None
+    assert "probing the weights of enhancer.pretrained=/w.safetensors" in capsys.readouterr().out
+    assert init_record(cfg, None)["init_kind"] == "pretrained"
+    cfg = load_config(overrides=["init.checkpoint="])
+    assert init_record(cfg, None) == {"init": "scratch", "init_kind": "scratch"}
 
 
 @pytest.mark.parametrize("case", ["missing", "foreign"])

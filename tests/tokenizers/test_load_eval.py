@@ -318,8 +318,28 @@ def test_evaluate_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsy
     assert saved["psnr"] == pytest.approx(res["psnr"])
     assert Image.open(out_dir / "tokenizer_recon.png").size[0] > 16
     printed = capsys.readouterr().out
-    assert "PSNR" in printed and "usage" in printed
+    assert "PSNR" in printed and "usage" in printed and "data: " in printed
 
     # Without run.dir the results go next to the checkpoint.
     evaluate_tokenizer_command(str(run / "tokenizer.safetensors"), ["train.device=cpu"])
     assert (run / "tokenizer_eval.json").is_file() and (run / "tokenizer_recon.png").is_file()
+
+
+def test_eval_names_the_data_it_evaluates_on() -> None:
+    """A folder run whose config keeps a CIFAR val_path must not look evaluated on its own
+    images: the printed report names the split (issue 16 walk-through)."""
+    from cimpt.tokenizers.evaluate import eval_data_name
+
+    cfg = load_config(overrides=["data.path=/my/imgs", "data.val_path=/other/test"])
+    assert eval_data_name(cfg) == "data.val_path=/other/test"
+    cfg = load_config(overrides=["data.path=cifar10", "data.val_path="])
+    assert eval_data_name(cfg) == "the test split of data.path=cifar10"
+
+
+def test_tokenizer_training_summary_names_the_view_size() -> None:
+    """The start-up line says at which size the tokenizer learns (issue 16 walk-through)."""
+    from cimpt.tokenizers.train import TokenizerTask
+
+    tok = build_tokenizer(load_config(overrides=["tokenizer.downsample=4"]).tokenizer)
+    assert TokenizerTask(tok, [], None, 32).describe() == "32 px views, 8x8 tokens of 4 px"
+    assert TokenizerTask(tok, [], None).describe() == ""

@@ -361,7 +361,8 @@ class Trainer:
     def steps_per_epoch(self) -> int:
         if self.sampler is None:
             return 0
-        return len(self.sampler) // self.micro // self.cfg.train.accum_steps
+        # The whole epoch, not len(): a resumed epoch's sampler starts part-way through it.
+        return self.sampler.num_samples // self.micro // self.cfg.train.accum_steps
 
     def steps_per_epoch_or_total(self) -> int:
         return self.steps_per_epoch() or self.total_steps

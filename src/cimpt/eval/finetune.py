@@ -35,7 +35,7 @@ from cimpt.eval.accuracy import evaluate_classifier, topk_correct
 from cimpt.eval.augment import build_finetune_transforms, build_mixup
 from cimpt.eval.classifier import Classifier, classifier_args, load_backbone_into
 from cimpt.eval.labelled import LabelledData, build_labelled_data
-from cimpt.eval.source import BackboneSource, resolve_init
+from cimpt.eval.source import BackboneSource, init_record, resolve_init
 from cimpt.export import BEST_FILE, timm_args
 
 RESULTS_FILE = "results.json"
@@ -191,8 +191,7 @@ class SupervisedTask(Task):
     def finish(self, run_dir: Path) -> None:
         summary = {
             "kind": self.kind,
-            "init": str(self.source.path) if self.source else "scratch",
-            "init_kind": self.source.kind if self.source else "scratch",
+            **init_record(self.cfg, self.source),
             "label_fraction": float(self.cfg.data.label_fraction),
             "train_images": len(self.data.train),  # type: ignore[arg-type]
             "train_images_total": self.data.n_train_total,

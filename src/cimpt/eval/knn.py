@@ -29,7 +29,7 @@ from cimpt.eval.augment import NormalizedEval
 from cimpt.eval.classifier import classifier_args, load_backbone_into
 from cimpt.eval.finetune import start_weights
 from cimpt.eval.labelled import build_labelled_data
-from cimpt.eval.source import adopt_from_init
+from cimpt.eval.source import adopt_from_init, init_record
 from cimpt.export import timm_args
 from cimpt.models.weights import create_timm_model
 
@@ -113,7 +113,7 @@ def knn_command(cfg: DictConfig) -> dict[str, Any]:
     train_f, train_y = extract_features(model, data.train, bs, workers, device, bar, amp)
     val_f, val_y = extract_features(model, data.val, bs, workers, device, bar, amp)
     results: dict[str, Any] = {
-        "init": str(source.path) if source else "scratch",
+        "init": init_record(cfg, source)["init"],
         "label_fraction": float(cfg.data.label_fraction),
         "train_images": len(train_y),
         "val_images": len(val_y),

@@ -117,7 +117,22 @@ def resolve_init(cfg: DictConfig, keep: tuple[str, ...] = ()) -> BackboneSource 
 
 def adopt_from_init(cfg: DictConfig, what: str) -> BackboneSource | None:
     """``init.checkpoint`` read and adopted into ``cfg``, or None with a note that ``what``
-    runs on a randomly initialized backbone."""
+    runs on ``enhancer.pretrained``'s weights or a randomly initialized backbone."""
     if not cfg.init.checkpoint:
-        print(f"note: init.checkpoint is empty; {what} a randomly initialized backbone")
+        start = (
+            f"the weights of enhancer.pretrained={cfg.enhancer.pretrained}"
+            if cfg.enhancer.pretrained
+            else "a randomly initialized backbone"
+        )
+        print(f"note: init.checkpoint is empty; {what} {start}")
     return resolve_init(cfg)
+
+
+def init_record(cfg: DictConfig, source: BackboneSource | None) -> dict[str, str]:
+    """``init`` and ``init_kind`` of a results file: the checkpoint, ``enhancer.pretrained``
+    (when init.checkpoint is empty) or ``scratch``."""
+    if source is not None:
+        return {"init": str(source.path), "init_kind": str(source.kind)}
+    if cfg.enhancer.pretrained:
+        return {"init": f"enhancer.pretrained={cfg.enhancer.pretrained}", "init_kind": "pretrained"}
+    return {"init": "scratch", "init_kind": "scratch"}

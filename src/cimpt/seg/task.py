@@ -31,7 +31,7 @@ from cimpt.engine.precision import resolve_amp
 from cimpt.engine.rng import seed_model_init
 from cimpt.engine.task import Task
 from cimpt.errors import CimptError
-from cimpt.eval.source import BackboneSource, resolve_init
+from cimpt.eval.source import BackboneSource, init_record, resolve_init
 from cimpt.seg.data import SegCollate, SegFolder, build_split
 from cimpt.seg.evaluate import EvalSpec, evaluate_split
 from cimpt.seg.figure import seg_figure
@@ -132,8 +132,7 @@ class SegTask(Task):
             last["per_class_iou"] = {k: _null_nan(v) for k, v in last["per_class_iou"].items()}
         summary = {
             "kind": self.kind,
-            "init": str(self.source.path) if self.source else "scratch",
-            "init_kind": self.source.kind if self.source else "scratch",
+            **init_record(self.cfg, self.source),
             "train_images": len(self.dataset),  # type: ignore[arg-type]
             "val_images": len(self.val),
             "classes": self.classes,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image, ImageDraw
@@ -24,6 +24,9 @@ from cimpt.models.modes import eval_mode
 from cimpt.tokenizers.base import ImageTokenizer
 from cimpt.tokenizers.load import load_tokenizer
 from cimpt.tokenizers.metrics import batch_psnr, codebook_stats
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 
 def _skipped(batch: dict[str, Any]) -> int:
@@ -148,7 +151,16 @@ def _print_table(results: dict[str, Any]) -> None:
     ]
     for name, value in rows:
         print(f"{name:<12}{value:>16}")
+    skipped = f", {results['skipped']} unreadable skipped" if results.get("skipped") else ""
+    print(f"data: {results['data']}{skipped}")
     print(f"verdict: {results['verdict']}")
+
+
+def eval_data_name(cfg: DictConfig) -> str:
+    """What the ``val`` split is: ``data.val_path``, or the test split it stands in for."""
+    if cfg.data.val_path:
+        return f"data.val_path={cfg.data.val_path}"
+    return f"the test split of data.path={cfg.data.path}"
 
 
 def evaluate_tokenizer_command(checkpoint: str, overrides: list[str]) -> dict[str, Any]:
@@ -182,6 +194,7 @@ def evaluate_tokenizer_command(checkpoint: str, overrides: list[str]) -> dict[st
     )
     results: dict[str, Any] = evaluate_tokenizer(tok, loader, device)
     results.update(checkpoint=str(ckpt), img_size=size, vocab_size=tok.vocab_size)
+    results["data"] = eval_data_name(cfg)
     results["verdict"] = verdict(float(results["psnr"]), float(results["usage"]))
     if _overrides_key(overrides, "run.dir"):
         out_dir = Path(str(cfg.run.dir)).expanduser()

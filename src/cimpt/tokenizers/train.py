@@ -59,6 +59,13 @@ class TokenizerTask(Task):
     def saved_modules(self) -> dict[str, torch.nn.Module]:
         return {"tokenizer": self.tokenizer}
 
+    def describe(self) -> str:
+        """The view size: the one pre-training must give it (README, 'Other image sizes')."""
+        if not self.view_size:
+            return ""
+        grid = self.view_size // self.tokenizer.downsample
+        return f"{self.view_size} px views, {grid}x{grid} tokens of {self.tokenizer.downsample} px"
+
     def visualize(self, step: int, batch: dict[str, Any], run_dir: Path) -> None:
         tok = self.tokenizer
         x = batch["x"][:16].to(next(tok.parameters()).device)
