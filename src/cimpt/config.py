@@ -237,7 +237,7 @@ def _dotted_keys(node: Any, prefix: str = "") -> list[str]:
         return [prefix]
     keys = [] if not prefix else [prefix]
     for name in node:
-        keys += _dotted_keys(node[name], f"{prefix}.{name}" if prefix else str(name))
+        keys += _dotted_keys(node[name], f"{prefix}.{name!s}" if prefix else str(name))
     return keys
 
 
