@@ -6,12 +6,10 @@ class and [MASK] tokens (the names a model returns from ``no_weight_decay()``).
 
 from __future__ import annotations
 
-import glob
 from collections.abc import Iterable
 from typing import Any
 
 import torch
-from timm.optim import param_groups_weight_decay
 from torch import nn
 
 
@@ -26,19 +24,22 @@ def param_groups(
 ) -> list[dict[str, object]]:
     """Split trainable parameters into a decayed and a non-decayed group (in that order).
 
-    timm's ``param_groups_weight_decay`` does the split: no decay for parameters with fewer
-    than 2 dims (norms, biases) and the named ones. Kept from before timm: a name from
-    ``skip`` or ``no_weight_decay()`` also matches as a dotted suffix (the segmentation model
-    returns its backbone's names, e.g. ``pos_embed``); and the layout, decayed group first,
-    also at weight decay 0 (where timm gives a single group), because a checkpoint's
-    optimizer state is matched to the groups by position.
+    Not timm's ``param_groups_weight_decay``, which gives the same split for exact names
+    (tests/engine/test_schedule_rng.py) but: matches no dotted suffix (the segmentation
+    model returns its backbone's names, e.g. ``pos_embed``); puts the non-decayed group
+    first and returns one group at weight decay 0, where a checkpoint's optimizer state is
+    matched to the groups by position; and importing it loads timm (as slow as torch) into
+    the engine, which tokenizer training and the CLI otherwise start without.
     """
-    names = set(skip) | no_decay_names(model)
-    patterns = [glob.escape(n) for n in names] + [f"*.{glob.escape(n)}" for n in names]
-    # A nonzero weight decay, so that timm always splits; the real values are set below.
-    split = param_groups_weight_decay(model, 1.0, no_weight_decay_list=patterns)
-    decay = [p for g in split if g["weight_decay"] for p in g["params"]]
-    no_decay = [p for g in split if not g["weight_decay"] for p in g["params"]]
+    skip = set(skip) | no_decay_names(model)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim <= 1 or name in skip or any(name.endswith("." + s) for s in skip):
+            no_decay.append(p)
+        else:
+            decay.append(p)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
