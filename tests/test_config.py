@@ -124,3 +124,22 @@ def test_readme_image_size_table_rows_load_with_their_grid_and_view() -> None:
     for keys, grid, view in rows:
         cfg = load_config("cifar10_vit", shlex.split(keys))
         assert (token_grid(cfg), tokenizer_resolution(cfg)) == (int(grid), int(view)), keys
+
+
+def test_overrides_keep_what_omegaconf_from_dotlist_would_change() -> None:
+    # Why apply_overrides is not OmegaConf.from_dotlist + merge: the library reads 'key'
+    # (no '=') and '=3' (no key) without complaint, and merges a mapping given for a
+    # free-form key where cimpt replaces it.
+    assert OmegaConf.to_container(OmegaConf.from_dotlist(["train.epochs"])) == {
+        "train": {"epochs": None}
+    }
+    with pytest.raises(ConfigError, match=r"^override 'train\.epochs' is not of the form"):
+        load_config(None, ["train.epochs"])
+    with pytest.raises(ConfigError, match=r"^override '=3' has an empty key$"):
+        load_config(None, ["=3"])
+    steps = ["enhancer.kwargs={embed_dim: 64, depth: 2}", "enhancer.kwargs={depth: 3}"]
+    merged = OmegaConf.create({"enhancer": {"kwargs": {}}})
+    merged.merge_with_dotlist(steps)
+    assert OmegaConf.to_container(merged.enhancer.kwargs) == {"embed_dim": 64, "depth": 3}
+    cfg = load_config(None, steps)
+    assert OmegaConf.to_container(cfg.enhancer.kwargs) == {"depth": 3}

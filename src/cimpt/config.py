@@ -370,7 +370,12 @@ def load_config(
 
 
 def apply_overrides(cfg: DictConfig, overrides: list[str] | tuple[str, ...]) -> DictConfig:
-    """Apply ``key=value`` strings (YAML-typed values) to ``cfg`` in place; no validation."""
+    """Apply ``key=value`` strings (YAML-typed values) to ``cfg`` in place; no validation.
+
+    Not ``OmegaConf.from_dotlist``: it takes ``key`` (no ``=``) as null and ``=3`` as the
+    key ``''`` without a word, and merges a mapping given for a free-form key (``_OPEN_KEYS``)
+    where cimpt replaces it (tests/test_config.py).
+    """
     for item in overrides:
         key, value = _parse_override(item)
         try:

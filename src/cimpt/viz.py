@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
+from torchvision.utils import make_grid
 
 from cimpt.atomic import write_png
 
@@ -59,22 +60,22 @@ def cim_grid(panels: dict[str, torch.Tensor], tile: int = 96) -> Image.Image:
     cols = [(k, title) for k, title in COLUMNS if k in panels]
     if not cols:
         raise ValueError("no known panels to draw")
-    n = panels[cols[0][0]].shape[0]
     pad = 2
     header = HEADER + (BAR if "prob" in panels else 0)
-    width = len(cols) * (tile + pad) + pad
-    height = header + n * (tile + pad) + pad
-    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    tiles = torch.stack([_as_rgb(panels[k], tile, TINTS.get(k)) for k, _ in cols], 1)
+    # Rows are images, columns are stages: [n, cols, 3, t, t] -> a white-padded grid.
+    body = make_grid(tiles.flatten(0, 1), nrow=len(cols), padding=pad, pad_value=1.0)
+    if tiles.shape[:2].numel() == 1:  # make_grid returns a lone tile without its padding
+        body = F.pad(body, (pad, pad, pad, pad), value=1.0)
+    arr = (body.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+    canvas = Image.new("RGB", (arr.shape[1], header + arr.shape[0]), (255, 255, 255))
+    canvas.paste(Image.fromarray(arr), (0, header))
     draw = ImageDraw.Draw(canvas)
     for c, (key, title) in enumerate(cols):
         x0 = pad + c * (tile + pad)
         draw.text((x0 + 2, 2), title, fill=(0, 0, 0))
         if key == "prob":
             _colour_bar(canvas, draw, (x0, HEADER - 2), tile, TINTS["prob"])
-        images = _as_rgb(panels[key], tile, TINTS.get(key))
-        for r in range(n):
-            arr = (images[r].permute(1, 2, 0).numpy() * 255).round().astype("uint8")
-            canvas.paste(Image.fromarray(arr), (x0, header + pad + r * (tile + pad)))
     return canvas
 
 

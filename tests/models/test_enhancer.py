@@ -11,17 +11,32 @@ from cimpt.models.enhancer import Enhancer
 TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2}
 
 
-def test_vit_features_are_the_patch_tokens_on_the_grid() -> None:
+@pytest.mark.parametrize(
+    ("name", "extra", "prefix"),
+    [
+        ("vit_tiny_patch16_224", {}, 1),  # [CLS]
+        ("vit_tiny_patch16_224", {"reg_tokens": 4}, 5),  # [CLS] + 4 registers
+        ("vit_tiny_patch16_224", {"class_token": False, "global_pool": "avg"}, 0),
+        ("deit_tiny_distilled_patch16_224", {}, 2),  # [CLS] + distillation token
+        ("eva02_tiny_patch14_224", {}, 1),  # another ViT family (rotary embeddings)
+    ],
+)
+def test_vit_features_are_the_patch_tokens_on_the_grid(
+    name: str, extra: dict[str, object], prefix: int
+) -> None:
+    # features() reads timm's forward_intermediates; it must equal, bit for bit, what
+    # forward_features gives for the patch tokens (the accessor it replaced).
     torch.manual_seed(0)
-    enh = Enhancer("vit_tiny_patch16_224", 32, 4, 0.0, TINY).eval()
+    enh = Enhancer(name, 32, 4, 0.0, {**TINY, **extra}).eval()
     assert enh.grid == 8 and enh.out_dim == 32 and enh.patch_size == 4
     x = torch.randn(2, 3, 32, 32)
     feats = enh.features(x)
     assert feats.shape == (2, 32, 8, 8)
-    tokens = enh.backbone.forward_features(x)  # [2, 1 + 64, 32]; [CLS] first
+    tokens = enh.backbone.forward_features(x)  # [2, prefix + 64, 32]; prefix tokens first
+    assert tokens.shape[1] == prefix + 64
     for i in range(8):
         for j in range(8):
-            torch.testing.assert_close(feats[:, :, i, j], tokens[:, 1 + i * 8 + j])
+            assert torch.equal(feats[:, :, i, j], tokens[:, prefix + i * 8 + j])
 
 
 def test_backbone_is_a_timm_model_without_classifier() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import timm
@@ -12,6 +14,7 @@ from torch import nn
 
 from cimpt.seg.backbone import MultiLevelBackbone, vit_block_indices
 from cimpt.seg.decoder import UperNet
+from cimpt.seg.figure import seg_figure
 from cimpt.seg.infer import slide_logits, window_starts
 from cimpt.seg.model import fit_pos_embed
 from cimpt.seg.transforms import SegEvalTransform, SegTrainTransform
@@ -132,3 +135,29 @@ def test_a_level_that_is_not_a_power_of_two_is_an_error() -> None:
 
     with pytest.raises(CimptError, match=r"segment\.vit_levels: 3\.0"):
         MultiLevelBackbone(_vit(), "vit", [3.0], patch=4)
+
+
+def test_figure_tiles_sit_at_their_row_and_column(tmp_path: Path) -> None:
+    # Labels of one size; the image twice as large, shown bilinear-resized to the label size.
+    rng = np.random.default_rng(0)
+    rows = [
+        tuple(
+            rng.integers(0, 256, shape, dtype=np.uint8)
+            for shape in ((8, 10, 3), (4, 5, 3), (4, 5, 3))
+        )
+        for _ in range(2)
+    ]
+    out = np.asarray(Image.open(seg_figure(rows, tmp_path / "f.png")).convert("RGB"))
+    header, pad, w, h = 16, 2, 10, 8  # tiles take the largest size present
+    assert out.shape == (header + 2 * (h + pad) + pad, 3 * (w + pad) + pad, 3)
+    body = out[header:].copy()
+    for r, row in enumerate(rows):
+        for c, arr in enumerate(row):
+            y, x = pad + r * (h + pad), pad + c * (w + pad)
+            if c == 0:
+                want = np.asarray(Image.fromarray(arr).resize((w, h), Image.Resampling.BILINEAR))
+            else:  # class colours: each label pixel becomes a 2x2 block, no blending
+                want = arr.repeat(2, 0).repeat(2, 1)
+            np.testing.assert_array_equal(body[y : y + h, x : x + w], want)
+            body[y : y + h, x : x + w] = 255
+    assert (body == 255).all()

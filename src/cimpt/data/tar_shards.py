@@ -18,6 +18,15 @@ copies of the dataset, so with persistent workers a ``set_epoch`` in the main pr
 reach them; therefore every new ``__iter__`` on the same copy also advances the epoch by one
 (``epoch = last set_epoch value + iterations started since``). Resuming mid-epoch is not
 supported for streams: a resumed run starts the epoch it stopped in again.
+
+Why not the ``webdataset`` package (checked against 1.0.2): a resumed run fast-forwards
+``batch_in_epoch`` batches of the saved epoch, so the stream must be a function of (seed,
+epoch, rank, worker). webdataset's shard and sample shuffles (``detshuffle``) seed from
+their own iteration counter, which starts afresh in a restarted process (and in each new
+worker copy) and has no ``set_epoch``; its ``split_by_node`` / ``split_by_worker`` split shards
+only, leaving streams empty when there are fewer shards than ranks x workers; and its error
+handlers drop broken samples where the collate here counts them. Adopting it would mean
+replacing those three stages, keeping only its tar reading.
 """
 
 from __future__ import annotations

@@ -22,7 +22,15 @@ def no_decay_names(model: nn.Module) -> set[str]:
 def param_groups(
     model: nn.Module, weight_decay: float, skip: Iterable[str] = ()
 ) -> list[dict[str, object]]:
-    """Split trainable parameters into a decayed and a non-decayed group."""
+    """Split trainable parameters into a decayed and a non-decayed group (in that order).
+
+    Not timm's ``param_groups_weight_decay``, which gives the same split for exact names
+    (tests/engine/test_schedule_rng.py) but: matches no dotted suffix (the segmentation
+    model returns its backbone's names, e.g. ``pos_embed``); puts the non-decayed group
+    first and returns one group at weight decay 0, where a checkpoint's optimizer state is
+    matched to the groups by position; and importing it loads timm (as slow as torch) into
+    the engine, which tokenizer training and the CLI otherwise start without.
+    """
     skip = set(skip) | no_decay_names(model)
     decay, no_decay = [], []
     for name, p in model.named_parameters():

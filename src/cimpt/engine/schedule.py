@@ -12,6 +12,12 @@ def warmup_cosine(
 
     ``step`` counts optimizer updates from 0; the value returned is the one used for update
     ``step``.
+
+    Not timm's ``CosineLRScheduler(t_in_epochs=False, warmup_prefix=True)``: its cosine part
+    is the same, but its warm-up gives update 0 ``warmup_lr_init`` (0 here, a wasted update)
+    and reaches ``base`` one update later; no ``warmup_lr_init`` / ``warmup_t`` reproduces
+    this ramp (tests/engine/test_schedule_rng.py), and a pure function of the step needs no
+    scheduler state in the checkpoint for an exact resume.
     """
     if warmup_steps > 0 and step < warmup_steps:
         return base * (step + 1) / warmup_steps

@@ -182,7 +182,13 @@ class Enhancer(nn.Module):
             ``[B, C, g, g]`` with ``C = out_dim``.
         """
         if self.kind == "vit":
-            return self._vit_features(x)
+            # Final (normed) patch tokens, prefix tokens ([CLS], registers) dropped: timm's
+            # last-block intermediate with the final norm equals forward_features' patch
+            # tokens (tests/models/test_enhancer.py), already as a [B, C, g, g] map.
+            last = self.backbone.forward_intermediates(
+                x, indices=1, norm=True, intermediates_only=True
+            )
+            return last[0]
         return self._cnn_features(x)
 
     def _cnn_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -197,10 +203,6 @@ class Enhancer(nn.Module):
                 "(data.img_size / enhancer.patch_size)"
             )
         return feats
-
-    def _vit_features(self, x: torch.Tensor) -> torch.Tensor:
-        """ViT: final (normed) patch tokens, prefix tokens ([CLS], registers) dropped."""
-        return self.tokens_to_grid(self.backbone.forward_features(x))
 
     def tokens_to_grid(self, tokens: torch.Tensor) -> torch.Tensor:
         """ViT tokens ``[B, prefix + g*g, C]`` -> patch tokens as a map ``[B, C, g, g]``."""

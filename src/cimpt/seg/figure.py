@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+from torchvision.utils import make_grid
 
 from cimpt.atomic import write_png
 
@@ -54,14 +55,20 @@ def seg_figure(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], path: Path
     w = max(t.size[0] for row in tiles for t in row)
     h = max(t.size[1] for row in tiles for t in row)
     header, pad = 16, 2
-    canvas = Image.new("RGB", (3 * (w + pad) + pad, header + len(rows) * (h + pad) + pad), "white")
+    # Class maps keep hard edges: nearest neighbour, never a blend of two colours.
+    sized = [
+        np.asarray(
+            t.resize((w, h), Image.Resampling.BILINEAR if c == 0 else Image.Resampling.NEAREST)
+        )
+        for row in tiles
+        for c, t in enumerate(row)
+    ]
+    body = make_grid(
+        torch.from_numpy(np.stack(sized)).permute(0, 3, 1, 2), nrow=3, padding=pad, pad_value=255
+    )
+    canvas = Image.new("RGB", (body.shape[2], header + body.shape[1]), "white")
+    canvas.paste(Image.fromarray(body.permute(1, 2, 0).numpy()), (0, header))
     draw = ImageDraw.Draw(canvas)
     for c, title in enumerate(TITLES):
         draw.text((pad + c * (w + pad) + 2, 2), title, fill=(0, 0, 0))
-    for r, row in enumerate(tiles):
-        for c, tile in enumerate(row):
-            # Class maps keep hard edges: nearest neighbour, never a blend of two colours.
-            resample = Image.Resampling.BILINEAR if c == 0 else Image.Resampling.NEAREST
-            at = (pad + c * (w + pad), header + pad + r * (h + pad))
-            canvas.paste(tile.resize((w, h), resample), at)
     return write_png(path, canvas)
