@@ -253,8 +253,9 @@ def test_start_up_summary_and_recipe_warnings(cim_overrides, tmp_path, e2e, caps
     args = [*cim_overrides(tmp_path / "run", steps=2), *extra]
     assert e2e.run_cli(["pretrain", "cifar10_vit", *args]) == 0
     err = capsys.readouterr().err
-    summary = next(ln for ln in err.splitlines() if ln.startswith("cim: "))
+    summary = next(ln for ln in err.splitlines() if ln.startswith("pretrain: "))
     assert "24 images" in summary and "batch 8" in summary and "2 steps = 0.67 epochs" in summary
+    assert "objective respix" in summary  # the label says pretrain, the objective follows
     assert "8x8 grid of 4 px cells at 32 px, tokenizer view 32 px" in summary
     warnings = [ln for ln in err.splitlines() if ln.startswith("warning:")]
     assert any("warm-up (2 steps) covers the whole run (2 steps)" in w for w in warnings)

@@ -29,6 +29,7 @@ ENHANCER_FILE = "enhancer.safetensors"
 
 class CIMTask(Task):
     kind = "cim"
+    label = "pretrain"
     arch_keys = (
         "objective",
         "generator.depth",

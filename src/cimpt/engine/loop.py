@@ -324,7 +324,8 @@ class Trainer:
         images = f"{len(self.sampler)} images" if self.sampler is not None else "streamed images"
         epochs = f" = {self.total_steps / per_epoch:.2f} epochs" if per_epoch else ""
         return (
-            f"{self.task.kind}: {images} on {self.dist.world_size} process(es); batch "
+            f"{self.task.label or self.task.kind}: {images} on {self.dist.world_size} "
+            f"process(es); batch "
             f"{t.batch_size} ({self.micro} per process x {t.accum_steps} accumulation); lr "
             f"{self.base_lr:.3g}; {self.total_steps} steps{epochs}, {self.warmup_steps} "
             f"warm-up; starting at step {self.state.step}"

@@ -24,6 +24,9 @@ class Task:
 
     #: A short name stored in checkpoint metadata ("cim", "tokenizer", ...).
     kind: str = "task"
+    #: What the start-up line calls the job (defaults to ``kind``; a pre-training run is kind
+    #: "cim" whatever its objective, which would mislead a user who runs MAE).
+    label: str = ""
     #: Config keys (dotted prefixes) that define the model; resuming with other values fails.
     arch_keys: Sequence[str] = ()
 
