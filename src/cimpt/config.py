@@ -463,7 +463,24 @@ def validate(cfg: DictConfig) -> None:
     for key, choices in _CHOICES.items():
         value = OmegaConf.select(cfg, key)
         _require(value in choices, key, f"'{value}' is not one of {', '.join(choices)}")
-    d, t = cfg.data, cfg.train
+    _validate_data(cfg)
+    _require(0.0 < cfg.mask.ratio < 1.0, "mask.ratio", "must be in (0, 1)")
+    _require(cfg.mask.min_aspect > 0, "mask.min_aspect", "must be positive")
+    _check_baselines(cfg)
+    _validate_tokenizer(cfg)
+    _validate_generator(cfg)
+    _validate_run(cfg.run)
+    _validate_train(cfg)
+    _validate_eval(cfg)
+    _require(
+        cfg.resume in ("", "auto") or Path(cfg.resume).exists(),
+        "resume",
+        f"'{cfg.resume}' is neither 'auto' nor an existing checkpoint",
+    )
+
+
+def _validate_data(cfg: DictConfig) -> None:
+    d = cfg.data
     _require(d.img_size > 0, "data.img_size", "must be positive")
     _require(cfg.enhancer.patch_size > 0, "enhancer.patch_size", "must be positive")
     _require(cfg.enhancer.neck_dim > 0, "enhancer.neck_dim", "must be positive")
@@ -487,9 +504,9 @@ def validate(cfg: DictConfig) -> None:
     _require(0.0 <= d.hflip <= 1.0, "data.hflip", "must be in [0, 1]")
     _require(0.0 < d.label_fraction <= 1.0, "data.label_fraction", "must be in (0, 1]")
     _require(d.num_workers >= 0, "data.num_workers", "must be >= 0")
-    _require(0.0 < cfg.mask.ratio < 1.0, "mask.ratio", "must be in (0, 1)")
-    _require(cfg.mask.min_aspect > 0, "mask.min_aspect", "must be positive")
-    _check_baselines(cfg)
+
+
+def _validate_tokenizer(cfg: DictConfig) -> None:
     _require(cfg.tokenizer.vocab_size >= 2, "tokenizer.vocab_size", "must be >= 2")
     _require(
         cfg.tokenizer.downsample in (1, 2, 4, 8, 16),
@@ -504,6 +521,9 @@ def validate(cfg: DictConfig) -> None:
         f"grid, but the enhancer's patch grid is {grid}x{grid} "
         "(data.img_size / enhancer.patch_size); use 0 to derive it",
     )
+
+
+def _validate_generator(cfg: DictConfig) -> None:
     _require(
         cfg.generator.embed_dim % cfg.generator.num_heads == 0,
         "generator.embed_dim",
@@ -525,15 +545,22 @@ def validate(cfg: DictConfig) -> None:
         "generator.top_p",
         f"{cfg.generator.top_p} must be in (0, 1] (1: no nucleus cut)",
     )
-    _require(cfg.run.log_every > 0, "run.log_every", "must be positive")
+
+
+def _validate_run(run: DictConfig) -> None:
+    _require(run.log_every > 0, "run.log_every", "must be positive")
     _require(
-        cfg.run.ckpt_every > 0,
+        run.ckpt_every > 0,
         "run.ckpt_every",
         "must be positive (a checkpoint is always written at the end too)",
     )
-    _require(cfg.run.vis_every >= 0, "run.vis_every", "must be >= 0 (0: no figures)")
-    _require(cfg.run.keep_last >= 1, "run.keep_last", "must keep at least 1 checkpoint")
-    _require(cfg.run.max_nan_steps >= 1, "run.max_nan_steps", "must be >= 1")
+    _require(run.vis_every >= 0, "run.vis_every", "must be >= 0 (0: no figures)")
+    _require(run.keep_last >= 1, "run.keep_last", "must keep at least 1 checkpoint")
+    _require(run.max_nan_steps >= 1, "run.max_nan_steps", "must be >= 1")
+
+
+def _validate_train(cfg: DictConfig) -> None:
+    t = cfg.train
     _require(t.lr >= 0, "train.lr", f"{t.lr} must be >= 0 (0: derive it from train.blr)")
     _require(t.blr > 0, "train.blr", f"{t.blr} must be positive")
     _check_kwargs(cfg.enhancer.kwargs)
@@ -547,12 +574,6 @@ def validate(cfg: DictConfig) -> None:
     _require(t.epochs > 0 or t.max_steps > 0, "train.epochs", "set train.epochs or train.max_steps")
     _require(t.max_steps >= 0, "train.max_steps", "must be >= 0")
     _require(len(t.betas) == 2, "train.betas", "must be [beta1, beta2]")
-    _validate_eval(cfg)
-    _require(
-        cfg.resume in ("", "auto") or Path(cfg.resume).exists(),
-        "resume",
-        f"'{cfg.resume}' is neither 'auto' nor an existing checkpoint",
-    )
 
 
 def _validate_eval(cfg: DictConfig) -> None:
