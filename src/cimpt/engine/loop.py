@@ -157,7 +157,6 @@ class _FitRun:
     means: RunningMeans = field(default_factory=RunningMeans)  # scalars since the last log
     last_metrics: dict[str, float] = field(default_factory=dict)
     last_checkpoint: Path | None = None
-    estimated: bool = False  # the time estimate is printed once, at the first log record
 
 
 def _duration(seconds: float) -> str:
@@ -629,6 +628,7 @@ class Trainer:
         of them, ``RunningMeans.pop``), the schedules, throughput and counters."""
         st = self.state
         img_per_s, wait_frac = run.window.pop_rates()
+        first = not run.last_metrics  # this fit's first record: it carries the time estimate
         run.last_metrics = {
             **run.means.pop(),
             **step.schedule,
@@ -640,9 +640,8 @@ class Trainer:
             "nan_skipped": st.nan_total,
         }
         self.logger.log(st.step, run.last_metrics)
-        last = st.step >= self.total_steps
-        if self.dist.is_main and self.cfg.run.progress and not run.estimated and not last:
-            run.estimated = True
+        more = st.step < self.total_steps
+        if first and more and self.dist.is_main and self.cfg.run.progress:
             run.bar.write(self.time_estimate(img_per_s), file=sys.stderr)  # above the bar
         run.bar.set_postfix(
             loss=f"{run.last_metrics.get('loss', float('nan')):.4f}", img_s=f"{img_per_s:.0f}"
