@@ -12,6 +12,10 @@ configs/camvid_segment.yaml) with one identical recipe and budget
 - from any other encoder named with ``--encoder BACKBONE:NAME=PATH`` (a pre-training run,
   checkpoint or exported ``enhancer.safetensors`` of the same architecture, e.g. a MAE,
   SimMIM or BEiT run later: ``--encoder vit:mae=runs/mae_vit``),
+- or, with ``--backbones vit192``, the encoders of the method comparison
+  (bench/compare_methods.py, ViT e192-d6-h3): scratch plus the ``--encoder vit192:NAME=PATH``
+  ones, e.g. ``--encoder vit192:cim-revdet=runs/methods/cim-revdet/pretrain
+  --encoder vit192:mae=runs/methods/mae/pretrain``,
 
 for each ``--seeds`` seed, trains on ``camvid/train`` and evaluates once, at the end, on
 ``camvid/test`` (233 frames; no model selection, so the test split is seen once). The ViT is
@@ -60,6 +64,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cifar10_evidence as evidence
+import compare_methods
 from records import git_commit, write_study
 
 CAMVID = Path("~/.cache/cimpt/data/camvid").expanduser()
@@ -94,8 +99,22 @@ def seg_arch(b: evidence.Backbone) -> list[str]:
     return [a for a in b.arch if not a.startswith("data.img_size=")]
 
 
+# The encoder of the method comparison (bench/compare_methods.py, ViT e192-d6-h3): its MAE,
+# SimMIM, BEiT and CIM runs segment with ``--backbones vit192 --encoder
+# vit192:mae=runs/methods/mae/pretrain ...``. The evidence study has no encoders of this size,
+# so its CIM rows come from ``--encoder`` only (a missing one is left out, not made).
+VIT192 = evidence.Backbone(
+    "vit192",
+    "ViT e192-d6-h3, patch 4 @32px (method comparison)",
+    evidence.VIT.config,
+    compare_methods.PRESETS["full"].arch,
+    "",
+)
+BACKBONES = {**evidence.BACKBONES, "vit192": VIT192}
+
+
 def backbone_for(key: str, quick: bool) -> evidence.Backbone:
-    return evidence.TINY_VIT if (quick and key == "vit") else evidence.BACKBONES[key]
+    return evidence.TINY_VIT if (quick and key.startswith("vit")) else BACKBONES[key]
 
 
 def make_encoders(a: argparse.Namespace, key: str, log_dir: Path) -> dict[str, evidence.Job]:
@@ -229,12 +248,13 @@ def plan_backbone(
 ) -> list[tuple[str, str, evidence.Job | None]]:
     """(init, encoder path, its pre-training job) for every row of one backbone."""
     plan: list[tuple[str, str, evidence.Job | None]] = [("scratch", "", None)]
+    makes = key in evidence.BACKBONES  # the evidence study can make this backbone's encoders
     missing = [i for i in CIM_INITS if i not in named]
-    cim = make_encoders(a, key, log_dir) if missing else {}
+    cim = make_encoders(a, key, log_dir) if (missing and makes) else {}
     for init in CIM_INITS:
         if init in named:
             plan.append((init, named[init], None))
-        else:
+        elif makes:
             plan.append((init, str(cim[init].run_dir), cim[init]))
     plan += [(n, p, None) for n, p in named.items() if n not in CIM_INITS]
     return plan
@@ -271,7 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", choices=sorted(PRESETS), default="standard")
     ap.add_argument("--camvid", default=str(CAMVID), help="folder with train/ and test/")
-    ap.add_argument("--backbones", default="vit,resnet", help="comma-separated: vit, resnet")
+    ap.add_argument(
+        "--backbones", default="vit,resnet", help=f"comma-separated: {', '.join(BACKBONES)}"
+    )
     ap.add_argument("--seeds", default="0", help="comma-separated fine-tuning seeds")
     ap.add_argument(
         "--encoder",
@@ -289,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--in-process", action="store_true", help="no subprocesses (tests)")
     ap.add_argument("--report-only", action="store_true", help="only tabulate finished jobs")
     a = ap.parse_args(argv)
-    unknown = set(a.backbones.split(",")) - set(evidence.BACKBONES)
+    unknown = set(a.backbones.split(",")) - set(BACKBONES)
     if unknown:
         print(f"error: --backbones: unknown {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2

@@ -55,3 +55,13 @@ def test_quick_study_rows_and_reuse(
     again = json.loads((tmp_path / "out" / "camvid_segmentation.json").read_text())["rows"]
     assert all(r["reused"] for r in again)
     assert [r["miou"] for r in again] == [r["miou"] for r in rows]
+
+
+def test_comparison_backbone_plans_named_encoders_only(tmp_path: Path, e2e: Any) -> None:
+    """``vit192`` (the method comparison's encoder) has no evidence-study encoders: its rows are
+    scratch plus the ``--encoder`` ones, and nothing is pre-trained for it."""
+    bench = e2e.import_bench("camvid_segmentation")
+    plan = bench.plan_backbone(None, "vit192", {"mae": "runs/m", "cim-revdet": "runs/c"}, tmp_path)
+    assert plan == [("scratch", "", None), ("cim-revdet", "runs/c", None), ("mae", "runs/m", None)]
+    kwargs = next(a for a in bench.BACKBONES["vit192"].arch if a.startswith("enhancer.kwargs"))
+    assert "embed_dim: 192" in kwargs and "depth: 6" in kwargs
