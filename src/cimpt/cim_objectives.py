@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-from omegaconf import DictConfig
 
-from cimpt.errors import CimptError
+from cimpt.config import LossConfig
 from cimpt.losses import respix_loss, revdet_loss, sliding_window_normalize, sliding_window_stats
 from cimpt.models.enhancer import Enhancer
 from cimpt.models.heads import RespixHead, RevdetHead
@@ -72,12 +71,9 @@ class Respix(RespixHead):
         self.window, self.residual = int(window), bool(residual)
 
     @classmethod
-    def from_config(cls, cfg: DictConfig, enhancer: Enhancer) -> Respix:
-        window = int(cfg.loss.respix_window)
-        if window < 0:
-            raise CimptError(f"loss.respix_window: {window} must be >= 0 (0: patch size)")
+    def from_config(cls, loss: LossConfig, enhancer: Enhancer) -> Respix:
         p = enhancer.patch_size
-        return cls(enhancer.out_dim, p, window or p, bool(cfg.loss.respix_residual))
+        return cls(enhancer.out_dim, p, loss.respix_window or p, loss.respix_residual)
 
     def target(self, x: Tensor, x_cor: Tensor) -> Tensor:
         """Regression target ``[B, 3, R, R]``: ``x`` normalized by the mean/std of the k x k
@@ -141,7 +137,7 @@ class Revdet(RevdetHead):
         self.register_buffer("prior_seen", torch.zeros(()), persistent=False)
 
     @classmethod
-    def from_config(cls, cfg: DictConfig, enhancer: Enhancer) -> Revdet:
+    def from_config(cls, loss: LossConfig, enhancer: Enhancer) -> Revdet:
         return cls(enhancer.out_dim, enhancer.grid)
 
     def loss(self, s: Stages) -> tuple[Tensor, dict[str, Tensor]]:
@@ -180,7 +176,7 @@ class Revdet(RevdetHead):
 
 
 #: ``objective`` -> how to build it from the root config and the built enhancer.
-OBJECTIVES: dict[str, Callable[[DictConfig, Enhancer], Objective]] = {
+OBJECTIVES: dict[str, Callable[[LossConfig, Enhancer], Objective]] = {
     "respix": Respix.from_config,
     "revdet": Revdet.from_config,
 }

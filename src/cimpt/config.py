@@ -1,9 +1,12 @@
 """Typed, layered configuration: defaults <- YAML file <- ``a.b=c`` command-line overrides.
 
-The schema is a tree of dataclasses merged with OmegaConf in struct mode, so an unknown key or
-a value of the wrong type is an error that names the key. ``validate`` then checks the sizes
-that must agree with each other (docs/METHOD.md step 1: the token grid must equal the enhancer's
-patch grid) before any work starts. The merged config is written into each run directory.
+The schema is a tree of dataclasses merged with OmegaConf in struct mode, so an unknown key,
+a value of the wrong type or a choice outside its ``Choice`` enum is an error that names the
+key. Each section checks the ranges of its own keys (``check``); ``validate`` runs those, then
+checks the sizes that must agree with each other (docs/METHOD.md step 1: the token grid must
+equal the enhancer's patch grid) before any work starts. The merged ``DictConfig`` is written
+into each run directory; components read ``typed(cfg)``, the same values as dataclasses that
+mypy checks.
 Every key is documented in ``configs/defaults.yaml`` (shipped as ``cimpt/configs``); a test
 keeps that file and this schema identical.
 """
@@ -12,7 +15,9 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +29,74 @@ from cimpt.errors import ConfigError
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+def _require(ok: bool, key: str, reason: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}': {reason}")
+
+
+class Choice(str, Enum):
+    """A choice field's value: a ``str`` (so ``cfg.objective == "mae"``, JSON and f-strings see
+    the plain word) whose allowed values OmegaConf checks on every merge and assignment.
+
+    Member names equal their values: OmegaConf turns the strings of YAML files and overrides
+    into members by name, and writes members back out by name.
+    """
+
+    def __str__(self) -> str:
+        # Not "Objective.mae" (Enum's default): the value goes into messages and file names.
+        return str(self.value)
+
+
+class Objective(Choice):
+    """respix | revdet: CIM; mae | simmim | beit: the baselines of cimpt.baselines."""
+
+    respix = "respix"
+    revdet = "revdet"
+    mae = "mae"
+    simmim = "simmim"
+    beit = "beit"
+
+
+class DataSource(Choice):
+    auto = "auto"
+    folder = "folder"
+    tar = "tar"
+    cifar10 = "cifar10"
+    cifar100 = "cifar100"
+    bundled = "bundled"
+
+
+class MaskPlacement(Choice):
+    beit = "beit"
+    uniform = "uniform"
+
+
+class TokenizerKind(Choice):
+    vqvae = "vqvae"
+    dalle = "dalle"
+
+
+class TokenizerPrecision(Choice):
+    fp32 = "fp32"
+    amp = "amp"
+
+
+class AmpMode(Choice):
+    auto = "auto"
+    bf16 = "bf16"
+    fp16 = "fp16"
+    none = "none"
+
+
+class GlobalPool(Choice):
+    avg = "avg"
+    token = "token"
+
+
+# Each section's ``check`` holds the range checks of its own keys; ``validate`` runs them and
+# then the checks that compare keys of different sections.
 
 
 @dataclass
@@ -38,10 +111,21 @@ class RunConfig:
     max_nan_steps: int = 5
     overwrite: bool = False
 
+    def check(self) -> None:
+        _require(self.log_every > 0, "run.log_every", "must be positive")
+        _require(
+            self.ckpt_every > 0,
+            "run.ckpt_every",
+            "must be positive (a checkpoint is always written at the end too)",
+        )
+        _require(self.vis_every >= 0, "run.vis_every", "must be >= 0 (0: no figures)")
+        _require(self.keep_last >= 1, "run.keep_last", "must keep at least 1 checkpoint")
+        _require(self.max_nan_steps >= 1, "run.max_nan_steps", "must be >= 1")
+
 
 @dataclass
 class DataConfig:
-    source: str = "auto"
+    source: DataSource = DataSource.auto
     path: str = ""
     val_path: str = ""
     cache_dir: str = "~/.cache/cimpt/datasets"
@@ -57,6 +141,31 @@ class DataConfig:
     bundled_samples: int = 2048
     label_fraction: float = 1.0
 
+    def check(self) -> None:
+        _require(self.img_size > 0, "data.img_size", "must be positive")
+        _check_crop_scale(self.crop_scale, "data.crop_scale")
+        ratio = self.crop_ratio
+        _require(
+            len(ratio) == 2 and 0 < ratio[0] <= ratio[1],
+            "data.crop_ratio",
+            "must be [min, max] with 0 < min <= max",
+        )
+        _require(
+            len(self.mean) == 3 and len(self.std) == 3, "data.mean", "mean and std need 3 values"
+        )
+        _require(all(s > 0 for s in self.std), "data.std", "must be positive")
+        _require(0.0 <= self.hflip <= 1.0, "data.hflip", "must be in [0, 1]")
+        _require(0.0 < self.label_fraction <= 1.0, "data.label_fraction", "must be in (0, 1]")
+        _require(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+
+
+def _check_crop_scale(scale: list[float], key: str) -> None:
+    _require(
+        len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1,
+        key,
+        "must be [min, max] with 0 < min <= max <= 1",
+    )
+
 
 @dataclass
 class MaskConfig:
@@ -64,12 +173,16 @@ class MaskConfig:
     min_block: int = 0
     max_block: int = 0
     min_aspect: float = 0.3
-    placement: str = "beit"
+    placement: MaskPlacement = MaskPlacement.beit
+
+    def check(self) -> None:
+        _require(0.0 < self.ratio < 1.0, "mask.ratio", "must be in (0, 1)")
+        _require(self.min_aspect > 0, "mask.min_aspect", "must be positive")
 
 
 @dataclass
 class TokenizerConfig:
-    kind: str = "vqvae"
+    kind: TokenizerKind = TokenizerKind.vqvae
     checkpoint: str = ""
     vocab_size: int = 1024
     downsample: int = 4
@@ -80,7 +193,15 @@ class TokenizerConfig:
     ema_decay: float = 0.99
     commitment: float = 0.25
     dead_code_threshold: float = 0.01
-    precision: str = "fp32"
+    precision: TokenizerPrecision = TokenizerPrecision.fp32
+
+    def check(self) -> None:
+        _require(self.vocab_size >= 2, "tokenizer.vocab_size", "must be >= 2")
+        _require(
+            self.downsample in (1, 2, 4, 8, 16),
+            "tokenizer.downsample",
+            "must be a power of two from 1 to 16",
+        )
 
 
 @dataclass
@@ -93,20 +214,64 @@ class GeneratorConfig:
     top_k: int = 0  # sample among the k most likely ids only; 0: all
     top_p: float = 1.0  # nucleus: the smallest set of ids holding this much probability
 
+    def check(self) -> None:
+        """``top_k``'s range needs the vocabulary: ``validate`` checks it."""
+        _require(
+            self.embed_dim % self.num_heads == 0,
+            "generator.embed_dim",
+            f"{self.embed_dim} is not divisible by generator.num_heads",
+        )
+        _require(
+            self.temperature >= 0,
+            "generator.temperature",
+            f"{self.temperature} must be >= 0 (0: argmax, the deterministic corruption)",
+        )
+        _require(
+            0 < self.top_p <= 1,
+            "generator.top_p",
+            f"{self.top_p} must be in (0, 1] (1: no nucleus cut)",
+        )
+
 
 @dataclass
 class MAEConfig:
+    """Checked whatever the objective: a typo in a config shared by several arms should not
+    wait for the arm that uses it."""
+
     mask_ratio: float = 0.75
     decoder_dim: int = 128
     decoder_depth: int = 2
     decoder_heads: int = 4
     norm_pix_loss: bool = True
 
+    def check(self) -> None:
+        _require(
+            0.0 < self.mask_ratio < 1.0, "mae.mask_ratio", f"{self.mask_ratio} must be in (0, 1)"
+        )
+        _require(
+            self.decoder_dim > 0 and self.decoder_depth > 0 and self.decoder_heads > 0,
+            "mae.decoder_dim",
+            "decoder_dim, decoder_depth and decoder_heads must be positive",
+        )
+        _require(
+            self.decoder_dim % self.decoder_heads == 0,
+            "mae.decoder_dim",
+            f"{self.decoder_dim} is not divisible by mae.decoder_heads={self.decoder_heads}",
+        )
+
 
 @dataclass
 class SimMIMConfig:
     mask_ratio: float = 0.6
     mask_patch_size: int = 8
+
+    def check(self) -> None:
+        """``mask_patch_size`` must fit the patch and image sizes: ``validate`` checks it."""
+        _require(
+            0.0 < self.mask_ratio < 1.0,
+            "simmim.mask_ratio",
+            f"{self.mask_ratio} must be in (0, 1)",
+        )
 
 
 @dataclass
@@ -118,12 +283,52 @@ class EnhancerConfig:
     neck_dim: int = 256
     pretrained: str = ""
 
+    def check(self) -> None:
+        _require(self.patch_size > 0, "enhancer.patch_size", "must be positive")
+        _require(self.neck_dim > 0, "enhancer.neck_dim", "must be positive")
+        _check_kwargs(self.kwargs)
+
+
+def _check_kwargs(kwargs: dict[str, Any]) -> None:
+    """``enhancer.kwargs`` goes to timm, which silently drops keys whose value is null, so
+    ``{embed_dim:64}`` (no space after the colon: YAML reads the key ``embed_dim:64`` with no
+    value) would train the default model without a word."""
+    empty = [str(k) for k, v in kwargs.items() if v is None]
+    _require(
+        not empty,
+        "enhancer.kwargs",
+        f"no value for {', '.join(repr(k) for k in empty)} (write 'key: value', with a space "
+        "after the colon)",
+    )
+    for key, reason in _RESERVED_KWARGS.items():
+        value = kwargs.get(key)
+        if value is not None and not (key == "in_chans" and value == 3):
+            raise ConfigError(f"config key 'enhancer.kwargs': {key}={value} {reason}")
+
+
+# timm arguments cimpt sets itself; in enhancer.kwargs they would clash or fail late.
+_RESERVED_KWARGS = {
+    "in_chans": (
+        "is not supported: every image is converted to 3-channel RGB on load (grayscale "
+        "too), so the enhancer always sees 3 channels; remove it"
+    ),
+    "pretrained": "is not a model argument; set enhancer.pretrained (timm or a weights file)",
+    "num_classes": "is set by cimpt (0 for pre-training, the data's classes for fine-tuning)",
+    "img_size": "is set by cimpt; use data.img_size",
+    "patch_size": "is set by cimpt; use enhancer.patch_size",
+    "drop_path_rate": "is set by cimpt; use enhancer.drop_path",
+}
+
 
 @dataclass
 class LossConfig:
     enh_weight: float = 1.0
     respix_window: int = 0
     respix_residual: bool = False
+
+    def check(self) -> None:
+        w = self.respix_window
+        _require(w >= 0, "loss.respix_window", f"{w} must be >= 0 (0: patch size)")
 
 
 @dataclass
@@ -139,11 +344,29 @@ class TrainConfig:
     weight_decay: float = 0.05
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     clip_grad: float = 3.0
-    amp: str = "auto"
+    amp: AmpMode = AmpMode.auto
     compile: bool = False
     channels_last: bool = False
     device: str = "auto"
     deterministic: bool = True
+
+    def check(self) -> None:
+        _require(self.lr >= 0, "train.lr", f"{self.lr} must be >= 0 (0: derive it from train.blr)")
+        _require(self.blr > 0, "train.blr", f"{self.blr} must be positive")
+        _require(self.batch_size > 0, "train.batch_size", "must be positive")
+        _require(self.accum_steps > 0, "train.accum_steps", "must be positive")
+        _require(
+            self.batch_size % self.accum_steps == 0,
+            "train.batch_size",
+            f"{self.batch_size} is not divisible by train.accum_steps={self.accum_steps}",
+        )
+        _require(
+            self.epochs > 0 or self.max_steps > 0,
+            "train.epochs",
+            "set train.epochs or train.max_steps",
+        )
+        _require(self.max_steps >= 0, "train.max_steps", "must be >= 0")
+        _require(len(self.betas) == 2, "train.betas", "must be [beta1, beta2]")
 
 
 @dataclass
@@ -154,7 +377,7 @@ class InitConfig:
 @dataclass
 class FinetuneConfig:
     layer_decay: float = 0.75
-    global_pool: str = "avg"
+    global_pool: GlobalPool = GlobalPool.avg
     mixup: float = 0.8
     cutmix: float = 1.0
     mixup_prob: float = 1.0
@@ -164,6 +387,15 @@ class FinetuneConfig:
     ema: bool = False
     ema_decay: float = 0.999
 
+    def check(self) -> None:
+        _require(0.0 < self.layer_decay <= 1.0, "finetune.layer_decay", "must be in (0, 1]")
+        _require(self.mixup >= 0.0, "finetune.mixup", "must be >= 0 (0 = off)")
+        _require(self.cutmix >= 0.0, "finetune.cutmix", "must be >= 0 (0 = off)")
+        _require(0.0 <= self.mixup_prob <= 1.0, "finetune.mixup_prob", "must be in [0, 1]")
+        _require(0.0 <= self.smoothing < 1.0, "finetune.smoothing", "must be in [0, 1)")
+        _check_crop_scale(self.crop_scale, "finetune.crop_scale")
+        _require(0.0 < self.ema_decay < 1.0, "finetune.ema_decay", "must be in (0, 1)")
+
 
 @dataclass
 class EvalConfig:
@@ -172,9 +404,22 @@ class EvalConfig:
     knn_k: list[int] = field(default_factory=lambda: [20, 200])
     knn_temperature: float = 0.07
 
+    def check(self) -> None:
+        _require(self.every_epochs >= 1, "eval.every_epochs", "must be >= 1")
+        _require(self.batch_size >= 1, "eval.batch_size", "must be positive")
+        _require(
+            len(self.knn_k) >= 1 and all(k >= 1 for k in self.knn_k),
+            "eval.knn_k",
+            "must be a non-empty list of positive integers",
+        )
+        _require(self.knn_temperature > 0, "eval.knn_temperature", "must be positive")
+
 
 @dataclass
 class SegmentConfig:
+    """Checked by ``cimpt segment`` only (``cimpt.seg.task.check_segment_config``): the
+    default ``num_classes`` 0 is valid everywhere else."""
+
     num_classes: int = 0
     ignore_index: int = 255
     class_names: list[str] = field(default_factory=list)
@@ -186,11 +431,35 @@ class SegmentConfig:
     layer_decay: float = 0.65
     figure_images: int = 4
 
+    def check(self) -> None:
+        k, ignore, scale = self.num_classes, self.ignore_index, self.scale_range
+        checks = [
+            (k >= 1, "num_classes", "set it to the number of classes (ids 0..K-1)"),
+            (
+                not 0 <= ignore < k,
+                "ignore_index",
+                f"{ignore} is a class id (0..{k - 1}); use an id outside",
+            ),
+            (self.short_side >= 0, "short_side", "must be >= 0 (0: as stored)"),
+            (
+                len(scale) == 2 and 0 < scale[0] <= scale[1],
+                "scale_range",
+                "must be [min, max] with 0 < min <= max",
+            ),
+            (self.stride >= 0, "stride", "must be >= 0 (0: 2/3 of data.img_size)"),
+            (self.decoder_dim >= 1, "decoder_dim", "must be positive"),
+            (len(self.vit_levels) >= 1, "vit_levels", "needs at least one level"),
+            (0.0 < self.layer_decay <= 1.0, "layer_decay", "must be in (0, 1]"),
+            (self.figure_images >= 0, "figure_images", "must be >= 0"),
+        ]
+        for ok, key, reason in checks:
+            _require(ok, f"segment.{key}", reason)
+
 
 @dataclass
 class RootConfig:
     seed: int = 0
-    objective: str = "respix"
+    objective: Objective = Objective.respix
     resume: str = ""
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -208,19 +477,17 @@ class RootConfig:
     segment: SegmentConfig = field(default_factory=SegmentConfig)
 
 
+def typed(cfg: DictConfig) -> RootConfig:
+    """The config as plain dataclasses (``RootConfig``): what components read, so mypy checks
+    every key and type. The ``DictConfig`` stays the record that is adopted into, saved and
+    checkpointed; convert it after the last change a component must see."""
+    out = OmegaConf.to_object(cfg)
+    assert isinstance(out, RootConfig)
+    return out
+
+
 # Keys whose value is free-form (passed through to timm), so struct mode must not close them.
 _OPEN_KEYS = ("enhancer.kwargs",)
-
-_CHOICES: dict[str, tuple[str, ...]] = {
-    # respix | revdet: CIM; mae | simmim | beit: the baselines of cimpt.baselines.
-    "objective": ("respix", "revdet", "mae", "simmim", "beit"),
-    "data.source": ("auto", "folder", "tar", "cifar10", "cifar100", "bundled"),
-    "mask.placement": ("beit", "uniform"),
-    "tokenizer.kind": ("vqvae", "dalle"),
-    "tokenizer.precision": ("fp32", "amp"),
-    "train.amp": ("auto", "bf16", "fp16", "none"),
-    "finetune.global_pool": ("avg", "token"),
-}
 
 
 def _one_line(exc: OmegaConfBaseException, origin: str) -> str:
@@ -229,6 +496,9 @@ def _one_line(exc: OmegaConfBaseException, origin: str) -> str:
     msg = str(getattr(exc, "msg", None) or exc).splitlines()[0].strip()
     if "not in" in msg or ("Key '" in msg and "not" in msg):
         msg = "unknown key" + did_you_mean(str(key))
+    choice = re.fullmatch(r"Invalid value '(.*)', expected one of \[(.*)\]", msg)
+    if choice:  # a ``Choice`` field: the wording validate used before OmegaConf checked them
+        msg = f"'{choice[1]}' is not one of {choice[2]}"
     return f"{origin}: config key '{key}': {msg}"
 
 
@@ -386,134 +656,37 @@ def apply_overrides(cfg: DictConfig, overrides: list[str] | tuple[str, ...]) -> 
     return cfg
 
 
-def _require(ok: bool, key: str, reason: str) -> None:
-    if not ok:
-        raise ConfigError(f"config key '{key}': {reason}")
-
-
-def token_grid(cfg: DictConfig) -> int:
+def token_grid(cfg: RootConfig) -> int:
     """Side of the enhancer's patch grid, which the token grid must match (docs/METHOD.md,
     step 1)."""
-    return int(cfg.data.img_size) // int(cfg.enhancer.patch_size)
+    return cfg.data.img_size // cfg.enhancer.patch_size
 
 
-def tokenizer_resolution(cfg: DictConfig) -> int:
+def tokenizer_resolution(cfg: RootConfig) -> int:
     """Side of the tokenizer view: ``grid * tokenizer.downsample`` unless set explicitly."""
-    return int(cfg.tokenizer.img_size) or token_grid(cfg) * int(cfg.tokenizer.downsample)
-
-
-def _check_kwargs(kwargs: Any) -> None:
-    """``enhancer.kwargs`` goes to timm, which silently drops keys whose value is null, so
-    ``{embed_dim:64}`` (no space after the colon: YAML reads the key ``embed_dim:64`` with no
-    value) would train the default model without a word."""
-    empty = [str(k) for k, v in (kwargs or {}).items() if v is None]
-    _require(
-        not empty,
-        "enhancer.kwargs",
-        f"no value for {', '.join(repr(k) for k in empty)} (write 'key: value', with a space "
-        "after the colon)",
-    )
-    for key, reason in _RESERVED_KWARGS.items():
-        value = (kwargs or {}).get(key)
-        if value is not None and not (key == "in_chans" and value == 3):
-            raise ConfigError(f"config key 'enhancer.kwargs': {key}={value} {reason}")
-
-
-# timm arguments cimpt sets itself; in enhancer.kwargs they would clash or fail late.
-_RESERVED_KWARGS = {
-    "in_chans": (
-        "is not supported: every image is converted to 3-channel RGB on load (grayscale "
-        "too), so the enhancer always sees 3 channels; remove it"
-    ),
-    "pretrained": "is not a model argument; set enhancer.pretrained (timm or a weights file)",
-    "num_classes": "is set by cimpt (0 for pre-training, the data's classes for fine-tuning)",
-    "img_size": "is set by cimpt; use data.img_size",
-    "patch_size": "is set by cimpt; use enhancer.patch_size",
-    "drop_path_rate": "is set by cimpt; use enhancer.drop_path",
-}
-
-
-def _check_baselines(cfg: DictConfig) -> None:
-    """Ranges of the ``mae`` / ``simmim`` keys (checked whatever the objective: a typo in a
-    config shared by several arms should not wait for the arm that uses it)."""
-    mae, sim = cfg.mae, cfg.simmim
-    _require(0.0 < mae.mask_ratio < 1.0, "mae.mask_ratio", f"{mae.mask_ratio} must be in (0, 1)")
-    _require(0.0 < sim.mask_ratio < 1.0, "simmim.mask_ratio", f"{sim.mask_ratio} must be in (0, 1)")
-    _require(
-        mae.decoder_dim > 0 and mae.decoder_depth > 0 and mae.decoder_heads > 0,
-        "mae.decoder_dim",
-        "decoder_dim, decoder_depth and decoder_heads must be positive",
-    )
-    _require(
-        mae.decoder_dim % mae.decoder_heads == 0,
-        "mae.decoder_dim",
-        f"{mae.decoder_dim} is not divisible by mae.decoder_heads={mae.decoder_heads}",
-    )
-    if cfg.objective == "simmim":
-        p, mp, size = cfg.enhancer.patch_size, sim.mask_patch_size, cfg.data.img_size
-        _require(
-            mp > 0 and mp % p == 0 and size % mp == 0,
-            "simmim.mask_patch_size",
-            f"{mp} must be a multiple of enhancer.patch_size={p} that divides data.img_size={size}",
-        )
+    return cfg.tokenizer.img_size or token_grid(cfg) * cfg.tokenizer.downsample
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check choices, ranges and sizes that must agree; one line per failure."""
-    for key, choices in _CHOICES.items():
-        value = OmegaConf.select(cfg, key)
-        _require(value in choices, key, f"'{value}' is not one of {', '.join(choices)}")
-    _validate_data(cfg)
-    _require(0.0 < cfg.mask.ratio < 1.0, "mask.ratio", "must be in (0, 1)")
-    _require(cfg.mask.min_aspect > 0, "mask.min_aspect", "must be positive")
-    _check_baselines(cfg)
-    _validate_tokenizer(cfg)
-    _validate_generator(cfg)
-    _validate_run(cfg.run)
-    _validate_train(cfg)
-    _validate_eval(cfg)
+    """Check ranges and sizes that must agree; one line per failure. (Choices need no check
+    here: OmegaConf refuses a value outside a ``Choice`` on merge.)"""
+    c = typed(cfg)
+    sections = (c.data, c.enhancer, c.mask, c.mae, c.simmim, c.tokenizer, c.generator)
+    for section in (*sections, c.loss, c.run, c.train, c.finetune, c.eval):
+        section.check()
+    _check_sizes(c)
     _require(
-        cfg.resume in ("", "auto") or Path(cfg.resume).exists(),
+        c.resume in ("", "auto") or Path(c.resume).exists(),
         "resume",
-        f"'{cfg.resume}' is neither 'auto' nor an existing checkpoint",
+        f"'{c.resume}' is neither 'auto' nor an existing checkpoint",
     )
 
 
-def _validate_data(cfg: DictConfig) -> None:
-    d = cfg.data
-    _require(d.img_size > 0, "data.img_size", "must be positive")
-    _require(cfg.enhancer.patch_size > 0, "enhancer.patch_size", "must be positive")
-    _require(cfg.enhancer.neck_dim > 0, "enhancer.neck_dim", "must be positive")
-    _require(
-        d.img_size % cfg.enhancer.patch_size == 0,
-        "data.img_size",
-        f"{d.img_size} is not divisible by enhancer.patch_size={cfg.enhancer.patch_size}",
-    )
-    _require(
-        len(d.crop_scale) == 2 and 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1,
-        "data.crop_scale",
-        "must be [min, max] with 0 < min <= max <= 1",
-    )
-    _require(
-        len(d.crop_ratio) == 2 and 0 < d.crop_ratio[0] <= d.crop_ratio[1],
-        "data.crop_ratio",
-        "must be [min, max] with 0 < min <= max",
-    )
-    _require(len(d.mean) == 3 and len(d.std) == 3, "data.mean", "mean and std need 3 values")
-    _require(all(s > 0 for s in d.std), "data.std", "must be positive")
-    _require(0.0 <= d.hflip <= 1.0, "data.hflip", "must be in [0, 1]")
-    _require(0.0 < d.label_fraction <= 1.0, "data.label_fraction", "must be in (0, 1]")
-    _require(d.num_workers >= 0, "data.num_workers", "must be >= 0")
-
-
-def _validate_tokenizer(cfg: DictConfig) -> None:
-    _require(cfg.tokenizer.vocab_size >= 2, "tokenizer.vocab_size", "must be >= 2")
-    _require(
-        cfg.tokenizer.downsample in (1, 2, 4, 8, 16),
-        "tokenizer.downsample",
-        "must be a power of two from 1 to 16",
-    )
-    tok_size, down, grid = cfg.tokenizer.img_size, cfg.tokenizer.downsample, token_grid(cfg)
+def _check_sizes(c: RootConfig) -> None:
+    """The checks that compare keys of different sections."""
+    size, p = c.data.img_size, c.enhancer.patch_size
+    _require(size % p == 0, "data.img_size", f"{size} is not divisible by enhancer.patch_size={p}")
+    tok_size, down, grid = c.tokenizer.img_size, c.tokenizer.downsample, token_grid(c)
     _require(
         tok_size == 0 or tok_size == grid * down,
         "tokenizer.img_size",
@@ -521,83 +694,19 @@ def _validate_tokenizer(cfg: DictConfig) -> None:
         f"grid, but the enhancer's patch grid is {grid}x{grid} "
         "(data.img_size / enhancer.patch_size); use 0 to derive it",
     )
-
-
-def _validate_generator(cfg: DictConfig) -> None:
+    top_k, vocab = c.generator.top_k, c.tokenizer.vocab_size
     _require(
-        cfg.generator.embed_dim % cfg.generator.num_heads == 0,
-        "generator.embed_dim",
-        f"{cfg.generator.embed_dim} is not divisible by generator.num_heads",
-    )
-    _require(
-        cfg.generator.temperature >= 0,
-        "generator.temperature",
-        f"{cfg.generator.temperature} must be >= 0 (0: argmax, the deterministic corruption)",
-    )
-    vocab = cfg.tokenizer.vocab_size
-    _require(
-        0 <= cfg.generator.top_k <= vocab,
+        0 <= top_k <= vocab,
         "generator.top_k",
-        f"{cfg.generator.top_k} must be from 0 (all ids) to tokenizer.vocab_size ({vocab})",
+        f"{top_k} must be from 0 (all ids) to tokenizer.vocab_size ({vocab})",
     )
-    _require(
-        0 < cfg.generator.top_p <= 1,
-        "generator.top_p",
-        f"{cfg.generator.top_p} must be in (0, 1] (1: no nucleus cut)",
-    )
-
-
-def _validate_run(run: DictConfig) -> None:
-    _require(run.log_every > 0, "run.log_every", "must be positive")
-    _require(
-        run.ckpt_every > 0,
-        "run.ckpt_every",
-        "must be positive (a checkpoint is always written at the end too)",
-    )
-    _require(run.vis_every >= 0, "run.vis_every", "must be >= 0 (0: no figures)")
-    _require(run.keep_last >= 1, "run.keep_last", "must keep at least 1 checkpoint")
-    _require(run.max_nan_steps >= 1, "run.max_nan_steps", "must be >= 1")
-
-
-def _validate_train(cfg: DictConfig) -> None:
-    t = cfg.train
-    _require(t.lr >= 0, "train.lr", f"{t.lr} must be >= 0 (0: derive it from train.blr)")
-    _require(t.blr > 0, "train.blr", f"{t.blr} must be positive")
-    _check_kwargs(cfg.enhancer.kwargs)
-    _require(t.batch_size > 0, "train.batch_size", "must be positive")
-    _require(t.accum_steps > 0, "train.accum_steps", "must be positive")
-    _require(
-        t.batch_size % t.accum_steps == 0,
-        "train.batch_size",
-        f"{t.batch_size} is not divisible by train.accum_steps={t.accum_steps}",
-    )
-    _require(t.epochs > 0 or t.max_steps > 0, "train.epochs", "set train.epochs or train.max_steps")
-    _require(t.max_steps >= 0, "train.max_steps", "must be >= 0")
-    _require(len(t.betas) == 2, "train.betas", "must be [beta1, beta2]")
-
-
-def _validate_eval(cfg: DictConfig) -> None:
-    """Ranges of the fine-tuning and evaluation keys (``finetune.*``, ``eval.*``)."""
-    f, e = cfg.finetune, cfg.eval
-    _require(0.0 < f.layer_decay <= 1.0, "finetune.layer_decay", "must be in (0, 1]")
-    for key in ("mixup", "cutmix"):
-        _require(f[key] >= 0.0, f"finetune.{key}", "must be >= 0 (0 = off)")
-    _require(0.0 <= f.mixup_prob <= 1.0, "finetune.mixup_prob", "must be in [0, 1]")
-    _require(0.0 <= f.smoothing < 1.0, "finetune.smoothing", "must be in [0, 1)")
-    _require(
-        len(f.crop_scale) == 2 and 0 < f.crop_scale[0] <= f.crop_scale[1] <= 1,
-        "finetune.crop_scale",
-        "must be [min, max] with 0 < min <= max <= 1",
-    )
-    _require(0.0 < f.ema_decay < 1.0, "finetune.ema_decay", "must be in (0, 1)")
-    _require(e.every_epochs >= 1, "eval.every_epochs", "must be >= 1")
-    _require(e.batch_size >= 1, "eval.batch_size", "must be positive")
-    _require(
-        len(e.knn_k) >= 1 and all(k >= 1 for k in e.knn_k),
-        "eval.knn_k",
-        "must be a non-empty list of positive integers",
-    )
-    _require(e.knn_temperature > 0, "eval.knn_temperature", "must be positive")
+    if c.objective == "simmim":
+        mp = c.simmim.mask_patch_size
+        _require(
+            mp > 0 and mp % p == 0 and size % mp == 0,
+            "simmim.mask_patch_size",
+            f"{mp} must be a multiple of enhancer.patch_size={p} that divides data.img_size={size}",
+        )
 
 
 def to_yaml(cfg: DictConfig) -> str:
@@ -626,13 +735,17 @@ def from_dict(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = ())
 
 
 def to_dict(cfg: DictConfig) -> dict[str, Any]:
-    out = OmegaConf.to_container(cfg, resolve=True)
+    """Plain values only (a ``Choice`` as its string): the dict goes into checkpoints' JSON
+    metadata and is compared with stored configs."""
+    out = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     assert isinstance(out, dict)
     return out  # type: ignore[return-value]
 
 
 def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value) if isinstance(value, DictConfig) else value
+    if isinstance(value, DictConfig):
+        return OmegaConf.to_container(value, enum_to_str=True)
+    return str(value) if isinstance(value, Choice) else value
 
 
 def adopt_value(cfg: DictConfig, key: str, value: Any, origin: object) -> bool:

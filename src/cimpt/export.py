@@ -33,11 +33,11 @@ from typing import Any
 
 import timm
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 from cimpt.atomic import write_json, write_safetensors, write_text
-from cimpt.config import from_dict, to_dict
+from cimpt.config import DataConfig, RootConfig, from_dict, to_dict, typed
 from cimpt.engine.checkpoint import RunCheckpoint, open_checkpoint
 from cimpt.errors import CimptError
 from cimpt.models.weights import classifier_keys
@@ -72,7 +72,7 @@ BACKBONE_PREFIX = {
 }
 
 
-def timm_args(cfg: DictConfig) -> dict[str, Any]:
+def timm_args(cfg: RootConfig) -> dict[str, Any]:
     """Arguments that rebuild the enhancer backbone with ``timm.create_model``.
 
     A ViT also gets ``img_size`` and ``patch_size`` (its position embeddings depend on
@@ -80,26 +80,26 @@ def timm_args(cfg: DictConfig) -> dict[str, Any]:
     """
     from cimpt.models.enhancer import is_vit
 
-    kwargs = dict(OmegaConf.to_container(cfg.enhancer.kwargs, resolve=True))  # type: ignore[arg-type]
-    args: dict[str, Any] = {"model_name": str(cfg.enhancer.name), "num_classes": 0, **kwargs}
-    if is_vit(str(cfg.enhancer.name), kwargs):
-        args.update(img_size=int(cfg.data.img_size), patch_size=int(cfg.enhancer.patch_size))
+    e = cfg.enhancer
+    args: dict[str, Any] = {"model_name": e.name, "num_classes": 0, **e.kwargs}
+    if is_vit(e.name, e.kwargs):
+        args.update(img_size=cfg.data.img_size, patch_size=e.patch_size)
     return args
 
 
-def pretrained_cfg(cfg: DictConfig, num_classes: int) -> dict[str, Any]:
-    """timm's preprocessing settings of a network trained with ``cfg``.
+def pretrained_cfg(d: DataConfig, num_classes: int) -> dict[str, Any]:
+    """timm's preprocessing settings of a network trained on ``d`` (the ``data`` section).
 
     The held-out view of every cimpt evaluation (``EvalTransform``): bicubic resize of the
     shorter side to ``data.img_size``, center crop (crop_pct 1), ``data.mean``/``data.std``.
     ``url`` and ``hf_hub_id`` are blanked so the released weights of the timm name are never
     mistaken for these.
     """
-    size = int(cfg.data.img_size)
+    size = d.img_size
     return {
         "input_size": [3, size, size],
-        "mean": [float(v) for v in cfg.data.mean],
-        "std": [float(v) for v in cfg.data.std],
+        "mean": list(d.mean),
+        "std": list(d.std),
         "interpolation": "bicubic",
         "crop_pct": 1.0,
         "crop_mode": "center",
@@ -149,7 +149,7 @@ class Exportable:
         return {
             "cimpt_timm_args": json.dumps(self.args),
             "cimpt_pretrained_cfg": json.dumps(
-                pretrained_cfg(self.cfg, int(self.args.get("num_classes", 0)))
+                pretrained_cfg(typed(self.cfg).data, int(self.args.get("num_classes", 0)))
             ),
             "cimpt_classes": json.dumps(self.classes),
             "cimpt_kind": self.kind,
@@ -160,7 +160,7 @@ class Exportable:
 def save_enhancer(enhancer: nn.Module, cfg: DictConfig, path: str | Path) -> Path:
     """Write ``enhancer.backbone``'s weights atomically with the rebuild arguments."""
     backbone = enhancer.get_submodule("backbone")
-    return write_export_file(Exportable(backbone.state_dict(), timm_args(cfg), cfg), path)
+    return write_export_file(Exportable(backbone.state_dict(), timm_args(typed(cfg)), cfg), path)
 
 
 def write_export_file(item: Exportable, path: str | Path) -> Path:
@@ -188,7 +188,7 @@ def _method_name(cfg: DictConfig) -> str:
 
 def _model_card(item: Exportable, folder: Path) -> str:
     """A short README: what the model is, how it was trained, how to load it."""
-    pcfg = pretrained_cfg(item.cfg, int(item.args.get("num_classes", 0)))
+    pcfg = pretrained_cfg(typed(item.cfg).data, int(item.args.get("num_classes", 0)))
     what = (
         f"a {len(item.classes)}-class classifier ({', '.join(item.classes[:10])}"
         f"{', ...' if len(item.classes) > 10 else ''})"
@@ -221,7 +221,7 @@ def write_export_folder(item: Exportable, folder: str | Path) -> Path:
     """timm's folder layout: ``config.json``, ``model.safetensors``, ``README.md``."""
     folder = Path(folder)
     num_classes = int(item.args.get("num_classes", 0))
-    pcfg = pretrained_cfg(item.cfg, num_classes)
+    pcfg = pretrained_cfg(typed(item.cfg).data, num_classes)
     for key in ("url", "hf_hub_id"):  # not meaningful in a file; timm fills in the source
         pcfg.pop(key)
     if item.classes:
@@ -255,7 +255,8 @@ def _classifier(state: dict[str, torch.Tensor], cfg: DictConfig, classes: list[s
     """A fine-tuned Classifier's timm model (its ``backbone.`` weights, prefix removed)."""
     from cimpt.eval.classifier import classifier_args
 
-    args = classifier_args(timm_args(cfg), 1, 0.0, str(cfg.finetune.global_pool))
+    c = typed(cfg)
+    args = classifier_args(timm_args(c), 1, 0.0, c.finetune.global_pool)
     args.pop("drop_path_rate")  # a training-time setting; timm's default (0) is inference
     key = _head_weight_key(args)
     if key not in state:
@@ -266,11 +267,12 @@ def _classifier(state: dict[str, torch.Tensor], cfg: DictConfig, classes: list[s
 
 def _headless(state: dict[str, torch.Tensor], cfg: DictConfig, kind: str) -> Exportable:
     """The backbone without any head (pre-training, linear probe)."""
-    args = timm_args(cfg)
+    c = typed(cfg)
+    args = timm_args(c)
     if kind == "linprobe":
         from cimpt.eval.classifier import classifier_args
 
-        args = classifier_args(args, 0, 0.0, str(cfg.finetune.global_pool))
+        args = classifier_args(args, 0, 0.0, c.finetune.global_pool)
         args.pop("drop_path_rate")
     return Exportable(only_model_keys(state, args), args, cfg, [], kind)
 
@@ -398,7 +400,7 @@ def load_exported_backbone(path: str | Path) -> nn.Module:
         raise CimptError(f"{p} is not an exported cimpt model (no {FOLDER_CONFIG})")
     item = read_exportable(p)
     num_classes = int(item.args.get("num_classes", 0))
-    overlay = _timm_overlay(pretrained_cfg(item.cfg, num_classes))
+    overlay = _timm_overlay(pretrained_cfg(typed(item.cfg).data, num_classes))
     if item.classes:
         overlay["label_names"] = tuple(item.classes)
     model = timm.create_model(pretrained=False, pretrained_cfg_overlay=overlay, **item.args)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from cimpt.config import adopt_value
+from cimpt.config import adopt_value, token_grid, tokenizer_resolution, typed
 from cimpt.engine.loop import FitResult, Trainer, print_resume_hint
 from cimpt.engine.rng import seed_model_init
 from cimpt.engine.task import Task
@@ -53,9 +53,8 @@ class CIMTask(Task):
         self.cfg = cfg
 
     def describe(self) -> str:
-        from cimpt.config import token_grid, tokenizer_resolution
-
-        g, c = token_grid(self.cfg), self.cfg
+        c = typed(self.cfg)
+        g = token_grid(c)
         text = (
             f"objective {c.objective}, {g}x{g} grid of {c.enhancer.patch_size} px cells at "
             f"{c.data.img_size} px"
@@ -99,8 +98,8 @@ def load_frozen_tokenizer(cfg: DictConfig) -> ImageTokenizer:
             "configs/cifar10_tokenizer.yaml` (or convert the DALL-E files) and pass "
             "tokenizer.checkpoint=<run dir or .safetensors>"
         )
-    tok = load_tokenizer(cfg.tokenizer.checkpoint, kind=str(cfg.tokenizer.kind))
-    _warn_weak_tokenizer(Path(str(cfg.tokenizer.checkpoint)).expanduser())
+    tok = load_tokenizer(cfg.tokenizer.checkpoint, kind=cfg.tokenizer.kind)
+    _warn_weak_tokenizer(Path(cfg.tokenizer.checkpoint).expanduser())
     arch = {**tok.arch_config(), "vocab_size": tok.vocab_size, "downsample": tok.downsample}
     for key, value in arch.items():
         if key in cfg.tokenizer and key not in ("kind", "checkpoint", "img_size"):
@@ -114,16 +113,16 @@ def _warn_view_size(cfg: DictConfig) -> None:
     and reconstructions (what the generator learns and the enhancer sees) are then untested."""
     import sys
 
-    from cimpt.config import token_grid, tokenizer_resolution
     from cimpt.tokenizers.load import trained_at
 
-    trained, now = trained_at(cfg.tokenizer.checkpoint), tokenizer_resolution(cfg)
+    c = typed(cfg)
+    trained, now, grid = trained_at(c.tokenizer.checkpoint), tokenizer_resolution(c), token_grid(c)
     if trained is None or trained == now:
         return
     print(
         f"warning: tokenizer.checkpoint was trained on {trained} px views, this run gives it "
-        f"{now} px views ({token_grid(cfg)}x{token_grid(cfg)} grid x tokenizer.downsample="
-        f"{cfg.tokenizer.downsample}); train one at {now} px (README, 'Other image sizes')",
+        f"{now} px views ({grid}x{grid} grid x tokenizer.downsample="
+        f"{c.tokenizer.downsample}); train one at {now} px (README, 'Other image sizes')",
         file=sys.stderr,
     )
 
@@ -161,15 +160,16 @@ def build_cim_task(cfg: DictConfig, tokenizer: ImageTokenizer | None = None) -> 
 
     # MAE and SimMIM read no tokenizer: a config's leftover tokenizer path is not an error.
     check_paths(cfg, tokenizer=tokenizer is None and cfg.objective in NEEDS_TOKENIZER)
-    seed_model_init(int(cfg.seed), bool(cfg.train.deterministic))
+    seed_model_init(cfg.seed, cfg.train.deterministic)
 
     tok = tokenizer
     if tok is None and cfg.objective in NEEDS_TOKENIZER:
         tok = load_frozen_tokenizer(cfg)
+    c = typed(cfg)  # after the tokenizer file's values were adopted into cfg
     # Grid and backbone checks run here, before any data is read.
-    model = build_pretrain_model(cfg, tok)
-    masks = build_mask_generator(cfg)
-    dataset = build_dataset(cfg, "train", build_two_view_transform(cfg))
+    model = build_pretrain_model(c, tok)
+    masks = build_mask_generator(c)
+    dataset = build_dataset(c, "train", build_two_view_transform(c))
     return CIMTask(model, dataset, CIMCollate(masks), cfg)
 
 

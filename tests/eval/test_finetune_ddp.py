@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from cimpt.config import CONFIG_DIR, load_config
+from cimpt.config import CONFIG_DIR, load_config, typed
 from cimpt.eval.accuracy import evaluate_classifier
 from cimpt.eval.augment import build_finetune_transforms
 from cimpt.eval.classifier import Classifier, classifier_args
@@ -65,10 +65,10 @@ def test_two_process_finetune_evaluates_exactly(
     assert r0["last"] == r1["last"]
 
     # Single process, same weights, all 11 images.
-    cfg = load_config(CONFIG, overrides)
+    cfg = typed(load_config(CONFIG, overrides))
     net = Classifier(classifier_args(timm_args(cfg), 2, 0.0, "avg"))
     net.load_state_dict(r0["weights"])
-    _, view = build_finetune_transforms(cfg)
+    _, view = build_finetune_transforms(cfg.data, cfg.finetune)
     ds, _ = labelled_split(cfg, "val", view)
     single = evaluate_classifier(net, ds, 4, 0, torch.device("cpu"))
     assert r0["last"]["top1"] == single["val_top1"]

@@ -82,15 +82,15 @@ def test_finetuning_starts_from_a_local_weights_file(
 
 
 def test_init_record_and_note_name_what_the_backbone_starts_from(capsys) -> None:
-    from cimpt.config import load_config
+    from cimpt.config import load_config, typed
     from cimpt.eval.source import adopt_from_init, init_record
 
     cfg = load_config(overrides=["init.checkpoint=", "enhancer.pretrained=/w.safetensors"])
     assert adopt_from_init(cfg, "probing") is None
     assert "probing the weights of enhancer.pretrained=/w.safetensors" in capsys.readouterr().out
-    assert init_record(cfg, None)["init_kind"] == "pretrained"
+    assert init_record(typed(cfg).enhancer, None)["init_kind"] == "pretrained"
     cfg = load_config(overrides=["init.checkpoint="])
-    assert init_record(cfg, None) == {"init": "scratch", "init_kind": "scratch"}
+    assert init_record(typed(cfg).enhancer, None) == {"init": "scratch", "init_kind": "scratch"}
 
 
 @pytest.mark.parametrize("case", ["missing", "foreign"])

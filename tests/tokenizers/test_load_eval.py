@@ -41,10 +41,11 @@ def trained_tiny(seed: int = 0) -> VQVAE:
 
 
 def tok_cfg(**kw):
-    base = load_config().tokenizer
+    cfg = load_config()
     for k, v in {**ARCH, **kw}.items():
-        base[k] = v
-    return base
+        # update, not assignment: OmegaConf deprecates assigning a str to an enum field
+        OmegaConf.update(cfg, f"tokenizer.{k}", v)
+    return cfg.tokenizer
 
 
 # ---------------------------------------------------------------- metrics
@@ -141,11 +142,11 @@ def test_reconstruction_figure_layout(tmp_path: Path) -> None:
 
 
 def test_build_tokenizer_from_config() -> None:
-    tok = build_tokenizer(tok_cfg(vocab_size=64))
+    tok = build_tokenizer(OmegaConf.to_object(tok_cfg(vocab_size=64)))
     assert isinstance(tok, VQVAE) and tok.vocab_size == 64 and tok.downsample == 4
     assert tok.codebook.decay == pytest.approx(0.99)
     with pytest.raises(CimptError, match=r"needs tokenizer\.checkpoint"):
-        build_tokenizer(tok_cfg(kind="dalle"))
+        build_tokenizer(OmegaConf.to_object(tok_cfg(kind="dalle")))
 
 
 def test_save_load_round_trip(tmp_path: Path) -> None:
@@ -331,9 +332,9 @@ def test_eval_names_the_data_it_evaluates_on() -> None:
     from cimpt.tokenizers.evaluate import eval_data_name
 
     cfg = load_config(overrides=["data.path=/my/imgs", "data.val_path=/other/test"])
-    assert eval_data_name(cfg) == "data.val_path=/other/test"
+    assert eval_data_name(cfg.data) == "data.val_path=/other/test"
     cfg = load_config(overrides=["data.path=cifar10", "data.val_path="])
-    assert eval_data_name(cfg) == "the test split of data.path=cifar10"
+    assert eval_data_name(cfg.data) == "the test split of data.path=cifar10"
 
 
 def test_tokenizer_training_summary_names_the_view_size() -> None:

@@ -73,8 +73,8 @@ def _val_problem(cfg: DictConfig, val: ValUse) -> str | None:
     d = cfg.data
     if val == "unused":
         return None
-    if str(d.val_path):
-        problem = _data_problem("data.val_path", str(d.val_path), str(d.source))
+    if d.val_path:
+        problem = _data_problem("data.val_path", d.val_path, d.source)
         if problem and val == "optional":
             # The shipped tokenizer config names CIFAR-10's test folder; a user who trains on
             # their own images without one should get a tokenizer, not an error. The key is
@@ -84,7 +84,7 @@ def _val_problem(cfg: DictConfig, val: ValUse) -> str | None:
             return None
         return problem
     try:
-        train_kind = resolve_source(str(d.source), str(d.path))
+        train_kind = resolve_source(d.source, d.path)
     except CimptError:
         return None  # data.path's own problem is reported
     if train_kind in (*TORCHVISION_SETS, "bundled"):
@@ -100,17 +100,20 @@ def check_paths(
 ) -> None:
     """Raise one ``CimptError`` naming every path ``cfg`` gives that cannot be read.
 
+    Takes the ``DictConfig``: an unreadable optional ``data.val_path`` is cleared in it, so
+    that the run's ``config.yaml`` records that no evaluation was made.
+
     Args:
         val: what the command does with ``data.val_path`` (module docstring).
         tokenizer: the command reads ``tokenizer.checkpoint``.
         init: the command reads ``init.checkpoint``.
     """
     problems = [
-        _data_problem("data.path", str(cfg.data.path), str(cfg.data.source)),
+        _data_problem("data.path", cfg.data.path, cfg.data.source),
         _val_problem(cfg, val),
-        _file_problem("tokenizer.checkpoint", str(cfg.tokenizer.checkpoint)) if tokenizer else None,
-        _file_problem("init.checkpoint", str(cfg.init.checkpoint)) if init else None,
-        _pretrained_problem(str(cfg.enhancer.pretrained)),
+        _file_problem("tokenizer.checkpoint", cfg.tokenizer.checkpoint) if tokenizer else None,
+        _file_problem("init.checkpoint", cfg.init.checkpoint) if init else None,
+        _pretrained_problem(cfg.enhancer.pretrained),
     ]
     found = [p for p in problems if p]
     if found:

@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 from torch.utils.data import Dataset, IterableDataset, Subset
 
-from cimpt.config import tokenizer_resolution
+from cimpt.config import RootConfig, tokenizer_resolution
 from cimpt.data.bundled import BundledPhotos
 from cimpt.data.folder import ImageFolderDataset
 from cimpt.data.tar_shards import TarShardDataset
@@ -93,7 +92,7 @@ def _limit(dataset: Dataset, max_images: int) -> Dataset:
 
 
 def build_dataset(
-    cfg: DictConfig, split: str, transform: Callable[[Any], Any] | None
+    cfg: RootConfig, split: str, transform: Callable[[Any], Any] | None
 ) -> Dataset | IterableDataset:
     """The dataset of ``split`` ("train" uses data.path, "val" uses data.val_path).
 
@@ -104,28 +103,26 @@ def build_dataset(
         raise CimptError(f"split must be 'train' or 'val', not '{split}'")
     d = cfg.data
     key = "data.path" if split == "train" else "data.val_path"
-    path = str(d.path if split == "train" else d.val_path)
-    source = str(d.source)
+    path = d.path if split == "train" else d.val_path
+    source: str = d.source
     if split == "val" and not path:
-        train_source = resolve_source(source, str(d.path))
+        train_source = resolve_source(source, d.path)
         if train_source in TORCHVISION_SETS or train_source == "bundled":
             source = train_source
         else:
             raise CimptError("data.val_path: empty; set it to a labelled image folder")
     source = resolve_source(source, path, key)
-    max_images = int(d.max_images)
+    max_images = d.max_images
     if source == "bundled":
-        seed = int(cfg.seed) + (_BUNDLED_VAL_SEED_OFFSET if split == "val" else 0)
-        n = int(d.bundled_samples)
+        seed = cfg.seed + (_BUNDLED_VAL_SEED_OFFSET if split == "val" else 0)
+        n = d.bundled_samples
         n = min(n, max_images) if max_images > 0 else n
         # Crops are stored at twice the largest view so the random-resized crop downstream
         # still has real detail to zoom into.
-        size = max(64, 2 * max(int(d.img_size), tokenizer_resolution(cfg)))
+        size = max(64, 2 * max(d.img_size, tokenizer_resolution(cfg)))
         return BundledPhotos(n, transform, size=size, seed=seed)
     if source in TORCHVISION_SETS:
-        ds = build_torchvision_cifar(
-            source, split == "train", str(d.cache_dir), bool(d.download), transform
-        )
+        ds = build_torchvision_cifar(source, split == "train", d.cache_dir, d.download, transform)
         return _limit(ds, max_images)
     if source == "folder":
         return ImageFolderDataset(path, transform, max_images=max_images, key=key)
@@ -136,7 +133,7 @@ def build_dataset(
             path,
             transform,
             shuffle=split == "train",
-            seed=int(cfg.seed),
+            seed=cfg.seed,
             max_images=max_images,
             key=key,
         )

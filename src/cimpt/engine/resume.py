@@ -57,5 +57,5 @@ def restore(
         # Rank 0's RNG was saved; give the other ranks streams of their own again.
         rank = torch.distributed.get_rank()
         if rank:
-            torch.manual_seed(int(cfg.seed) + rank + 7919 * int(state["loop"]["step"]))
+            torch.manual_seed(cfg.seed + rank + 7919 * int(state["loop"]["step"]))
     return state_cls(**state["loop"])

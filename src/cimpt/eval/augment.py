@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 from PIL import Image, ImageOps
 from timm.data import Mixup, rand_augment_transform
 from torchvision.transforms import InterpolationMode, RandomResizedCrop
 from torchvision.transforms import functional as F
 
+from cimpt.config import DataConfig, FinetuneConfig
 from cimpt.data.transforms import to_unit_tensor
 from cimpt.errors import CimptError
 
@@ -107,29 +107,23 @@ class NormalizedEval:
         return F.normalize(self.view(img), self.mean, self.std)
 
 
-def build_finetune_transforms(cfg: DictConfig) -> tuple[FinetuneTransform, NormalizedEval]:
-    d, f = cfg.data, cfg.finetune
+def build_finetune_transforms(
+    d: DataConfig, f: FinetuneConfig
+) -> tuple[FinetuneTransform, NormalizedEval]:
     train = FinetuneTransform(
-        int(d.img_size),
-        list(f.crop_scale),
-        list(d.crop_ratio),
-        float(d.hflip),
-        str(f.randaug),
-        list(d.mean),
-        list(d.std),
+        d.img_size, f.crop_scale, d.crop_ratio, d.hflip, f.randaug, d.mean, d.std
     )
-    return train, NormalizedEval(int(d.img_size), list(d.mean), list(d.std))
+    return train, NormalizedEval(d.img_size, d.mean, d.std)
 
 
-def build_mixup(cfg: DictConfig, num_classes: int) -> Mixup | None:
+def build_mixup(f: FinetuneConfig, num_classes: int) -> Mixup | None:
     """timm ``Mixup`` (mixup/cutmix with label smoothing), or None when both are off."""
-    f = cfg.finetune
     if (f.mixup <= 0 and f.cutmix <= 0) or f.mixup_prob <= 0:
         return None
     return Mixup(
-        mixup_alpha=float(f.mixup),
-        cutmix_alpha=float(f.cutmix),
-        prob=float(f.mixup_prob),
-        label_smoothing=float(f.smoothing),
+        mixup_alpha=f.mixup,
+        cutmix_alpha=f.cutmix,
+        prob=f.mixup_prob,
+        label_smoothing=f.smoothing,
         num_classes=num_classes,
     )

@@ -25,7 +25,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 
 from cimpt.atomic import write_json, write_safetensors
-from cimpt.config import to_dict
+from cimpt.config import EnhancerConfig, to_dict, typed
 from cimpt.data import ImageCollate
 from cimpt.data.checks import check_paths
 from cimpt.engine.loop import FitResult, Trainer, print_resume_hint
@@ -100,10 +100,11 @@ class SupervisedTask(Task):
         self.kind = kind
         self.sup = model
         self.data = data
-        self.cfg = cfg
+        self.cfg = cfg  # the record, saved with the best weights
+        self.settings = typed(cfg)  # the same values, typed, for reading
         self.source = source
         self.layer_decay = layer_decay
-        self.eval_every_epochs = int(cfg.eval.every_epochs)
+        self.eval_every_epochs = self.settings.eval.every_epochs
         self.ema: ModelEmaV3 | None = None
         self.device = torch.device("cpu")
         self.best: dict[str, float] = {"top1": -1.0, "top5": -1.0, "step": -1}
@@ -117,8 +118,9 @@ class SupervisedTask(Task):
 
     def on_device(self, device: torch.device) -> None:
         self.device = device
-        if self.cfg.finetune.ema and self.kind == "finetune":
-            self.ema = ModelEmaV3(self.sup.net, decay=float(self.cfg.finetune.ema_decay))
+        f = self.settings.finetune
+        if f.ema and self.kind == "finetune":
+            self.ema = ModelEmaV3(self.sup.net, decay=f.ema_decay)
 
     def describe(self) -> str:
         d = self.data
@@ -143,17 +145,14 @@ class SupervisedTask(Task):
             self.ema.update(self.sup.net, step=step)
 
     def evaluate(self, model: nn.Module, step: int) -> dict[str, float]:
-        ev = self.cfg.eval
-        workers = int(self.cfg.data.num_workers)
-        vals = evaluate_classifier(
-            self.sup.net, self.data.val, int(ev.batch_size), workers, self.device
-        )
+        bs, workers = self.settings.eval.batch_size, self.settings.data.num_workers
+        vals = evaluate_classifier(self.sup.net, self.data.val, bs, workers, self.device)
         if self.ema is not None:
             vals.update(
                 evaluate_classifier(
                     self.ema.module,
                     self.data.val,
-                    int(ev.batch_size),
+                    bs,
                     workers,
                     self.device,
                     prefix="ema",
@@ -170,7 +169,7 @@ class SupervisedTask(Task):
         if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
             return
         write_safetensors(
-            Path(self.cfg.run.dir).expanduser() / BEST_FILE,
+            Path(self.settings.run.dir).expanduser() / BEST_FILE,
             self.sup.net.state_dict(),
             {
                 "kind": self.kind,
@@ -191,8 +190,8 @@ class SupervisedTask(Task):
     def finish(self, run_dir: Path) -> None:
         summary = {
             "kind": self.kind,
-            **init_record(self.cfg, self.source),
-            "label_fraction": float(self.cfg.data.label_fraction),
+            **init_record(self.settings.enhancer, self.source),
+            "label_fraction": self.settings.data.label_fraction,
             "train_images": len(self.data.train),  # type: ignore[arg-type]
             "train_images_total": self.data.n_train_total,
             "val_images": len(self.data.val),  # type: ignore[arg-type]
@@ -208,32 +207,29 @@ class SupervisedTask(Task):
         )
 
 
-def start_weights(cfg: DictConfig, source: BackboneSource | None) -> str:
+def start_weights(e: EnhancerConfig, source: BackboneSource | None) -> str:
     """``enhancer.pretrained`` unless ``init.checkpoint`` gives the weights (with a note)."""
-    if source is not None and cfg.enhancer.pretrained:
+    if source is not None and e.pretrained:
         print("note: enhancer.pretrained is not used: init.checkpoint gives the weights")
         return ""
-    return str(cfg.enhancer.pretrained)
+    return e.pretrained
 
 
 def build_finetune_task(cfg: DictConfig) -> SupervisedTask:
     """Check everything (checkpoint, labels, label fraction) before anything is written."""
     check_paths(cfg, val="required", init=True)
-    seed_model_init(int(cfg.seed), bool(cfg.train.deterministic))
+    seed_model_init(cfg.seed, cfg.train.deterministic)
     source = resolve_init(cfg)
-    train_tf, val_tf = build_finetune_transforms(cfg)
-    data = build_labelled_data(cfg, train_tf, val_tf)
-    args = classifier_args(
-        timm_args(cfg),
-        data.num_classes,
-        float(cfg.enhancer.drop_path),
-        str(cfg.finetune.global_pool),
-    )
-    net = Classifier(args, start_weights(cfg, source))
+    c = typed(cfg)  # after the checkpoint's architecture was adopted into cfg
+    f = c.finetune
+    train_tf, val_tf = build_finetune_transforms(c.data, f)
+    data = build_labelled_data(c, train_tf, val_tf)
+    args = classifier_args(timm_args(c), data.num_classes, c.enhancer.drop_path, f.global_pool)
+    net = Classifier(args, start_weights(c.enhancer, source))
     if source is not None:
         load_backbone_into(net.backbone, source.state, str(source.path))
-    model = SupervisedModel(net, build_mixup(cfg, data.num_classes), cfg.finetune.smoothing)
-    return SupervisedTask("finetune", model, data, cfg, source, float(cfg.finetune.layer_decay))
+    model = SupervisedModel(net, build_mixup(f, data.num_classes), f.smoothing)
+    return SupervisedTask("finetune", model, data, cfg, source, f.layer_decay)
 
 
 def run_supervised(task: SupervisedTask, cfg: DictConfig) -> FitResult:

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from cimpt.atomic import write_json
-from cimpt.config import save_config
+from cimpt.config import save_config, typed
 from cimpt.data import ImageCollate
 from cimpt.data.checks import check_paths
 from cimpt.engine.distributed import pick_device
@@ -97,36 +97,35 @@ def knn_command(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate kNN accuracy; writes ``run.dir/knn.json`` and ``config.yaml``."""
     check_paths(cfg, val="required", init=True)
     source = adopt_from_init(cfg, "kNN on")
-    view = NormalizedEval(int(cfg.data.img_size), list(cfg.data.mean), list(cfg.data.std))
-    data = build_labelled_data(cfg, view, view)
-    torch.manual_seed(int(cfg.seed))  # the random-init baseline is reproducible
+    c = typed(cfg)  # after the checkpoint's architecture was adopted into cfg
+    view = NormalizedEval(c.data.img_size, c.data.mean, c.data.std)
+    data = build_labelled_data(c, view, view)
+    torch.manual_seed(c.seed)  # the random-init baseline is reproducible
     model = create_timm_model(
-        start_weights(cfg, source),
-        **classifier_args(timm_args(cfg), 0, 0.0, str(cfg.finetune.global_pool)),
+        start_weights(c.enhancer, source),
+        **classifier_args(timm_args(c), 0, 0.0, c.finetune.global_pool),
     )
     if source is not None:
         load_backbone_into(model, source.state, str(source.path))
-    device = pick_device(str(cfg.train.device))
+    device = pick_device(c.train.device)
     model.to(device).eval()
-    bs, workers, bar = int(cfg.eval.batch_size), int(cfg.data.num_workers), bool(cfg.run.progress)
-    amp = resolve_amp(str(cfg.train.amp), device)
+    bs, workers, bar = c.eval.batch_size, c.data.num_workers, c.run.progress
+    amp = resolve_amp(c.train.amp, device)
     train_f, train_y = extract_features(model, data.train, bs, workers, device, bar, amp)
     val_f, val_y = extract_features(model, data.val, bs, workers, device, bar, amp)
     results: dict[str, Any] = {
-        "init": init_record(cfg, source)["init"],
-        "label_fraction": float(cfg.data.label_fraction),
+        "init": init_record(c.enhancer, source)["init"],
+        "label_fraction": c.data.label_fraction,
         "train_images": len(train_y),
         "val_images": len(val_y),
-        "temperature": float(cfg.eval.knn_temperature),
+        "temperature": c.eval.knn_temperature,
         "precision": describe(amp, device),
         "top1": {},
     }
-    for k in cfg.eval.knn_k:
-        scores = knn_predict(
-            train_f, train_y, val_f, int(k), float(cfg.eval.knn_temperature), data.num_classes
-        )
+    for k in c.eval.knn_k:
+        scores = knn_predict(train_f, train_y, val_f, k, c.eval.knn_temperature, data.num_classes)
         results["top1"][str(k)] = 100.0 * float((scores.argmax(1) == val_y).float().mean())
-    run_dir = Path(cfg.run.dir).expanduser()
+    run_dir = Path(c.run.dir).expanduser()
     save_config(cfg, run_dir / "config.yaml")
     write_json(run_dir / KNN_FILE, results)
     shown = ", ".join(f"k={k}: {v:.2f} %" for k, v in results["top1"].items())

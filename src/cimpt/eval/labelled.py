@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from omegaconf import DictConfig
 from torch.utils.data import Dataset, IterableDataset
 
+from cimpt.config import RootConfig
 from cimpt.data import build_dataset, dataset_classes, dataset_labels, labelled_subset
 from cimpt.errors import CimptError
 
@@ -34,11 +34,11 @@ class LabelledData:
 
 
 def labelled_split(
-    cfg: DictConfig, split: str, transform: Callable[[Any], Any] | None
+    cfg: RootConfig, split: str, transform: Callable[[Any], Any] | None
 ) -> tuple[Dataset[Any], list[str]]:
     """The ``split`` dataset and its class names; an error unless every image has a label."""
     key = "data.path" if split == "train" else "data.val_path"
-    where = str(cfg.data.path if split == "train" else cfg.data.val_path) or "the bundled photos"
+    where = (cfg.data.path if split == "train" else cfg.data.val_path) or "the bundled photos"
     ds = build_dataset(cfg, split, transform)
     if isinstance(ds, IterableDataset):
         raise CimptError(
@@ -56,7 +56,7 @@ def labelled_split(
 
 
 def build_labelled_data(
-    cfg: DictConfig,
+    cfg: RootConfig,
     train_transform: Callable[[Any], Any] | None,
     val_transform: Callable[[Any], Any] | None,
     label_fraction: float | None = None,
@@ -69,7 +69,7 @@ def build_labelled_data(
             f"data.val_path: its classes {val_classes[:5]}{'...' if len(val_classes) > 5 else ''}"
             f" differ from data.path's {classes[:5]}{'...' if len(classes) > 5 else ''}"
         )
-    fraction = float(cfg.data.label_fraction if label_fraction is None else label_fraction)
+    fraction = cfg.data.label_fraction if label_fraction is None else label_fraction
     n_total = len(train)  # type: ignore[arg-type]
-    train = labelled_subset(train, fraction, int(cfg.seed))
+    train = labelled_subset(train, fraction, cfg.seed)
     return LabelledData(train, val, classes, n_total)

@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from cimpt.config import typed
 from cimpt.data.checks import check_paths
 from cimpt.engine.loop import FitResult
 from cimpt.engine.rng import seed_model_init
@@ -71,19 +72,17 @@ class LinearProbe(nn.Module):
 
 def build_linprobe_task(cfg: DictConfig) -> SupervisedTask:
     check_paths(cfg, val="required", init=True)
-    seed_model_init(int(cfg.seed), bool(cfg.train.deterministic))
+    seed_model_init(cfg.seed, cfg.train.deterministic)
     source = adopt_from_init(cfg, "probing")
-    train_tf, val_tf = build_finetune_transforms(cfg)
-    data = build_labelled_data(cfg, train_tf, val_tf)
+    c = typed(cfg)  # after the checkpoint's architecture was adopted into cfg
+    train_tf, val_tf = build_finetune_transforms(c.data, c.finetune)
+    data = build_labelled_data(c, train_tf, val_tf)
     net = LinearProbe(
-        timm_args(cfg),
-        data.num_classes,
-        str(cfg.finetune.global_pool),
-        start_weights(cfg, source),
+        timm_args(c), data.num_classes, c.finetune.global_pool, start_weights(c.enhancer, source)
     )
     if source is not None:
         load_backbone_into(net.backbone, source.state, str(source.path))
-    model = SupervisedModel(net, build_mixup(cfg, data.num_classes), cfg.finetune.smoothing)
+    model = SupervisedModel(net, build_mixup(c.finetune, data.num_classes), c.finetune.smoothing)
     return SupervisedTask("linprobe", model, data, cfg, source, layer_decay=None)
 
 

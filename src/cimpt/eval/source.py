@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cimpt.config import adopt_value, from_dict
+from cimpt.config import EnhancerConfig, adopt_value, from_dict, typed
 from cimpt.errors import CimptError
 from cimpt.export import (
     is_export_folder,
@@ -65,7 +65,7 @@ def _from_export(path: Path) -> BackboneSource:
         raise CimptError(f"init.checkpoint: {exc}") from None
     # The headless backbone of the run config: a fine-tuned export also holds a head, and
     # its classifier arguments (pooling) are the fine-tuning run's, not the backbone's.
-    args = {**timm_args(item.cfg), "num_classes": 0}
+    args = {**timm_args(typed(item.cfg)), "num_classes": 0}
     return BackboneSource(path, "export", args, item.cfg, only_model_keys(item.state, args))
 
 
@@ -84,7 +84,7 @@ def load_backbone_source(path: str | Path) -> BackboneSource:
         return _from_export(p)
     ckpt, state = open_backbone_checkpoint(p, "init.checkpoint")
     cfg = from_dict(ckpt.config)
-    args = {**timm_args(cfg), "num_classes": 0}
+    args = {**timm_args(typed(cfg)), "num_classes": 0}
     return BackboneSource(ckpt.path, ckpt.kind, args, cfg, only_model_keys(state, args))
 
 
@@ -110,7 +110,7 @@ def resolve_init(cfg: DictConfig, keep: tuple[str, ...] = ()) -> BackboneSource 
     """
     if not cfg.init.checkpoint:
         return None
-    source = load_backbone_source(str(cfg.init.checkpoint))
+    source = load_backbone_source(cfg.init.checkpoint)
     adopt_architecture(cfg, source, keep)
     return source
 
@@ -128,11 +128,11 @@ def adopt_from_init(cfg: DictConfig, what: str) -> BackboneSource | None:
     return resolve_init(cfg)
 
 
-def init_record(cfg: DictConfig, source: BackboneSource | None) -> dict[str, str]:
+def init_record(e: EnhancerConfig, source: BackboneSource | None) -> dict[str, str]:
     """``init`` and ``init_kind`` of a results file: the checkpoint, ``enhancer.pretrained``
     (when init.checkpoint is empty) or ``scratch``."""
     if source is not None:
         return {"init": str(source.path), "init_kind": str(source.kind)}
-    if cfg.enhancer.pretrained:
-        return {"init": f"enhancer.pretrained={cfg.enhancer.pretrained}", "init_kind": "pretrained"}
+    if e.pretrained:
+        return {"init": f"enhancer.pretrained={e.pretrained}", "init_kind": "pretrained"}
     return {"init": "scratch", "init_kind": "scratch"}

@@ -20,9 +20,9 @@ from typing import Any
 
 import timm
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from cimpt.config import EnhancerConfig
 from cimpt.errors import CimptError
 from cimpt.models.neck import GridFPN
 from cimpt.models.weights import create_timm_model
@@ -215,20 +215,10 @@ class Enhancer(nn.Module):
         return self.features(x)
 
 
-def build_enhancer(cfg: DictConfig) -> Enhancer:
+def build_enhancer(e: EnhancerConfig, img_size: int) -> Enhancer:
     """The run's enhancer from ``enhancer.*`` and ``data.img_size`` (every pre-training
     objective builds it here, so CIM and the baselines train the same network)."""
-    e = cfg.enhancer
-    # timm must receive plain Python values, not OmegaConf nodes.
-    kwargs = e.kwargs
-    if isinstance(kwargs, DictConfig):
-        kwargs = OmegaConf.to_container(kwargs, resolve=True)
+    # A copy, so the model never shares a dict with the config it was built from.
     return Enhancer(
-        str(e.name),
-        int(cfg.data.img_size),
-        int(e.patch_size),
-        float(e.drop_path),
-        dict(kwargs or {}),
-        int(e.neck_dim),
-        str(e.pretrained),
+        e.name, img_size, e.patch_size, e.drop_path, dict(e.kwargs), e.neck_dim, e.pretrained
     )

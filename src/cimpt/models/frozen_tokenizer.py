@@ -13,10 +13,9 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 from torch import nn
 
-from cimpt.config import token_grid, tokenizer_resolution
+from cimpt.config import RootConfig, token_grid, tokenizer_resolution
 from cimpt.engine.precision import full_precision
 from cimpt.errors import CimptError
 from cimpt.tokenizers.base import ImageTokenizer
@@ -113,7 +112,7 @@ def check_token_grid(z: torch.Tensor, mask: torch.Tensor) -> None:
         )
 
 
-def check_tokenizer(tokenizer: ImageTokenizer, cfg: DictConfig) -> None:
+def check_tokenizer(tokenizer: ImageTokenizer, cfg: RootConfig) -> None:
     """Start-up checks (docs/METHOD.md step 1): token grid == patch grid, vocabularies agree.
 
     Used by every objective that reads tokenizer ids (CIM, BEiT), before any data is read.
@@ -127,7 +126,7 @@ def check_tokenizer(tokenizer: ImageTokenizer, cfg: DictConfig) -> None:
             f"tokenizer view is {res}px with downsample {ds}, the enhancer sees "
             f"data.img_size={cfg.data.img_size} with enhancer.patch_size={cfg.enhancer.patch_size}"
         )
-    if int(tokenizer.vocab_size) != int(cfg.tokenizer.vocab_size):
+    if int(tokenizer.vocab_size) != cfg.tokenizer.vocab_size:
         raise CimptError(
             f"tokenizer.vocab_size: the generator would predict {cfg.tokenizer.vocab_size} ids "
             f"but the tokenizer has {tokenizer.vocab_size}"

@@ -14,10 +14,10 @@ from typing import Any
 import timm
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
+from cimpt.config import RootConfig
 from cimpt.eval.classifier import is_vit_args, load_backbone_into
 from cimpt.eval.source import BackboneSource
 from cimpt.export import timm_args
@@ -58,17 +58,17 @@ class SegNet(nn.Module):
         return set(fn()) if callable(fn) else set()
 
 
-def build_seg_net(cfg: DictConfig, source: BackboneSource | None, num_classes: int) -> SegNet:
+def build_seg_net(cfg: RootConfig, source: BackboneSource | None, num_classes: int) -> SegNet:
     """The timm enhancer of ``cfg`` at the crop size, ``source``'s weights loaded, + UperNet."""
-    args = {**timm_args(cfg), "num_classes": 0, "drop_path_rate": float(cfg.enhancer.drop_path)}
+    args = {**timm_args(cfg), "num_classes": 0, "drop_path_rate": cfg.enhancer.drop_path}
     net: Any = timm.create_model(pretrained=False, **args)
     kind = "vit" if is_vit_args(args) else "cnn"
     if source is not None:
         state = fit_pos_embed(source.state, net) if kind == "vit" else source.state
         load_backbone_into(net, state, str(source.path))
-    levels = [float(v) for v in cfg.segment.vit_levels]
-    backbone = MultiLevelBackbone(net, kind, levels, int(cfg.enhancer.patch_size))
-    decoder = UperNet(backbone.channels, int(cfg.segment.decoder_dim), num_classes)
+    levels = list(cfg.segment.vit_levels)
+    backbone = MultiLevelBackbone(net, kind, levels, cfg.enhancer.patch_size)
+    decoder = UperNet(backbone.channels, cfg.segment.decoder_dim, num_classes)
     return SegNet(backbone, decoder)
 
 

@@ -25,12 +25,13 @@ from timm.optim import param_groups_layer_decay
 from torch import nn
 
 from cimpt.atomic import write_json
+from cimpt.config import RootConfig, SegmentConfig, typed
 from cimpt.engine.loop import FitResult, Trainer, print_resume_hint
 from cimpt.engine.optim import param_groups
 from cimpt.engine.precision import resolve_amp
 from cimpt.engine.rng import seed_model_init
 from cimpt.engine.task import Task
-from cimpt.errors import CimptError
+from cimpt.errors import CimptError, ConfigError
 from cimpt.eval.source import BackboneSource, init_record, resolve_init
 from cimpt.seg.data import SegCollate, SegFolder, build_split
 from cimpt.seg.evaluate import EvalSpec, evaluate_split
@@ -70,9 +71,11 @@ class SegTask(Task):
         classes: list[str],
     ) -> None:
         super().__init__(model, train, SegCollate())
-        self.seg, self.val, self.cfg = model, val, cfg
+        self.seg, self.val = model, val
+        self.cfg = cfg  # the record (the engine saves it)
+        self.settings = typed(cfg)  # the same values, typed, for reading
         self.source, self.classes = source, classes
-        self.eval_every_epochs = int(cfg.eval.every_epochs)
+        self.eval_every_epochs = self.settings.eval.every_epochs
         self.device = torch.device("cpu")
         self.best: dict[str, float] = {"miou": -1.0, "step": -1}
         self.last: dict[str, Any] = {}
@@ -84,7 +87,7 @@ class SegTask(Task):
         """ViT: timm's layer-wise decay groups for the backbone (embeddings lowest, each
         block one layer, the last block one below the decoder), the decoder and the level
         necks at full lr. CNN or ``segment.layer_decay=1``: ``None`` (the engine's split)."""
-        decay = float(self.cfg.segment.layer_decay)
+        decay = self.settings.segment.layer_decay
         net = self.seg.net
         if net.backbone.kind != "vit" or decay >= 1.0:
             return None
@@ -100,8 +103,8 @@ class SegTask(Task):
         return groups + [{**g, "lr_scale": 1.0} for g in param_groups(head, weight_decay)]
 
     def evaluate(self, model: nn.Module, step: int) -> dict[str, float]:
-        cfg = self.cfg
-        amp = resolve_amp(str(cfg.train.amp), self.device)
+        cfg = self.settings
+        amp = resolve_amp(cfg.train.amp, self.device)
         matrix, rows = evaluate_split(self.seg.net, self.val, eval_spec(cfg), self.device, amp)
         sc = seg_scores(matrix)
         per_class = dict(zip(self.classes, sc.iou, strict=True))
@@ -132,12 +135,12 @@ class SegTask(Task):
             last["per_class_iou"] = {k: _null_nan(v) for k, v in last["per_class_iou"].items()}
         summary = {
             "kind": self.kind,
-            **init_record(self.cfg, self.source),
+            **init_record(self.settings.enhancer, self.source),
             "train_images": len(self.dataset),  # type: ignore[arg-type]
             "val_images": len(self.val),
             "classes": self.classes,
-            "ignore_index": int(self.cfg.segment.ignore_index),
-            "inference": _inference_note(self.cfg),
+            "ignore_index": self.settings.segment.ignore_index,
+            "inference": _inference_note(self.settings),
             "miou_excludes": "classes absent from both ground truth and prediction of the split",
             "best": self.best,
             "last": last,
@@ -153,34 +156,33 @@ def _is_main() -> bool:
     return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
 
 
-def eval_spec(cfg: DictConfig) -> EvalSpec:
+def eval_spec(cfg: RootConfig) -> EvalSpec:
     """Sliding-window settings and the rest of what evaluation needs, from the config."""
-    s, crop = cfg.segment, int(cfg.data.img_size)
+    s, crop = cfg.segment, cfg.data.img_size
     return EvalSpec(
         crop=crop,
-        stride=int(s.stride) or max(1, crop * 2 // 3),
-        num_classes=int(s.num_classes),
-        ignore_index=int(s.ignore_index),
-        batch_size=int(cfg.eval.batch_size),
-        num_workers=int(cfg.data.num_workers),
-        figure_images=int(s.figure_images),
-        mean=list(cfg.data.mean),
-        std=list(cfg.data.std),
+        stride=s.stride or max(1, crop * 2 // 3),
+        num_classes=s.num_classes,
+        ignore_index=s.ignore_index,
+        batch_size=cfg.eval.batch_size,
+        num_workers=cfg.data.num_workers,
+        figure_images=s.figure_images,
+        mean=cfg.data.mean,
+        std=cfg.data.std,
     )
 
 
-def _inference_note(cfg: DictConfig) -> str:
+def _inference_note(cfg: RootConfig) -> str:
     spec = eval_spec(cfg)
-    side = int(cfg.segment.short_side)
+    side = cfg.segment.short_side
     scale = f"short side {side}" if side else "stored size"
     return f"sliding window {spec.crop}x{spec.crop}, stride {spec.stride}, at {scale}"
 
 
-def class_names(cfg: DictConfig) -> list[str]:
+def class_names(s: SegmentConfig) -> list[str]:
     """``segment.class_names``, or ``class_0 ..`` when empty; checked against the count."""
-    s = cfg.segment
-    names = [str(n) for n in s.class_names] or [f"class_{i}" for i in range(int(s.num_classes))]
-    if len(names) != int(s.num_classes):
+    names = list(s.class_names) or [f"class_{i}" for i in range(s.num_classes)]
+    if len(names) != s.num_classes:
         raise CimptError(
             f"config key 'segment.class_names': {len(names)} names for "
             f"segment.num_classes={s.num_classes}"
@@ -188,60 +190,37 @@ def class_names(cfg: DictConfig) -> list[str]:
     return names
 
 
-def check_segment_config(cfg: DictConfig) -> None:
-    """Ranges of the ``segment.*`` keys (one line each), before anything is read."""
-    s = cfg.segment
-    checks = [
-        (s.num_classes >= 1, "num_classes", "set it to the number of classes (ids 0..K-1)"),
-        (
-            not 0 <= s.ignore_index < s.num_classes,
-            "ignore_index",
-            f"{s.ignore_index} is a class id (0..{s.num_classes - 1}); use an id outside",
-        ),
-        (s.short_side >= 0, "short_side", "must be >= 0 (0: as stored)"),
-        (
-            len(s.scale_range) == 2 and 0 < s.scale_range[0] <= s.scale_range[1],
-            "scale_range",
-            "must be [min, max] with 0 < min <= max",
-        ),
-        (s.stride >= 0, "stride", "must be >= 0 (0: 2/3 of data.img_size)"),
-        (s.decoder_dim >= 1, "decoder_dim", "must be positive"),
-        (len(s.vit_levels) >= 1, "vit_levels", "needs at least one level"),
-        (0.0 < s.layer_decay <= 1.0, "layer_decay", "must be in (0, 1]"),
-        (s.figure_images >= 0, "figure_images", "must be >= 0"),
-        (bool(cfg.data.val_path), "data.val_path", "set the labelled evaluation split"),
-    ]
-    for ok, key, reason in checks:
-        if not ok:
-            name = key if key.startswith("data.") else f"segment.{key}"
-            raise CimptError(f"config key '{name}': {reason}")
+def check_segment_config(cfg: RootConfig) -> None:
+    """Ranges of the ``segment.*`` keys and the labelled split (one line each), before
+    anything is read."""
+    cfg.segment.check()
+    if not cfg.data.val_path:
+        raise ConfigError("config key 'data.val_path': set the labelled evaluation split")
 
 
-def build_data(cfg: DictConfig) -> tuple[SegFolder, SegFolder]:
+def build_data(cfg: RootConfig) -> tuple[SegFolder, SegFolder]:
     """Both splits, scanned and checked (``cimpt.seg.data``), with their transforms."""
     s, d = cfg.segment, cfg.data
-    k, ignore = int(s.num_classes), int(s.ignore_index)
-    mean, std = list(d.mean), list(d.std)
-    train_tf = SegTrainTransform(
-        int(d.img_size), int(s.short_side), (float(s.scale_range[0]), float(s.scale_range[1])),
-        float(d.hflip), mean, std, ignore,
-    )  # fmt: skip
-    val_tf = SegEvalTransform(int(s.short_side), mean, std)
-    train = build_split(str(d.path), "data.path", k, ignore, train_tf)
-    val = build_split(str(d.val_path), "data.val_path", k, ignore, val_tf)
+    k, ignore, mean, std = s.num_classes, s.ignore_index, d.mean, d.std
+    scale = (s.scale_range[0], s.scale_range[1])
+    train_tf = SegTrainTransform(d.img_size, s.short_side, scale, d.hflip, mean, std, ignore)
+    val_tf = SegEvalTransform(s.short_side, mean, std)
+    train = build_split(d.path, "data.path", k, ignore, train_tf)
+    val = build_split(d.val_path, "data.val_path", k, ignore, val_tf)
     return train, val
 
 
 def build_segment_task(cfg: DictConfig) -> SegTask:
     """Check everything (config, checkpoint, every label file) before anything is written."""
-    check_segment_config(cfg)
-    classes = class_names(cfg)
-    seed_model_init(int(cfg.seed), bool(cfg.train.deterministic))
+    check_segment_config(typed(cfg))
+    classes = class_names(typed(cfg).segment)
+    seed_model_init(cfg.seed, cfg.train.deterministic)
     # A ViT is rebuilt at the crop size; its position embeddings are resampled on loading.
     source = resolve_init(cfg, keep=("data.img_size",))
-    train, val = build_data(cfg)
-    net = build_seg_net(cfg, source, len(classes))
-    return SegTask(SegModel(net, int(cfg.segment.ignore_index)), train, val, cfg, source, classes)
+    c = typed(cfg)  # after the checkpoint's architecture was adopted into cfg
+    train, val = build_data(c)
+    net = build_seg_net(c, source, len(classes))
+    return SegTask(SegModel(net, c.segment.ignore_index), train, val, cfg, source, classes)
 
 
 def segment(cfg: DictConfig) -> FitResult:

@@ -26,7 +26,7 @@ from cimpt.tokenizers.load import load_tokenizer
 from cimpt.tokenizers.metrics import batch_psnr, codebook_stats
 
 if TYPE_CHECKING:
-    from omegaconf import DictConfig
+    from cimpt.config import DataConfig
 
 
 def _skipped(batch: dict[str, Any]) -> int:
@@ -156,11 +156,11 @@ def _print_table(results: dict[str, Any]) -> None:
     print(f"verdict: {results['verdict']}")
 
 
-def eval_data_name(cfg: DictConfig) -> str:
+def eval_data_name(d: DataConfig) -> str:
     """What the ``val`` split is: ``data.val_path``, or the test split it stands in for."""
-    if cfg.data.val_path:
-        return f"data.val_path={cfg.data.val_path}"
-    return f"the test split of data.path={cfg.data.path}"
+    if d.val_path:
+        return f"data.val_path={d.val_path}"
+    return f"the test split of data.path={d.path}"
 
 
 def evaluate_tokenizer_command(checkpoint: str, overrides: list[str]) -> dict[str, Any]:
@@ -171,33 +171,33 @@ def evaluate_tokenizer_command(checkpoint: str, overrides: list[str]) -> dict[st
     resolution, prints a table and writes ``tokenizer_eval.json`` and ``tokenizer_recon.png``
     into ``run.dir`` when an override sets it, else next to the checkpoint.
     """
-    from cimpt.config import load_config, token_grid
+    from cimpt.config import load_config, token_grid, typed
     from cimpt.data import EvalTransform, ImageCollate, build_dataset, build_loader
 
     ckpt = Path(checkpoint).expanduser()
     tok = load_tokenizer(ckpt)
-    cfg = load_config(_find_run_config(ckpt), overrides)
-    device = _resolve_device(str(cfg.train.device))
+    cfg = typed(load_config(_find_run_config(ckpt), overrides))
+    device = _resolve_device(cfg.train.device)
     tok.to(device)
     # The loaded tokenizer, not the config, decides pixels per token.
-    size = int(cfg.tokenizer.img_size) or token_grid(cfg) * tok.downsample
+    size = cfg.tokenizer.img_size or token_grid(cfg) * tok.downsample
     dataset = build_dataset(cfg, "val", EvalTransform(size))
     loader = build_loader(
         dataset,
-        batch_size=int(cfg.train.batch_size),
-        num_workers=int(cfg.data.num_workers),
+        batch_size=cfg.train.batch_size,
+        num_workers=cfg.data.num_workers,
         collate_fn=ImageCollate(),
         sampler=None,
-        seed=int(cfg.seed),
+        seed=cfg.seed,
         drop_last=False,
         shuffle=False,  # a fixed order gives the same figure every time
     )
     results: dict[str, Any] = evaluate_tokenizer(tok, loader, device)
     results.update(checkpoint=str(ckpt), img_size=size, vocab_size=tok.vocab_size)
-    results["data"] = eval_data_name(cfg)
+    results["data"] = eval_data_name(cfg.data)
     results["verdict"] = verdict(float(results["psnr"]), float(results["usage"]))
     if _overrides_key(overrides, "run.dir"):
-        out_dir = Path(str(cfg.run.dir)).expanduser()
+        out_dir = Path(cfg.run.dir).expanduser()
     else:
         out_dir = ckpt if ckpt.is_dir() else ckpt.parent
     first = next(iter(loader))["x"][:16].to(device)

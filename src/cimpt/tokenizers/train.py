@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from cimpt.config import tokenizer_resolution
+from cimpt.config import tokenizer_resolution, typed
 from cimpt.engine.loop import FitResult, Trainer, print_resume_hint
 from cimpt.engine.rng import seed_model_init
 from cimpt.engine.task import Task
@@ -84,13 +84,14 @@ def build_tokenizer_task(cfg: DictConfig) -> TokenizerTask:
     from cimpt.data.checks import check_paths
 
     check_paths(cfg, val="optional")  # the evaluation at the end must not fail on a bad path
-    seed_model_init(int(cfg.seed), bool(cfg.train.deterministic))
+    c = typed(cfg)  # after check_paths, which may clear data.val_path
+    seed_model_init(c.seed, c.train.deterministic)
 
-    if cfg.tokenizer.kind != "vqvae":
-        raise CimptError(f"tokenizer.kind: only 'vqvae' can be trained, not '{cfg.tokenizer.kind}'")
-    size = tokenizer_resolution(cfg)
-    dataset = build_dataset(cfg, "train", build_single_view_transform(cfg, size))
-    return TokenizerTask(build_tokenizer(cfg.tokenizer), dataset, ImageCollate(), size)
+    if c.tokenizer.kind != "vqvae":
+        raise CimptError(f"tokenizer.kind: only 'vqvae' can be trained, not '{c.tokenizer.kind}'")
+    size = tokenizer_resolution(c)
+    dataset = build_dataset(c, "train", build_single_view_transform(c.data, size))
+    return TokenizerTask(build_tokenizer(c.tokenizer), dataset, ImageCollate(), size)
 
 
 def train_tokenizer(cfg: DictConfig) -> FitResult:
@@ -115,7 +116,7 @@ def _report_and_evaluate(cfg: DictConfig, result: FitResult) -> None:
     from cimpt.data import resolve_source
 
     # An empty val_path evaluates on CIFAR's test split; for a folder it means no evaluation.
-    if cfg.data.val_path or resolve_source(str(cfg.data.source), str(cfg.data.path)) in (
+    if cfg.data.val_path or resolve_source(cfg.data.source, cfg.data.path) in (
         "cifar10",
         "cifar100",
     ):
