@@ -324,6 +324,12 @@ def budget_steps(s: Study, calib: dict[str, float], m: Method, tok_steps: int) -
 
 
 # ---- evaluation jobs ------------------------------------------------------------------------
+def warmup_epochs(epochs: float) -> float:
+    """A fifth of a short run, at most the config's 1 epoch: the configs' 1-epoch warm-up would
+    cover a 1-epoch linear probe or a half-epoch fine-tuning whole (the lr would only rise)."""
+    return min(1.0, epochs / 5)
+
+
 def eval_jobs(s: Study, m: Method, encoder: str) -> dict[str, Job]:
     """kNN, linear probe, fine-tuning at 10 % (one per seed) and 100 % labels of one arm."""
     home = s.work / m.name
@@ -342,6 +348,7 @@ def eval_jobs(s: Study, m: Method, encoder: str) -> dict[str, Job]:
             ["linprobe", LINPROBE_CONFIG, *s.common(home / "linprobe"),
              f"init.checkpoint={encoder}", f"data.val_path={s.val}",
              f"train.max_steps={s.steps(p.linprobe_epochs, s.n_train)}",
+             f"train.warmup_epochs={warmup_epochs(p.linprobe_epochs)}",
              f"eval.every_epochs={max(1, round(p.linprobe_epochs))}"],
             home / "linprobe", "results.json",
         ),
@@ -355,7 +362,7 @@ def eval_jobs(s: Study, m: Method, encoder: str) -> dict[str, Job]:
                 f"{m.name}_{run.name}",
                 ["finetune", FINETUNE_CONFIG, *s.common(run), f"init.checkpoint={encoder}",
                  f"data.val_path={s.val}", f"data.label_fraction={frac}", f"seed={seed}",
-                 f"finetune.layer_decay={ld}", f"train.warmup_epochs={min(1.0, epochs / 5)}",
+                 f"finetune.layer_decay={ld}", f"train.warmup_epochs={warmup_epochs(epochs)}",
                  f"train.max_steps={max(1, round(epochs * (n // batch)))}",
                  f"eval.every_epochs={max(1, round(epochs))}", "run.ckpt_every=1000",
                  f"train.batch_size={batch}"],

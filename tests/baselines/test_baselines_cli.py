@@ -103,6 +103,22 @@ def test_compare_methods_budget_charges_the_tokenizer_and_pairs_seeds(e2e) -> No
     assert (mean, n) == (6.0, 2) and sd == pytest.approx(1.41421356)
 
 
+def test_compare_methods_every_evaluation_decays_its_lr(e2e) -> None:
+    """Each training evaluation of the full preset (linear probe, fine-tuning at 10 % and 100 %)
+    warms up for under a third of its steps, so its lr peaks and then decays; the configs'
+    1-epoch warm-up alone would span the 1-epoch probe and the half-epoch 100 % run whole."""
+    cm = e2e.import_bench("compare_methods")
+    s = cm.Study(Path("d"), Path("v"), Path("w"), cm.PRESETS["full"], 50_000, 2)
+    jobs = cm.eval_jobs(s, cm.METHODS[0], "")
+    trained = [j for key, j in jobs.items() if key != "knn"]
+    assert {j.name.split("_", 1)[1] for j in trained} >= {"linprobe", "finetune_100pct_seed0"}
+    for job in trained:
+        value = dict(a.split("=", 1) for a in job.argv[2:])
+        n = 5_000 if "10pct" in job.name else 50_000
+        warmup_steps = float(value["train.warmup_epochs"]) * (n // 128)
+        assert 0 < warmup_steps < int(value["train.max_steps"]) / 3, job.name
+
+
 @pytest.mark.timeout(600)
 def test_compare_methods_quick_writes_the_table(
     image_folder: Path, tmp_path: Path, e2e: SimpleNamespace
