@@ -21,14 +21,10 @@ conversion of checkpoints to tokenizer files, step 4):
    ``cimpt tokenizer train`` for ``max_steps = budget / s_per_step`` steps, warm-up 5 % of
    them, then cosine; a checkpoint every ``max_steps / 5`` steps (all kept). Its wall time
    and CPU time (user + sys of the process and its data worker, ``getrusage``) are measured.
-4. **Evaluation.** Every checkpoint is written out as ``run/evals/step_N/tokenizer.safetensors``
-   (rebuilt from the config the checkpoint carries), then ``cimpt tokenizer eval
-   run/evals/step_N/tokenizer.safetensors data.val_path=... run.dir=run/evals/step_N`` (it
-   finds the run's ``config.yaml`` two levels up). ``cimpt tokenizer eval
-   run/checkpoints/step_N`` itself fails: a training checkpoint's ``model.safetensors`` has
-   no tokenizer header (kind, arch), though ``load_tokenizer``'s docstring says it reads
-   checkpoint directories, and ``cimpt export`` exports no tokenizers. The last one's
-   ``tokenizer_eval.json`` is copied next to the run's ``tokenizer.safetensors``, where
+4. **Evaluation.** ``cimpt tokenizer eval run/checkpoints/step_N data.val_path=...
+   run.dir=run/evals/step_N`` for every checkpoint (it rebuilds the tokenizer from the run
+   config the checkpoint carries and finds the run's ``config.yaml`` two levels up). The
+   last one's ``tokenizer_eval.json`` is copied next to the run's ``tokenizer.safetensors``, where
    ``cimpt pretrain`` looks for the weak-tokenizer verdict. The figure of the final
    tokenizer reconstructs 16 held-out frames spread over the whole folder (the command draws
    the first 16, which are near-identical consecutive video frames): one more ``cimpt
@@ -268,36 +264,15 @@ def timed_job(job: Job, threads: int, logs: Path) -> dict[str, Any]:
 
 
 # ---- evaluation ----------------------------------------------------------------------------
-def checkpoint_tokenizer(ckpt: Path, dest: Path) -> Path:
-    """The tokenizer of a training checkpoint as a tokenizer file at ``dest``.
-
-    ``cimpt tokenizer eval`` cannot read ``run/checkpoints/step_N`` itself: the engine's
-    ``model.safetensors`` lacks the tokenizer header (kind, arch) that ``load_tokenizer``
-    needs. The checkpoint carries its run config, which rebuilds the architecture."""
-    from cimpt.config import from_dict, tokenizer_resolution, typed
-    from cimpt.engine.checkpoint import load_modules, open_checkpoint
-    from cimpt.tokenizers.load import build_tokenizer, save_tokenizer
-
-    ck = open_checkpoint(ckpt, ("tokenizer",), "tokenizer_64px", "a tokenizer checkpoint")
-    cfg = typed(from_dict(ck.config))
-    tok = build_tokenizer(cfg.tokenizer)
-    load_modules({"tokenizer": tok}, ck)
-    return save_tokenizer(tok, dest, tokenizer_resolution(cfg))
-
-
 def evaluate_run(s: Study, name: str, run: Path) -> list[dict[str, Any]]:
-    """``cimpt tokenizer eval`` of every checkpoint of a finished run, oldest first, each
-    written out as a tokenizer file first (:func:`checkpoint_tokenizer`)."""
+    """``cimpt tokenizer eval`` of every checkpoint of a finished run, oldest first."""
     from cimpt.engine.checkpoint import list_checkpoints
 
     results = []
     for ckpt in list_checkpoints(run):
         out = run / "evals" / ckpt.name
-        tok = out / "tokenizer.safetensors"
-        if not tok.exists():
-            checkpoint_tokenizer(ckpt, tok)
         # the run's config.yaml, two levels up, gives the view size and batch
-        argv = ["tokenizer", "eval", str(tok), f"data.val_path={s.val}", f"run.dir={out}",
+        argv = ["tokenizer", "eval", str(ckpt), f"data.val_path={s.val}", f"run.dir={out}",
                 "data.num_workers=1"]  # fmt: skip
         run_job(Job(f"{name}_eval_{ckpt.name}", argv, out, "tokenizer_eval.json"),
                 s.threads, s.work / "logs")  # fmt: skip

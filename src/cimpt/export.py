@@ -38,7 +38,7 @@ from torch import nn
 
 from cimpt.atomic import write_json, write_safetensors, write_text
 from cimpt.config import DataConfig, RootConfig, from_dict, to_dict, typed
-from cimpt.engine.checkpoint import RunCheckpoint, open_checkpoint
+from cimpt.engine.checkpoint import CONFIG_KEY, RunCheckpoint, open_checkpoint
 from cimpt.errors import CimptError
 from cimpt.models.weights import classifier_keys
 from cimpt.weights_io import (
@@ -153,7 +153,7 @@ class Exportable:
             ),
             "cimpt_classes": json.dumps(self.classes),
             "cimpt_kind": self.kind,
-            "cimpt_config": json.dumps(portable_config(self.cfg)),
+            CONFIG_KEY: json.dumps(portable_config(self.cfg)),
         }
 
 
@@ -299,7 +299,7 @@ def _run_classes(run_dir: Path) -> list[str]:
 
 def _from_supervised_file(path: Path, meta: dict[str, str]) -> Exportable:
     """``best.safetensors`` of a fine-tuning or linear-probe run (weights under ``backbone.``)."""
-    cfg = from_dict(json.loads(meta["cimpt_config"]))
+    cfg = from_dict(json.loads(meta[CONFIG_KEY]))
     state = strip_prefix(read_safetensors(path), "backbone.")
     if meta.get("kind") == "linprobe":
         return _headless(state, cfg, "linprobe")
@@ -312,7 +312,7 @@ def _from_exported_file(path: Path, meta: dict[str, str]) -> Exportable:
     return Exportable(
         read_safetensors(path),
         json.loads(meta["cimpt_timm_args"]),
-        from_dict(json.loads(meta["cimpt_config"])),
+        from_dict(json.loads(meta[CONFIG_KEY])),
         json.loads(meta.get("cimpt_classes", "[]")),
         meta.get("cimpt_kind", "export"),
     )
@@ -322,7 +322,7 @@ def _from_file(path: Path) -> Exportable:
     meta = read_safetensors_metadata(path)
     if "cimpt_timm_args" in meta:
         return _from_exported_file(path, meta)
-    if meta.get("kind") in ("finetune", "linprobe") and "cimpt_config" in meta:
+    if meta.get("kind") in ("finetune", "linprobe") and CONFIG_KEY in meta:
         return _from_supervised_file(path, meta)
     raise CimptError(
         f"{path} holds no cimpt network (neither an export nor a fine-tuning "

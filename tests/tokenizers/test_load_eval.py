@@ -193,6 +193,24 @@ def test_load_checkpoint_and_run_dirs(tmp_path: Path) -> None:
     assert _same(exported, load_tokenizer(run))  # the exported file is preferred
 
 
+def test_load_real_training_checkpoint(tokenizer_run: Path) -> None:
+    """A checkpoint of ``cimpt tokenizer train`` holds no tokenizer header, only the run
+    config: the loader rebuilds the VQ-VAE from its ``tokenizer`` section. The last step's
+    checkpoint and the exported file hold the same weights, so they give the same ids and
+    decodes of random images."""
+    (ckpt,) = sorted((tokenizer_run / "checkpoints").glob("step_*"))[-1:]
+    with safe_open(str(ckpt / "model.safetensors"), "pt") as f:
+        assert "cimpt_tokenizer" not in (f.metadata() or {})  # the case this test is for
+    from_ckpt = load_tokenizer(ckpt)
+    exported = load_tokenizer(tokenizer_run / "tokenizer.safetensors")
+    assert from_ckpt.arch_config() == exported.arch_config()
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        ids = exported.encode(x)
+        assert torch.equal(from_ckpt.encode(x), ids)
+        assert torch.equal(from_ckpt.decode(ids), exported.decode(ids))
+
+
 def test_load_delegates_dalle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
     fake = BlockMeanTokenizer()

@@ -45,9 +45,9 @@ def test_quick_study_curves_and_reuse(
         final = json.loads((work / r["recipe"] / "tokenizer_eval.json").read_text())
         assert final["psnr"] == pytest.approx(r["final"]["psnr"])
         assert (work / r["recipe"] / "tokenizer_recon.png").is_file()
-    # the last checkpoint, evaluated through its tokenizer file, is the exported tokenizer
-    exported = load_tokenizer(work / "base-ds8").state_dict()
-    last = load_tokenizer(work / "base-ds8" / "evals" / "step_00000004" / "tokenizer.safetensors")
+    # the last checkpoint, which the curve's last point evaluated, is the exported tokenizer
+    exported = load_tokenizer(work / "base-ds8" / "tokenizer.safetensors").state_dict()
+    last = load_tokenizer(work / "base-ds8" / "checkpoints" / "step_00000004")
     assert all(torch.equal(v, last.state_dict()[k]) for k, v in exported.items())
     assert "train.lr=1e-3" in recs["lr1e-3"]["argv"]
     table = (out / "tokenizer_64px.md").read_text()

@@ -32,6 +32,8 @@ from cimpt.errors import CimptError, first_line
 from cimpt.weights_io import load_weights, read_safetensors, strip_prefix
 
 CKPT_SUBDIR = "checkpoints"
+#: safetensors metadata key of the run config in every checkpoint and exported model.
+CONFIG_KEY = "cimpt_config"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -77,7 +79,7 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()
-        meta_str = {"cimpt_config": json.dumps(meta.get("config", {}))}
+        meta_str = {CONFIG_KEY: json.dumps(meta.get("config", {}))}
         save_file(dict(tensors), str(tmp / "model.safetensors"), metadata=meta_str)
         torch.save(dict(state), tmp / "state.pt")
         (tmp / "meta.json").write_text(json.dumps(dict(meta), indent=1, default=str))

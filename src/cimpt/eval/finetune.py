@@ -28,6 +28,7 @@ from cimpt.atomic import write_json, write_safetensors
 from cimpt.config import EnhancerConfig, to_dict, typed
 from cimpt.data import ImageCollate
 from cimpt.data.checks import check_paths
+from cimpt.engine.checkpoint import CONFIG_KEY
 from cimpt.engine.loop import FitResult, Trainer, print_resume_hint
 from cimpt.engine.rng import seed_model_init
 from cimpt.engine.task import Task
@@ -174,7 +175,7 @@ class SupervisedTask(Task):
             {
                 "kind": self.kind,
                 "top1": f"{self.best['top1']:.4f}",
-                "cimpt_config": json.dumps(to_dict(self.cfg)),
+                CONFIG_KEY: json.dumps(to_dict(self.cfg)),
                 # cimpt export names the classifier's outputs with these
                 "cimpt_classes": json.dumps(self.data.classes),
             },

@@ -8,12 +8,13 @@ Nothing is ever unpickled. ``load_tokenizer`` also accepts an engine checkpoint 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from cimpt.atomic import write_safetensors
 from cimpt.config import TokenizerConfig
-from cimpt.engine.checkpoint import config_differences, latest_checkpoint
+from cimpt.engine.checkpoint import CONFIG_KEY, config_differences, latest_checkpoint
 from cimpt.errors import CimptError
 from cimpt.tokenizers.base import ImageTokenizer
 from cimpt.tokenizers.header import ARCH_KEY, KIND_KEY, header_metadata, read_header
@@ -93,9 +94,29 @@ def _resolve_file(path: Path) -> tuple[Path, str]:
     )
 
 
+def _header_from_run_config(file: Path) -> tuple[str | None, dict[str, Any] | None]:
+    """(kind, arch) of the VQ-VAE in an engine checkpoint, from the run config it carries.
+
+    ``cimpt tokenizer train`` checkpoints (``checkpoints/step_N/model.safetensors``) hold no
+    tokenizer header, only the run config (``CONFIG_KEY``), whose ``tokenizer`` section names
+    the architecture. (None, None) when the file holds no such config.
+    """
+    raw = read_safetensors_metadata(file).get(CONFIG_KEY)
+    try:
+        section = json.loads(raw).get("tokenizer") if raw else None
+    except (json.JSONDecodeError, AttributeError):
+        section = None
+    if not isinstance(section, dict) or section.get("kind") != "vqvae":
+        return None, None
+    return "vqvae", {n: section[n] for n in _ARCH_FIELDS["vqvae"] if n in section}
+
+
 def _read_header(file: Path) -> tuple[str, dict[str, Any]]:
-    """-> (kind, arch) from the safetensors metadata, or a one-line CimptError."""
+    """-> (kind, arch) from the safetensors metadata (the tokenizer header, else the run
+    config of an engine checkpoint), or a one-line CimptError."""
     kind, arch = read_header(file)
+    if kind is None or arch is None:
+        kind, arch = _header_from_run_config(file)
     if kind is None or arch is None:
         raise CimptError(
             f"{file} is not a cimpt tokenizer checkpoint (no '{KIND_KEY}'/'{ARCH_KEY}' metadata)"
