@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from torch import nn
 from tqdm import tqdm
 
-from cimpt.config import save_config, to_dict
+from cimpt.config import TrainConfig, save_config, to_dict, typed
 from cimpt.engine import distributed as D
 from cimpt.engine.checkpoint import (
     clear_run,
@@ -183,8 +183,7 @@ def exit_status(result: FitResult) -> int:
     return 128 + (result.signal or int(signal.SIGTERM))
 
 
-def _micro_batch(cfg: DictConfig, world: int) -> int:
-    t = cfg.train
+def _micro_batch(t: TrainConfig, world: int) -> int:
     per_step = t.batch_size // world
     if per_step * world != t.batch_size or per_step % t.accum_steps:
         raise CimptError(
@@ -198,13 +197,15 @@ class Trainer:
     """Runs a ``Task`` for ``train.max_steps`` or ``train.epochs``."""
 
     def __init__(self, task: Task, cfg: DictConfig, dist: D.DistInfo | None = None) -> None:
-        self.task, self.cfg = task, cfg
-        self.dist = dist or D.init_distributed(cfg.train.device)
+        # ``cfg`` is the record saved into the run and its checkpoints (and compared on
+        # resume); the loop reads ``settings``, the same values typed, so mypy checks them.
+        self.task, self.cfg, self.settings = task, cfg, typed(cfg)
+        self.dist = dist or D.init_distributed(self.settings.train.device)
         self.device = self.dist.device
-        self.run_dir = Path(cfg.run.dir).expanduser()
+        self.run_dir = Path(self.settings.run.dir).expanduser()
         self.lock = self._take_lock()
         try:
-            self._setup(task, cfg)
+            self._setup(task)
         except BaseException:
             self.lock.release(undo=not (self.run_dir / "config.yaml").exists())
             raise
@@ -230,9 +231,10 @@ class Trainer:
         self.logger.close()
         self.lock.release()
 
-    def _setup(self, task: Task, cfg: DictConfig) -> None:
+    def _setup(self, task: Task) -> None:
+        cfg = self.settings
         self.amp_dtype = resolve_amp(cfg.train.amp, self.device)
-        self.micro = _micro_batch(cfg, self.dist.world_size)
+        self.micro = _micro_batch(cfg.train, self.dist.world_size)
         if self.dist.is_main:
             stale = remove_stale_temporaries(self.run_dir)
             if stale:
@@ -250,7 +252,7 @@ class Trainer:
             self.model,
             self.base_lr,
             cfg.train.weight_decay,
-            tuple(cfg.train.betas),
+            (cfg.train.betas[0], cfg.train.betas[1]),  # checked: two values
             task.param_groups(cfg.train.weight_decay),
         )
         self.scaler = torch.amp.GradScaler(enabled=self.amp_dtype == torch.float16)
@@ -273,7 +275,7 @@ class Trainer:
             kind=self.task.kind,
         )
         if self.dist.is_main:
-            save_config(cfg, self.run_dir / "config.yaml")
+            save_config(self.cfg, self.run_dir / "config.yaml")
             if cfg.run.progress:  # beside the progress bar, on stderr
                 print(f"precision: {describe(self.amp_dtype, self.device)}", file=sys.stderr)
                 print(self.summary(), file=sys.stderr)
@@ -289,37 +291,37 @@ class Trainer:
         self.sampler = None
         if hasattr(ds, "__len__"):
             n = len(ds)
-            if n < self.cfg.train.batch_size:
+            if n < self.settings.train.batch_size:
                 raise CimptError(
                     f"data: the dataset yields {n} images, fewer than one batch "
-                    f"(train.batch_size={self.cfg.train.batch_size})"
+                    f"(train.batch_size={self.settings.train.batch_size})"
                 )
             # Per-sample seeds make crops and masks independent of workers and of restarts.
-            ds, collate = SeededSamples(ds, self.cfg.seed), SeededCollate(collate)
+            ds, collate = SeededSamples(ds, self.settings.seed), SeededCollate(collate)
             self.sampler = ResumableSampler(
                 n,
                 shuffle=True,
-                seed=self.cfg.seed,
+                seed=self.settings.seed,
                 rank=self.dist.rank,
                 world=self.dist.world_size,
                 drop_last=True,
                 encode_epoch=True,
             )
-        elif self.cfg.train.max_steps <= 0:
+        elif self.settings.train.max_steps <= 0:
             raise CimptError("train.max_steps: a streaming (tar) dataset has no length; set it")
         self.loader = build_loader(
             ds,
             self.micro,
-            self.cfg.data.num_workers,
+            self.settings.data.num_workers,
             collate,
             self.sampler,
-            self.cfg.seed,
+            self.settings.seed,
             drop_last=True,
         )
 
     def summary(self) -> str:
         """One start-up line: what the run will do (images, batch, lr, steps, epochs)."""
-        t, per_epoch = self.cfg.train, self.steps_per_epoch()
+        t, per_epoch = self.settings.train, self.steps_per_epoch()
         images = f"{len(self.sampler)} images" if self.sampler is not None else "streamed images"
         epochs = f" = {self.total_steps / per_epoch:.2f} epochs" if per_epoch else ""
         return (
@@ -335,7 +337,7 @@ class Trainer:
     def time_estimate(self, img_per_s: float) -> str:
         """The time left at a measured rate: one line for the start of a run."""
         left = self.total_steps - self.state.step
-        s_per_step = self.cfg.train.batch_size / max(img_per_s, 1e-9)
+        s_per_step = self.settings.train.batch_size / max(img_per_s, 1e-9)
         return (
             f"time: {s_per_step:.3g} s/step ({img_per_s:.0f} img/s) over the first "
             f"{self.state.step - self.start_step} steps: about {_duration(left * s_per_step)} "
@@ -362,13 +364,13 @@ class Trainer:
         if self.sampler is None:
             return 0
         # The whole epoch, not len(): a resumed epoch's sampler starts part-way through it.
-        return self.sampler.num_samples // self.micro // self.cfg.train.accum_steps
+        return self.sampler.num_samples // self.micro // self.settings.train.accum_steps
 
     def steps_per_epoch_or_total(self) -> int:
         return self.steps_per_epoch() or self.total_steps
 
     def _total_steps(self) -> int:
-        t = self.cfg.train
+        t = self.settings.train
         if t.max_steps > 0:
             return int(t.max_steps)
         if self.steps_per_epoch() == 0:
@@ -382,12 +384,12 @@ class Trainer:
 
         Rank 0 looks and decides for every rank (one reduction), so all ranks refuse or wait
         together while it deletes."""
-        if self.cfg.resume:
+        if self.settings.resume:
             return
         found = list_checkpoints(self.run_dir) if self.dist.is_main else []
         if not D.any_rank(bool(found), self.device):
             return
-        if not self.cfg.run.overwrite:
+        if not self.settings.run.overwrite:
             where = f" (checkpoint {found[-1].name})" if found else ""
             raise CimptError(
                 f"run.dir {self.run_dir} holds an earlier run{where}: continue it with "
@@ -400,9 +402,9 @@ class Trainer:
         D.barrier()
 
     def _maybe_resume(self) -> Path | None:
-        ckpt = find_resume_checkpoint(self.cfg.resume, self.run_dir)
+        ckpt = find_resume_checkpoint(self.settings.resume, self.run_dir)
         if ckpt is None:
-            if self.cfg.resume == "auto" and self.dist.is_main:
+            if self.settings.resume == "auto" and self.dist.is_main:
                 # Say so: a user who meant to continue (a typo in run.dir) would otherwise
                 # only notice from the step count.
                 print(f"note: resume=auto: no checkpoint in {self.run_dir}; starting fresh")
@@ -419,7 +421,7 @@ class Trainer:
         if self.dist.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-        if self.cfg.train.compile:
+        if self.settings.train.compile:
             wrapped = torch.compile(wrapped)  # type: ignore[assignment]
         return wrapped
 
@@ -457,7 +459,7 @@ class Trainer:
         for k, v in batch.items():
             if isinstance(v, torch.Tensor):
                 v = v.to(self.device, non_blocking=True)
-                if self.cfg.train.channels_last and v.ndim == 4:
+                if self.settings.train.channels_last and v.ndim == 4:
                     v = v.contiguous(memory_format=torch.channels_last)
             out[k] = v
         return out
@@ -469,7 +471,7 @@ class Trainer:
             self.total_steps,
             self.warmup_steps,
             self.base_lr,
-            self.cfg.train.min_lr,
+            self.settings.train.min_lr,
         )
         for g in self.optimizer.param_groups:
             g["lr"] = lr * g.get("lr_scale", 1.0)  # layer-wise lr decay, when the task asks
@@ -487,7 +489,7 @@ class Trainer:
         with ctx:
             with autocast(self.device, self.amp_dtype):
                 out = self.wrapped(batch)
-            loss = out["loss"] / self.cfg.train.accum_steps
+            loss = out["loss"] / self.settings.train.accum_steps
             self.scaler.scale(loss).backward()
         return out
 
@@ -500,7 +502,7 @@ class Trainer:
         decide, for all ranks alike, whether to apply the update and whether to stop.
         """
         self.scaler.unscale_(self.optimizer)
-        clip = self.cfg.train.clip_grad if self.cfg.train.clip_grad > 0 else math.inf
+        clip = self.settings.train.clip_grad if self.settings.train.clip_grad > 0 else math.inf
         params = [p for p in self.model.parameters() if p.requires_grad]
         norm = torch.nn.utils.clip_grad_norm_(params, clip)
         finite = torch.isfinite(norm) & torch.as_tensor(finite_local, device=norm.device)
@@ -532,7 +534,7 @@ class Trainer:
         finite: torch.Tensor | bool = True
         step_vals = RunningMeans()
         batch: dict[str, Any] = {}
-        accum = self.cfg.train.accum_steps
+        accum = self.settings.train.accum_steps
         for micro in range(accum):
             batch = next_batch()
             out = self.forward_backward(self.to_device(batch), sync=micro == accum - 1)
@@ -570,7 +572,7 @@ class Trainer:
                 initial=self.state.step,
                 unit="step",
                 dynamic_ncols=True,
-                disable=not (self.dist.is_main and self.cfg.run.progress),
+                disable=not (self.dist.is_main and self.settings.run.progress),
             ),
             last_checkpoint=self.resumed_from,
         )
@@ -612,15 +614,15 @@ class Trainer:
         """What is due after the step that just ended: log line, evaluation, figure,
         checkpoint (a stop request makes the checkpoint due)."""
         st, last = self.state, self.state.step == self.total_steps
-        if st.step % self.cfg.run.log_every == 0 or last:
+        if st.step % self.settings.run.log_every == 0 or last:
             self._log(step, run)
         if self._eval_due():
             self._evaluate()
-        every = self.cfg.run.vis_every
+        every = self.settings.run.vis_every
         if self.dist.is_main and every > 0 and (st.step % every == 0 or last):
             self.task.visualize(st.step, step.batch, self.run_dir)
             self.logger.log_figures(st.step, self.run_dir / "figures")
-        if step.stop or st.step % self.cfg.run.ckpt_every == 0 or last:
+        if step.stop or st.step % self.settings.run.ckpt_every == 0 or last:
             self._checkpoint(run)
 
     def _log(self, step: StepOutput, run: _FitRun) -> None:
@@ -641,7 +643,7 @@ class Trainer:
         }
         self.logger.log(st.step, run.last_metrics)
         more = st.step < self.total_steps
-        if first and more and self.dist.is_main and self.cfg.run.progress:
+        if first and more and self.dist.is_main and self.settings.run.progress:
             run.bar.write(self.time_estimate(img_per_s), file=sys.stderr)  # above the bar
         run.bar.set_postfix(
             loss=f"{run.last_metrics.get('loss', float('nan')):.4f}", img_s=f"{img_per_s:.0f}"
@@ -686,7 +688,7 @@ class Trainer:
             f"resume=auto restarts from the step-{before} checkpoint, the last one written "
             "before the streak"
         )
-        if first_bad - before <= self.cfg.run.max_nan_steps:
+        if first_bad - before <= self.settings.run.max_nan_steps:
             # Finite is not sound: weights can diverge for a few steps before a loss overflows.
             advice += (
                 f"; it was written {first_bad - before} step(s) before the first bad one and "
@@ -705,7 +707,7 @@ class Trainer:
                 f"({st.nan_streak} in a row, {st.nan_total} in all)",
                 file=sys.stderr,
             )
-        if st.nan_streak >= self.cfg.run.max_nan_steps:
+        if st.nan_streak >= self.settings.run.max_nan_steps:
             where = self._nan_advice(st.step - st.nan_streak + 1)
             raise CimptError(
                 f"the loss was NaN or inf for {st.nan_streak} steps in a row (up to step "
@@ -755,6 +757,6 @@ class Trainer:
             module_tensors(self.task.saved_modules()),
             state,
             meta,
-            self.cfg.run.keep_last,
+            self.settings.run.keep_last,
         )
         return path
