@@ -200,6 +200,19 @@ def _stepper(argv: list[str], build: Callable[[Any], Any]) -> Callable[[], objec
     return lambda: trainer.train_step(next_batch)
 
 
+def time_round_robin(steps: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+    """Seconds of each step over ``rounds`` timed rounds after ``CALIB_WARMUP`` untimed
+    ones; every round runs each step once in turn, so other load hits them alike."""
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for rnd in range(CALIB_WARMUP + rounds):
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            if rnd >= CALIB_WARMUP:
+                times[name].append(time.perf_counter() - t0)
+    return times
+
+
 def calibrate(s: Study, methods: list[Method]) -> dict[str, float]:
     """Seconds per step of the tokenizer and of each method's pre-training (module doc).
 
@@ -230,13 +243,7 @@ def calibrate(s: Study, methods: list[Method]) -> dict[str, float]:
         if m.objective:
             argv = [*pretrain_argv(s, m, root / m.name, 1), f"tokenizer.checkpoint={tok_file}"]
             steps[m.name] = _stepper(argv, build_cim_task)
-    times: dict[str, list[float]] = {k: [] for k in steps}
-    for rnd in range(CALIB_WARMUP + s.preset.calib_steps):
-        for name, step in steps.items():
-            t0 = time.perf_counter()
-            step()
-            if rnd >= CALIB_WARMUP:
-                times[name].append(time.perf_counter() - t0)
+    times = time_round_robin(steps, s.preset.calib_steps)
     med = {k: statistics.median(v) for k, v in times.items()}
     record = {
         "s_per_step": med,
@@ -380,7 +387,7 @@ def pretrain_method(s: Study, m: Method, calib: dict[str, float], tok: Job) -> d
     """Pre-train one arm for its step budget; its ``pretrain`` record (empty for scratch)."""
     if not m.objective:
         return {}
-    rec = budget_steps(s, calib, m, int(_max_steps(tok.argv)))
+    rec = budget_steps(s, calib, m, int(override_value(tok.argv, "train.max_steps")))
     run = s.work / m.name / "pretrain"
     job = run_job(
         Job(f"{m.name}_pretrain", pretrain_argv(s, m, run, rec["steps"]), run,
@@ -406,8 +413,10 @@ def evaluate_round(s: Study, m: Method, key: str, rec: dict[str, Any]) -> None:
     rec["eval"][key] = {"result": read_result(done), "wallclock_s": round(done.wallclock_s, 1)}
 
 
-def _max_steps(argv: list[str]) -> str:
-    return next(a.split("=", 1)[1] for a in argv if a.startswith("train.max_steps="))
+def override_value(argv: list[str] | tuple[str, ...], key: str) -> str:
+    """The value a job's ``key=value`` overrides give ``key`` (the last one wins, as in
+    ``cimpt``)."""
+    return [a.split("=", 1)[1] for a in argv if a.startswith(f"{key}=")][-1]
 
 
 def last_metrics(run: Path) -> dict[str, float]:

@@ -97,7 +97,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cifar10_evidence as evidence
 from cifar10_evidence import Job, count_images, run_job
-from compare_methods import CALIB_WARMUP, _stepper
+from compare_methods import _stepper, override_value, time_round_robin
 from records import ROOT, git_commit, write_study
 
 CAMVID = Path("~/.cache/cimpt/data/camvid").expanduser()
@@ -166,7 +166,7 @@ class Study:
         return min(steps, self.preset.max_steps) if self.preset.max_steps else steps
 
     def batch(self, overrides: tuple[str, ...]) -> int:
-        return int(_value([*BASE, *self.preset.extra, *overrides], "train.batch_size"))
+        return int(override_value([*BASE, *self.preset.extra, *overrides], "train.batch_size"))
 
     def train_argv(self, overrides: tuple[str, ...], run: Path, steps: int) -> list[str]:
         """``cimpt tokenizer train`` of one recipe: no evaluation or figure inside the timed
@@ -181,11 +181,6 @@ class Study:
             f"run.keep_last={self.preset.points + 2}", "run.vis_every=0",
             "run.progress=false", "run.tensorboard=false", "data.num_workers=1",
         ]  # fmt: skip
-
-
-def _value(argv: list[str] | tuple[str, ...], key: str) -> str:
-    """The last ``key=value`` of ``argv`` for ``key`` (later overrides win)."""
-    return [a.split("=", 1)[1] for a in argv if a.startswith(f"{key}=")][-1]
 
 
 # ---- calibration ---------------------------------------------------------------------------
@@ -206,13 +201,7 @@ def calibrate(s: Study, recipes: dict[str, tuple[str, ...]]) -> dict[str, float]
         n: _stepper(s.train_argv(recipes[n], s.work / "calibration" / n, 1), build_tokenizer_task)
         for n in todo
     }
-    times: dict[str, list[float]] = {n: [] for n in todo}
-    for rnd in range(CALIB_WARMUP + s.preset.calib_steps):
-        for name, step in steps.items():
-            t0 = time.perf_counter()
-            step()
-            if rnd >= CALIB_WARMUP:
-                times[name].append(time.perf_counter() - t0)
+    times = time_round_robin(steps, s.preset.calib_steps)
     record["s_per_step"].update({n: statistics.median(v) for n, v in times.items()})
     record["samples"].update(times)
     record.update(
@@ -244,7 +233,7 @@ def timed_job(job: Job, threads: int, logs: Path) -> dict[str, Any]:
     done = (job.run_dir / job.done_file).exists()
     prior = None if done else latest_checkpoint(job.run_dir)
     start = _checkpoint_step(prior) if prior else 0
-    steps = int(_value(job.argv, "train.max_steps"))
+    steps = int(override_value(job.argv, "train.max_steps"))
     cpu0 = cpu_seconds()
     run_job(job, threads, logs)
     if job.reused:
@@ -354,7 +343,7 @@ def study_recipe(
         "recipe": name,
         "overrides": list(overrides),
         "view_px": final["img_size"],
-        "grid": final["img_size"] // int(_value(argv, "tokenizer.downsample")),
+        "grid": final["img_size"] // int(override_value(argv, "tokenizer.downsample")),
         "s_per_step_calibrated": round(s_per_step, 4),
         "s_per_step_measured": round(cost["wall_s"] / max(1, cost["steps_timed"]), 4),
         "steps": final["step"],  # the run's own (a reused run keeps the steps it was given)

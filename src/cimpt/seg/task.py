@@ -212,8 +212,9 @@ def build_data(cfg: RootConfig) -> tuple[SegFolder, SegFolder]:
 
 def build_segment_task(cfg: DictConfig) -> SegTask:
     """Check everything (config, checkpoint, every label file) before anything is written."""
-    check_segment_config(typed(cfg))
-    classes = class_names(typed(cfg).segment)
+    given = typed(cfg)
+    check_segment_config(given)
+    classes = class_names(given.segment)
     seed_model_init(cfg.seed, cfg.train.deterministic)
     # A ViT is rebuilt at the crop size; its position embeddings are resampled on loading.
     source = resolve_init(cfg, keep=("data.img_size",))
