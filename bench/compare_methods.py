@@ -175,9 +175,9 @@ def pretrain_argv(s: Study, m: Method, run: Path, steps: int) -> list[str]:
     ]  # fmt: skip
 
 
-def _stepper(argv: list[str], build: Callable[[Any], Any]) -> Callable[[], object]:
-    """One training step of the job ``argv`` (its config built exactly as the job's), its
-    batch loaded in the same call by an in-process loader (data time counted)."""
+def job_trainer(argv: list[str], build: Callable[[Any], Any]) -> tuple[Any, Any]:
+    """``(trainer, loader)`` of the job ``argv``: its config, task and Trainer built exactly
+    as the job builds them, and an in-process loader (no workers) of its data."""
     from cimpt.config import load_config
     from cimpt.data import build_loader
     from cimpt.engine.loop import Trainer
@@ -186,7 +186,24 @@ def _stepper(argv: list[str], build: Callable[[Any], Any]) -> Callable[[], objec
     cfg = load_config(config, [a for a in argv if "=" in a])
     task = build(cfg)
     trainer = Trainer(task, cfg)
-    loader = build_loader(task.dataset, trainer.micro, 0, task.collate, seed=int(cfg.seed))
+    return trainer, build_loader(task.dataset, trainer.micro, 0, task.collate, seed=int(cfg.seed))
+
+
+def random_tokenizer(s: Study, root: Path) -> Path:
+    """A randomly initialized tokenizer of the study's architecture, saved under ``root``:
+    what timing needs (a tokenizer's cost does not depend on its weights)."""
+    from cimpt.config import load_config
+    from cimpt.tokenizers.load import build_tokenizer, save_tokenizer
+
+    argv = tokenizer_argv(s, root / "tokenizer", 1)
+    cfg = load_config(argv[2], [a for a in argv if "=" in a])
+    return save_tokenizer(build_tokenizer(cfg.tokenizer), root / "tokenizer.safetensors")
+
+
+def _stepper(argv: list[str], build: Callable[[Any], Any]) -> Callable[[], object]:
+    """One training step of the job ``argv`` (its config built exactly as the job's), its
+    batch loaded in the same call by an in-process loader (data time counted)."""
+    trainer, loader = job_trainer(argv, build)
     it = iter(loader)
 
     def next_batch() -> dict[str, Any]:
@@ -223,9 +240,7 @@ def calibrate(s: Study, methods: list[Method]) -> dict[str, float]:
     """
     import torch
 
-    from cimpt.config import load_config
     from cimpt.pretrain import build_cim_task
-    from cimpt.tokenizers.load import build_tokenizer, save_tokenizer
     from cimpt.tokenizers.train import build_tokenizer_task
 
     path = s.work / "calibration.json"
@@ -233,12 +248,12 @@ def calibrate(s: Study, methods: list[Method]) -> dict[str, float]:
         return json.loads(path.read_text())["s_per_step"]
     torch.set_num_threads(s.threads)
     root = s.work / "calibration"
-    tok_argv = tokenizer_argv(s, root / "tokenizer", 1)
-    tok_cfg = load_config(tok_argv[2], [a for a in tok_argv if "=" in a])
-    tok_file = save_tokenizer(build_tokenizer(tok_cfg.tokenizer), root / "tokenizer.safetensors")
+    tok_file = random_tokenizer(s, root)
     steps: dict[str, Callable[[], object]] = {}
     if any(m.tokenizer for m in methods):
-        steps["tokenizer"] = _stepper(tok_argv, build_tokenizer_task)
+        steps["tokenizer"] = _stepper(
+            tokenizer_argv(s, root / "tokenizer", 1), build_tokenizer_task
+        )
     for m in methods:
         if m.objective:
             argv = [*pretrain_argv(s, m, root / m.name, 1), f"tokenizer.checkpoint={tok_file}"]

@@ -166,23 +166,33 @@ class MAE(nn.Module):
         t = patchify(x.float(), self.enhancer.patch_size)
         return normalize_patches(t) if self.norm_pix_loss else t
 
-    def predict(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Predicted patches ``[B, N, 3*p*p]`` for every position (only masked ones count)."""
+    def encode_visible(
+        self, x: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder half of a step: ``x [B, 3, R, R]``, ``mask [B, g, g]`` ->
+        ``(latent [B, P + K, C], restore [B, N])`` for ``decoder(latent, restore)``."""
         order, restore = split_visible(mask)
         counts = mask.flatten(1).sum(1)
         if bool((counts != counts[0]).any()):
             raise CimptError("mae: every image of a batch needs the same number of masked patches")
         keep = order[:, : mask[0].numel() - int(counts[0])]
-        return self.decoder(self.encode(x, keep), restore)
+        return self.encode(x, keep), restore
+
+    def predict(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Predicted patches ``[B, N, 3*p*p]`` for every position (only masked ones count)."""
+        return self.decoder(*self.encode_visible(x, mask))
+
+    def loss(self, pred: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The mean over masked patches of the per-patch mean squared error between
+        ``pred [B, N, 3*p*p]`` and ``target(x)``; ``mask [B, g, g]``."""
+        per_patch = (pred.float() - self.target(x)).pow(2).mean(dim=-1)  # [B, N]
+        m = mask.flatten(1).float()
+        return (per_patch * m).sum() / m.sum().clamp_min(1)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """``{"x": [B, 3, R, R], "mask": [B, g, g]}`` -> ``{"loss", "mae_loss"}``: the mean
-        over masked patches of the per-patch mean squared error."""
+        """``{"x": [B, 3, R, R], "mask": [B, g, g]}`` -> ``{"loss", "mae_loss"}``."""
         x, mask = batch["x"], batch["mask"].bool()
-        pred = self.predict(x, mask).float()
-        per_patch = (pred - self.target(x)).pow(2).mean(dim=-1)  # [B, N]
-        m = mask.flatten(1).float()
-        loss = (per_patch * m).sum() / m.sum().clamp_min(1)
+        loss = self.loss(self.predict(x, mask), x, mask)
         return {"loss": loss, "mae_loss": loss.detach()}
 
     @torch.no_grad()

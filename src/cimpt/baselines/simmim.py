@@ -49,14 +49,17 @@ class SimMIM(nn.Module):
         """``x [B, 3, R, R]``, ``mask [B, g, g]`` -> predicted image ``[B, 3, R, R]``."""
         return self.head(self.mask_embed.features(self.enhancer, x, mask))
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """``{"x", "mask"}`` -> ``{"loss", "simmim_loss"}``: mean |pred - x| over the masked
-        pixels and the 3 channels."""
-        x, mask = batch["x"], batch["mask"].bool()
-        pred = self.predict(x, mask).float()
+    def loss(self, pred: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean ``|pred - x|`` over the masked pixels and the 3 channels; ``pred``, ``x``
+        ``[B, 3, R, R]``, ``mask [B, g, g]``."""
         m = mask_to_pixels(mask, self.enhancer.patch_size).float()  # [B, 1, R, R]
-        err = (pred - x.float()).abs() * m
-        loss = err.sum() / (m.sum() * x.shape[1]).clamp_min(1)
+        err = (pred.float() - x.float()).abs() * m
+        return err.sum() / (m.sum() * x.shape[1]).clamp_min(1)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``{"x", "mask"}`` -> ``{"loss", "simmim_loss"}``."""
+        x, mask = batch["x"], batch["mask"].bool()
+        loss = self.loss(self.predict(x, mask), x, mask)
         return {"loss": loss, "simmim_loss": loss.detach()}
 
     @torch.no_grad()
