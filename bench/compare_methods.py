@@ -30,21 +30,33 @@ patches; BEiT: blockwise ratio 0.4). Fine-tuning: ``configs/cifar10_finetune.yam
 decay 0.75 for every pre-trained encoder (all four papers fine-tune with layer decay) and 1.0
 for scratch (layer decay slows a random network's lower layers).
 
+**CIM variants (issue 17).** ``VARIANTS`` are CIM-REVDET arms with one change each (masks
+without a position prior, top-k 10 or temperature 0.5 sampling, a deeper or wider generator,
+256 or 512 codes; a codebook arm trains, and pays for, a tokenizer of its own), and
+``--variant "NAME key=value ..."`` adds any other (e.g. a combination). Name them in
+``--methods`` beside ``scratch,cim-revdet`` with the same ``--work``: the finished arms are
+reused, the new ones are calibrated beside CIM-REVDET and scaled to its saved time (so their
+budgets match the first calibration's), and the table gets each variant minus CIM-REVDET,
+paired by seed. ``--rounds`` limits the evaluations (issue 17 asks for the 10 % seeds and
+kNN), ``--table`` names the result files.
+
 Presets: ``full`` (the study in docs/BENCHMARKS.md, about 4 h of machine time; the script
 prints its estimate after the calibration) and ``quick`` (a tiny ViT, a few steps, tiny data:
 minutes; run by the test suite, its numbers mean nothing). Finished jobs are reused and
 interrupted ones resume (``resume=auto``), so the study can run in parts.
 
     python bench/compare_methods.py [--preset full|quick] [--data DIR --val-data DIR] \
-        [--work runs/methods] [--out docs/results] [--methods a,b,...]
+        [--work runs/methods] [--out docs/results] [--methods a,b,...] \
+        [--variant "NAME key=value ..."] [--rounds knn,ft10_seed0,...] [--table NAME]
 
-writes ``<out>/cifar10_methods.json`` (one record per method with every job's config and
-timing) and ``<out>/cifar10_methods.md``.
+writes ``<out>/<table>.json`` (default ``cifar10_methods``; one record per method with every
+job's config and timing) and ``<out>/<table>.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -68,12 +80,22 @@ CALIB_WARMUP = 2  # untimed calibration rounds (first steps allocate and warm ca
 
 @dataclass(frozen=True)
 class Method:
-    """One arm: ``objective`` (None: scratch) with the overrides its paper asks for."""
+    """One arm: ``objective`` (None: scratch) with the overrides its paper asks for.
+
+    ``tokenizer_overrides`` (e.g. a codebook size) give the arm a tokenizer of its own,
+    trained and charged like the shared one; the same overrides reach its pre-training."""
 
     name: str
     objective: str | None
     overrides: tuple[str, ...] = ()
-    tokenizer: bool = False  # pays for the shared tokenizer
+    tokenizer: bool = False  # pays for the tokenizer it uses
+    tokenizer_overrides: tuple[str, ...] = ()
+    change: str = ""  # what the arm changes, for the table
+
+    @property
+    def tokenizer_name(self) -> str:
+        """The run folder (under the study's work) and calibration key of its tokenizer."""
+        return f"tokenizer_{self.name}" if self.tokenizer_overrides else "tokenizer"
 
 
 METHODS = (
@@ -85,6 +107,36 @@ METHODS = (
     Method("cim-revdet", "revdet", tokenizer=True),
     Method("cim-revdet-argmax", "revdet", ("generator.temperature=0",), tokenizer=True),
 )
+
+
+def _cim_variant(name: str, change: str, *overrides: str) -> Method:
+    tok = tuple(o for o in overrides if o.startswith("tokenizer."))
+    return Method(name, "revdet", overrides, True, tok, change)
+
+
+# Issue 17: one change at a time to CIM-REVDET, compared with it at the same wall-clock
+# (``--methods scratch,cim-revdet,<variants>``; ``--variant`` adds more, e.g. combinations).
+VARIANTS = (
+    _cim_variant("cim-revdet-uniform", "masks without a position prior", "mask.placement=uniform"),
+    _cim_variant("cim-revdet-topk10", "samples among the 10 likeliest ids", "generator.top_k=10"),
+    _cim_variant("cim-revdet-t0.5", "sampling temperature 0.5", "generator.temperature=0.5"),
+    _cim_variant("cim-revdet-gen-deep", "generator depth 4 (was 2)", "generator.depth=4"),
+    _cim_variant(
+        "cim-revdet-gen-wide", "generator width 256 (was 128)",
+        "generator.embed_dim=256", "generator.num_heads=8",
+    ),
+    _cim_variant("cim-revdet-codes256", "256 codes (was 1,024)", "tokenizer.vocab_size=256"),
+    _cim_variant("cim-revdet-codes512", "512 codes (was 1,024)", "tokenizer.vocab_size=512"),
+)  # fmt: skip
+
+
+def parse_variant(spec: str) -> Method:
+    """``--variant "NAME key=value ..."``: a CIM-REVDET arm with these overrides (``tokenizer.*``
+    ones give it its own tokenizer)."""
+    name, *overrides = spec.split()
+    if not overrides or not all("=" in o for o in overrides):
+        raise ValueError(f"--variant {spec!r}: expected 'NAME key=value ...'")
+    return _cim_variant(name, " ".join(overrides), *overrides)
 
 
 @dataclass(frozen=True)
@@ -157,19 +209,27 @@ class Study:
 
 
 # ---- calibration ---------------------------------------------------------------------------
-def tokenizer_argv(s: Study, run: Path, steps: int) -> list[str]:
+def tokenizer_argv(s: Study, run: Path, steps: int, overrides: tuple[str, ...] = ()) -> list[str]:
     return [
         "tokenizer", "train", "configs/cifar10_tokenizer.yaml",
         *s.common(run)[:2], "run.progress=false", "data.num_workers=1",
         f"train.batch_size={s.preset.batch}",
-        f"data.val_path={s.val}", f"train.max_steps={steps}", *s.preset.extra,
+        f"data.val_path={s.val}", f"train.max_steps={steps}", *s.preset.extra, *overrides,
     ]  # fmt: skip
+
+
+def tokenizer_job(s: Study, m: Method) -> Job:
+    """The tokenizer run arm ``m`` uses (the shared one unless it changes the tokenizer)."""
+    steps = s.steps(s.preset.tokenizer_epochs, s.n_train)
+    run = s.work / m.tokenizer_name
+    argv = tokenizer_argv(s, run, steps, m.tokenizer_overrides)
+    return Job(m.tokenizer_name, argv, run, "tokenizer.safetensors")
 
 
 def pretrain_argv(s: Study, m: Method, run: Path, steps: int) -> list[str]:
     return [
         "pretrain", PRETRAIN_CONFIG, *s.common(run),
-        f"objective={m.objective}", f"tokenizer.checkpoint={s.work / 'tokenizer'}",
+        f"objective={m.objective}", f"tokenizer.checkpoint={s.work / m.tokenizer_name}",
         f"train.max_steps={steps}", "train.warmup_epochs=0.25",
         "run.ckpt_every=200", "run.vis_every=400", *s.preset.extra, *m.overrides,
     ]  # fmt: skip
@@ -189,15 +249,17 @@ def job_trainer(argv: list[str], build: Callable[[Any], Any]) -> tuple[Any, Any]
     return trainer, build_loader(task.dataset, trainer.micro, 0, task.collate, seed=int(cfg.seed))
 
 
-def random_tokenizer(s: Study, root: Path) -> Path:
-    """A randomly initialized tokenizer of the study's architecture, saved under ``root``:
-    what timing needs (a tokenizer's cost does not depend on its weights)."""
+def random_tokenizer(s: Study, root: Path, m: Method | None = None) -> Path:
+    """A randomly initialized tokenizer of the study's architecture (with ``m``'s tokenizer
+    overrides), saved under ``root``: what timing needs (a tokenizer's cost does not depend
+    on its weights)."""
     from cimpt.config import load_config
     from cimpt.tokenizers.load import build_tokenizer, save_tokenizer
 
-    argv = tokenizer_argv(s, root / "tokenizer", 1)
+    name, extra = (m.tokenizer_name, m.tokenizer_overrides) if m else ("tokenizer", ())
+    argv = tokenizer_argv(s, root / name, 1, extra)
     cfg = load_config(argv[2], [a for a in argv if "=" in a])
-    return save_tokenizer(build_tokenizer(cfg.tokenizer), root / "tokenizer.safetensors")
+    return save_tokenizer(build_tokenizer(cfg.tokenizer), root / f"{name}.safetensors")
 
 
 def _stepper(argv: list[str], build: Callable[[Any], Any]) -> Callable[[], object]:
@@ -230,46 +292,78 @@ def time_round_robin(steps: dict[str, Callable[[], object]], rounds: int) -> dic
     return times
 
 
-def calibrate(s: Study, methods: list[Method]) -> dict[str, float]:
-    """Seconds per step of the tokenizer and of each method's pre-training (module doc).
-
-    In one process, round-robin: every round times one step of each method in turn, so
-    load from other processes hits them alike; the median over rounds is kept. Tokenizer
-    methods get a randomly initialized tokenizer of the study's architecture (its cost does
-    not depend on its weights), so the calibration needs no trained tokenizer.
-    """
+def _calibration_steps(
+    s: Study, methods: list[Method], names: set[str]
+) -> dict[str, Callable[[], object]]:
+    """The steps (tokenizer runs and pre-training arms) named in ``names``, each built from
+    its job's config with a random tokenizer of the arm's architecture."""
     import torch
 
     from cimpt.pretrain import build_cim_task
     from cimpt.tokenizers.train import build_tokenizer_task
 
-    path = s.work / "calibration.json"
-    if path.exists():
-        return json.loads(path.read_text())["s_per_step"]
     torch.set_num_threads(s.threads)
     root = s.work / "calibration"
-    tok_file = random_tokenizer(s, root)
     steps: dict[str, Callable[[], object]] = {}
-    if any(m.tokenizer for m in methods):
-        steps["tokenizer"] = _stepper(
-            tokenizer_argv(s, root / "tokenizer", 1), build_tokenizer_task
-        )
     for m in methods:
-        if m.objective:
-            argv = [*pretrain_argv(s, m, root / m.name, 1), f"tokenizer.checkpoint={tok_file}"]
+        if m.tokenizer and m.tokenizer_name in names and m.tokenizer_name not in steps:
+            argv = tokenizer_argv(s, root / m.tokenizer_name, 1, m.tokenizer_overrides)
+            steps[m.tokenizer_name] = _stepper(argv, build_tokenizer_task)
+    for m in methods:
+        if m.objective and m.name in names:
+            tok = random_tokenizer(s, root, m)
+            argv = [*pretrain_argv(s, m, root / m.name, 1), f"tokenizer.checkpoint={tok}"]
             steps[m.name] = _stepper(argv, build_cim_task)
-    times = time_round_robin(steps, s.preset.calib_steps)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    record = {
-        "s_per_step": med,
+    return steps
+
+
+def _timing_record(times: dict[str, list[float]], s: Study) -> dict[str, Any]:
+    return {
+        "s_per_step": {k: statistics.median(v) for k, v in times.items()},
         "samples": times,
         "threads": s.threads,
         "commit": git_commit(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "loadavg_after": os.getloadavg(),  # other load on the machine while calibrating
     }
+
+
+def calibrate(s: Study, methods: list[Method]) -> dict[str, float]:
+    """Seconds per step of each tokenizer and of each method's pre-training (module doc).
+
+    In one process, round-robin: every round times one step of each method in turn, so
+    load from other processes hits them alike; the median over rounds is kept. Tokenizer
+    methods get a randomly initialized tokenizer of their architecture (its cost does not
+    depend on its weights), so the calibration needs no trained tokenizer.
+
+    Saved to ``<work>/calibration.json`` and reused. Arms added to a calibrated study are
+    timed in new rounds together with a reference arm of the saved calibration, and scaled
+    by that arm's saved time over its new one, so that load at a later date does not change
+    their budgets relative to the first arms. Each addition is recorded under ``"added"``.
+    """
+    path = s.work / "calibration.json"
+    needed = {m.tokenizer_name for m in methods if m.tokenizer}
+    needed |= {m.name for m in methods if m.objective}
+    if not path.exists():
+        times = time_round_robin(_calibration_steps(s, methods, needed), s.preset.calib_steps)
+        record = _timing_record(times, s)
+        path.write_text(json.dumps(record, indent=2) + "\n")
+        return record["s_per_step"]
+    record = json.loads(path.read_text())
+    saved: dict[str, float] = record["s_per_step"]
+    missing = needed - set(saved)
+    if not missing:
+        return saved
+    # The reference: CIM-REVDET, which the variants change, else any saved arm.
+    pool = sorted([*methods, *METHODS], key=lambda m: m.name != "cim-revdet")
+    ref = next(m for m in pool if m.objective and m.name in saved)
+    steps = _calibration_steps(s, [*methods, ref], missing | {ref.name})
+    new = _timing_record(time_round_robin(steps, s.preset.calib_steps), s)
+    scale = saved[ref.name] / new["s_per_step"][ref.name]
+    saved.update({k: new["s_per_step"][k] * scale for k in missing})
+    record.setdefault("added", []).append({**new, "reference": ref.name, "scale": scale})
     path.write_text(json.dumps(record, indent=2) + "\n")
-    return med
+    return saved
 
 
 def _part_flops(model: Any, counts: dict[str, dict[Any, int]]) -> dict[str, int]:
@@ -297,32 +391,28 @@ def count_flops(s: Study, methods: list[Method]) -> dict[str, dict[str, float]]:
     """GFLOPs per image by torch's FLOP counter, per method: ``step`` for one training step
     (forward + backward + AdamW), and the forward pass per part (the counter attributes
     forward work to modules cleanly, backward work less so). Saved to ``<work>/flops.json``
-    and reused."""
+    and reused; arms it lacks are counted and added."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from cimpt.config import load_config
-    from cimpt.data import build_loader
-    from cimpt.engine.loop import Trainer
     from cimpt.pretrain import build_cim_task
 
     path = s.work / "flops.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    tok = s.work / "calibration" / "tokenizer.safetensors"
-    out = {}
-    for m in (m for m in methods if m.objective):
+    out: dict[str, dict[str, float]] = json.loads(path.read_text()) if path.exists() else {}
+    todo = [m for m in methods if m.objective and m.name not in out]
+    if not todo:
+        return out
+    for m in todo:
+        tok = random_tokenizer(s, s.work / "calibration", m)
         argv = [*pretrain_argv(s, m, s.work / "flops" / m.name, 1), f"tokenizer.checkpoint={tok}"]
-        cfg = load_config(PRETRAIN_CONFIG, [a for a in argv if "=" in a])
-        task = build_cim_task(cfg)
-        trainer = Trainer(task, cfg)
-        batch = next(iter(build_loader(task.dataset, trainer.micro, 0, task.collate)))
+        trainer, loader = job_trainer(argv, build_cim_task)
+        batch: dict[str, Any] = next(iter(loader))
         with FlopCounterMode(display=False) as step:
-            trainer.train_step(lambda batch=batch: batch)
+            trainer.train_step(itertools.repeat(batch).__next__)
         with FlopCounterMode(display=False) as fwd, torch.no_grad():
-            task.model(trainer.to_device(batch))
+            trainer.model(trainer.to_device(batch))
         n = int(batch["x"].shape[0])
-        parts = _part_flops(task.model, fwd.get_flop_counts())
+        parts = _part_flops(trainer.model, fwd.get_flop_counts())
         parts = {f"forward {k}": v for k, v in parts.items()}
         parts["step"] = step.get_total_flops()
         out[m.name] = {k: v / n / 1e9 for k, v in parts.items()}
@@ -332,7 +422,7 @@ def count_flops(s: Study, methods: list[Method]) -> dict[str, dict[str, float]]:
 
 def budget_steps(s: Study, calib: dict[str, float], m: Method, tok_steps: int) -> dict[str, Any]:
     """Pre-training steps that fill ``budget_s`` (minus the tokenizer's cost when charged)."""
-    tok_cost = tok_steps * calib["tokenizer"] if m.tokenizer else 0.0
+    tok_cost = tok_steps * calib[m.tokenizer_name] if m.tokenizer else 0.0
     own = max(0.0, s.preset.budget_s - tok_cost)
     steps = max(1, int(own / calib[m.name]))
     return {
@@ -398,11 +488,14 @@ def read_result(job: Job) -> dict[str, Any] | None:
     return json.loads(f.read_text()) if f.exists() else None
 
 
-def pretrain_method(s: Study, m: Method, calib: dict[str, float], tok: Job) -> dict[str, Any]:
+def pretrain_method(s: Study, m: Method, calib: dict[str, float]) -> dict[str, Any]:
     """Pre-train one arm for its step budget; its ``pretrain`` record (empty for scratch)."""
     if not m.objective:
         return {}
+    tok = tokenizer_job(s, m)
     rec = budget_steps(s, calib, m, int(override_value(tok.argv, "train.max_steps")))
+    if m.tokenizer:
+        run_job(tok, s.threads, s.work / "logs")
     run = s.work / m.name / "pretrain"
     job = run_job(
         Job(f"{m.name}_pretrain", pretrain_argv(s, m, run, rec["steps"]), run,
@@ -523,35 +616,68 @@ def markdown(records: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             "",
             f"Claim 4 (sampled minus argmax corruption, 10 % labels): {_fmt_pair(claim4)}",
         ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + variant_lines(records)) + "\n"
+
+
+def variant_lines(records: list[dict[str, Any]]) -> list[str]:
+    """Each CIM-REVDET variant against CIM-REVDET itself: 10 % labels paired by seed, kNN."""
+    by = {r["method"]: r for r in records}
+    ref = by.get("cim-revdet")
+    variants = [r for r in records if r.get("change") and r is not ref]
+    if ref is None or not variants:
+        return []
+    lines = [
+        "",
+        "Each variant minus CIM-REVDET (same budget; 10 % labels paired by seed):",
+        "",
+        "| variant | change | overrides | 10 % top-1 difference | kNN@20 difference |",
+        "|---|---|---|---:|---:|",
+    ]
+    knn_ref = ((ref["eval"].get("knn") or {}).get("result") or {}).get("top1", {}).get("20")
+    for r in variants:
+        knn = ((r["eval"].get("knn") or {}).get("result") or {}).get("top1", {}).get("20")
+        d_knn = None if knn is None or knn_ref is None else knn - knn_ref
+        lines.append(
+            f"| {r['method']} | {r['change']} | `{' '.join(r.get('overrides', []))}` | "
+            f"{_fmt_pair(paired(ft10(r), ft10(ref)))} | {_fmt(d_knn, True)} |"
+        )
+    return lines
 
 
 # ---- main -----------------------------------------------------------------------------------
+def all_rounds(preset: Preset) -> list[str]:
+    """Every evaluation round of the preset, in the order they run."""
+    s = Study(Path(), Path(), Path(), preset, 1, 1)
+    extra = sorted(set(eval_jobs(s, METHODS[0], "")) - set(EVAL_ROUNDS))
+    return [*EVAL_ROUNDS, *extra]
+
+
 def run_study(
-    s: Study, methods: list[Method], report: Callable[[list[dict[str, Any]], str], None]
+    s: Study,
+    methods: list[Method],
+    report: Callable[[list[dict[str, Any]], str], None],
+    rounds: list[str] | None = None,
 ) -> list[dict[str, Any]]:
+    """Calibrate, pre-train every arm, then run the evaluation ``rounds`` (default: all)."""
     calib = calibrate(s, methods)
     flops = count_flops(s, methods)
     tok_steps = s.steps(s.preset.tokenizer_epochs, s.n_train)
-    tok = Job("tokenizer", tokenizer_argv(s, s.work / "tokenizer", tok_steps), s.work / "tokenizer",
-              "tokenizer.safetensors")  # fmt: skip
     est = sum(budget_steps(s, calib, m, tok_steps)["budget_s"] for m in methods if m.objective)
     print(f"[methods] calibration (s/step): {json.dumps(calib)}; pre-training ~{est / 60:.0f} min")
-    if any(m.tokenizer for m in methods):
-        run_job(tok, s.threads, s.work / "logs")
     # Every encoder first (the scarce part, and what other studies reuse), then evaluations.
-    records = [
-        {"method": m.name, "objective": m.objective, "pretrain": pretrain_method(s, m, calib, tok)}
+    records: list[dict[str, Any]] = [
+        {"method": m.name, "objective": m.objective, "change": m.change,
+         "overrides": list(m.overrides), "pretrain": pretrain_method(s, m, calib)}
         for m in methods
-    ]
+    ]  # fmt: skip
     for rec in records:
         rec["gflops_per_image"] = flops.get(rec["method"])
         rec["eval"] = {}
-    extra = sorted(set(eval_jobs(s, methods[0], "")) - set(EVAL_ROUNDS))
-    for i, key in enumerate([*EVAL_ROUNDS, *extra]):
+    keys = rounds or all_rounds(s.preset)
+    for i, key in enumerate(keys):
         for rec, m in zip(records, methods, strict=True):
             evaluate_round(s, m, key, rec)
-        report(records, f"{i + 1} of {len(EVAL_ROUNDS) + len(extra)} evaluation rounds ({key})")
+        report(records, f"{i + 1} of {len(keys)} evaluation rounds ({key})")
     return records
 
 
@@ -565,18 +691,46 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--methods",
         default=",".join(m.name for m in METHODS),
-        help="arms, in the order each evaluation round runs them (scratch required)",
+        help="arms, in the order each evaluation round runs them (scratch required); "
+        "also the CIM-REVDET variants of issue 17: " + ",".join(m.name for m in VARIANTS),
     )
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="'NAME key=value ...'",
+        help="one more CIM-REVDET arm with these overrides (e.g. a combination); "
+        "list NAME in --methods",
+    )
+    ap.add_argument("--rounds", default="", help="evaluation rounds to run (default: all)")
+    ap.add_argument("--table", default="cifar10_methods", help="name of the result files")
     ap.add_argument("--in-process", action="store_true", help="no subprocesses (tests)")
     return ap.parse_args(argv)
 
 
+def choose_arms(a: argparse.Namespace) -> list[Method]:
+    """The ``--methods`` arms, in order, from the methods, the variants and ``--variant``."""
+    known = {m.name: m for m in (*METHODS, *VARIANTS)}
+    for spec in a.variant:
+        m = parse_variant(spec)
+        known[m.name] = m
+    names = a.methods.split(",")
+    unknown = sorted(set(names) - set(known))
+    if unknown or "scratch" not in names:
+        raise ValueError(f"--methods: unknown {unknown} or no scratch arm")
+    return [known[n] for n in names]
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    names = a.methods.split(",")
-    unknown = set(names) - {m.name for m in METHODS}
-    if unknown or "scratch" not in names:
-        print(f"error: --methods: unknown {sorted(unknown)} or no scratch arm", file=sys.stderr)
+    try:
+        methods = choose_arms(a)
+        rounds = [r for r in a.rounds.split(",") if r]
+        known = all_rounds(PRESETS[a.preset])
+        if bad := sorted(set(rounds) - set(known)):
+            raise ValueError(f"--rounds: unknown {bad}; the preset's are {', '.join(known)}")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     if not cifar_folders_exist(a):
         return 2
@@ -596,11 +750,10 @@ def main(argv: list[str] | None = None) -> int:
             "command": " ".join(sys.argv), "progress": progress,
         }  # fmt: skip
         payload = {"meta": meta, "methods": records}
-        write_study(a.out, "cifar10_methods", payload, markdown(records, meta))
+        write_study(a.out, a.table, payload, markdown(records, meta))
         print(f"[methods] table written after {progress}", flush=True)
 
-    by_name = {m.name: m for m in METHODS}
-    run_study(s, [by_name[n] for n in names], report)  # in --methods order
+    run_study(s, methods, report, rounds or None)  # in --methods order
     return 0
 
 

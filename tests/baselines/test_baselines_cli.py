@@ -140,3 +140,71 @@ def test_compare_methods_quick_writes_the_table(
     table = (out / "cifar10_methods.md").read_text()
     assert "| scratch |" in table and "| mae |" in table
     assert payload["meta"]["progress"].startswith("6 of 6 evaluation rounds")
+
+
+def test_compare_methods_scales_added_arms_by_a_reference_arm(
+    tmp_path: Path, e2e: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Arms added to a calibrated study are timed beside a saved arm and scaled by it."""
+    cm = e2e.import_bench("compare_methods")
+    s = cm.Study(Path("d"), Path("v"), tmp_path, cm.PRESETS["full"], 50_000, 2)
+    saved = {"tokenizer": 1.0, "mae": 0.5, "cim-revdet": 2.0}
+    (tmp_path / "calibration.json").write_text(json.dumps({"s_per_step": saved}))
+    asked = []
+
+    def steps(study, methods, names):
+        asked.append(set(names))
+        return {}
+
+    # Today the machine is twice as slow: cim-revdet takes 4 s where it took 2.
+    new = {"cim-revdet": [4.0, 4.2, 3.8], "cim-revdet-uniform": [6.0] * 3,
+           "cim-revdet-codes256": [3.6] * 3,
+           "tokenizer_cim-revdet-codes256": [3.0] * 3}  # fmt: skip
+    monkeypatch.setattr(cm, "_calibration_steps", steps)
+    monkeypatch.setattr(cm, "time_round_robin", lambda st, rounds: new)
+    by = {m.name: m for m in (*cm.METHODS, *cm.VARIANTS)}
+    arms = [by[n] for n in ("scratch", "mae", "cim-revdet", "cim-revdet-uniform")]
+    arms.append(by["cim-revdet-codes256"])
+    calib = cm.calibrate(s, arms)
+    assert asked == [{"cim-revdet-uniform", "cim-revdet-codes256",
+                      "tokenizer_cim-revdet-codes256", "cim-revdet"}]  # fmt: skip
+    assert calib["cim-revdet-uniform"] == pytest.approx(3.0)  # 6 x 2/4
+    assert calib["tokenizer_cim-revdet-codes256"] == pytest.approx(1.5)
+    assert calib["cim-revdet-codes256"] == pytest.approx(1.8)
+    assert calib["mae"] == 0.5 and calib["cim-revdet"] == 2.0  # saved arms untouched
+    rec = json.loads((tmp_path / "calibration.json").read_text())
+    assert rec["added"][0]["reference"] == "cim-revdet" and rec["added"][0]["scale"] == 0.5
+    # A codebook arm pays for its own tokenizer and passes its codebook to pre-training.
+    codes = by["cim-revdet-codes256"]
+    budget = cm.budget_steps(s, calib, codes, tok_steps=100)
+    assert budget["tokenizer_charge_s"] == 150
+    argv = cm.pretrain_argv(s, codes, tmp_path / "run", 5)
+    assert f"tokenizer.checkpoint={tmp_path / 'tokenizer_cim-revdet-codes256'}" in argv
+    assert argv[-1] == "tokenizer.vocab_size=256"
+    assert cm.tokenizer_job(s, codes).argv[-1] == "tokenizer.vocab_size=256"
+
+
+@pytest.mark.timeout(600)
+def test_compare_methods_quick_runs_a_custom_variant(
+    image_folder: Path, tmp_path: Path, e2e: SimpleNamespace
+) -> None:
+    cm = e2e.import_bench("compare_methods")
+    out = tmp_path / "out"
+    args = ["--preset", "quick", "--data", str(image_folder), "--val-data", str(image_folder),
+            "--work", str(tmp_path / "w"), "--out", str(out), "--in-process",
+            "--variant", "small-codes tokenizer.vocab_size=8 mask.placement=uniform",
+            "--methods", "scratch,cim-revdet,small-codes", "--rounds", "ft10_seed0",
+            "--table", "variants"]  # fmt: skip
+    assert cm.main(args) == 0
+    payload = json.loads((out / "variants.json").read_text())
+    recs = {r["method"]: r for r in payload["methods"]}
+    assert set(recs["small-codes"]["eval"]) == {"ft10_seed0"}
+    tok = tmp_path / "w" / "tokenizer_small-codes" / "tokenizer.safetensors"
+    assert tok.exists() and (tmp_path / "w" / "tokenizer" / "tokenizer.safetensors").exists()
+    assert recs["small-codes"]["pretrain"]["tokenizer_charge_s"] > 0
+    assert (
+        "| small-codes | tokenizer.vocab_size=8 mask.placement=uniform |"
+        in (out / "variants.md").read_text()
+    )
+    bad = [*args[:-6], "--methods", "scratch,nope"]
+    assert cm.main(bad) == 2
