@@ -43,11 +43,14 @@ kNN), ``--table`` names the result files.
 Presets: ``full`` (the study in docs/BENCHMARKS.md, about 4 h of machine time; the script
 prints its estimate after the calibration) and ``quick`` (a tiny ViT, a few steps, tiny data:
 minutes; run by the test suite, its numbers mean nothing). Finished jobs are reused and
-interrupted ones resume (``resume=auto``), so the study can run in parts.
+interrupted ones resume (``resume=auto``), so the study can run in parts. A machine that lost
+the work directory continues from the published table with ``--restore TABLE.json``
+(``study_restore``: same step budgets, its evaluations kept, re-created encoders checked).
 
     python bench/compare_methods.py [--preset full|quick] [--data DIR --val-data DIR] \
         [--work runs/methods] [--out docs/results] [--methods a,b,...] \
-        [--variant "NAME key=value ..."] [--rounds knn,ft10_seed0,...] [--table NAME]
+        [--variant "NAME key=value ..."] [--rounds knn,ft10_seed0,...] [--table NAME] \
+        [--restore docs/results/cifar10_methods.json]
 
 writes ``<out>/<table>.json`` (default ``cifar10_methods``; one record per method with every
 job's config and timing) and ``<out>/<table>.md``.
@@ -69,6 +72,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cifar10_evidence
+import study_restore
 from cifar10_evidence import CIFAR, VIT, Job, cifar_folders_exist, count_images, run_job
 from records import git_commit, write_study
 
@@ -366,6 +370,22 @@ def calibrate(s: Study, methods: list[Method]) -> dict[str, float]:
     return saved
 
 
+def restore_calibration(
+    s: Study, methods: list[Method], published: dict[str, dict[str, Any]], source: str
+) -> None:
+    """``--restore``: the published budgets as ``<work>/calibration.json`` (module
+    ``study_restore``); an existing calibration is kept (the finished jobs were made with it).
+    Arms the table lacks are calibrated as added arms, scaled to a restored one."""
+    if (s.work / "calibration.json").exists():
+        print(f"[methods] --restore: keeping {s.work / 'calibration.json'}", flush=True)
+        return
+    tok_steps = s.steps(s.preset.tokenizer_epochs, s.n_train)
+    charged = {m.name: m.tokenizer_name for m in (*METHODS, *VARIANTS, *methods) if m.tokenizer}
+    calib = study_restore.restored_calibration(published, charged, tok_steps)
+    path = study_restore.write_calibration(s.work, calib, source)
+    print(f"[methods] --restore: calibration rebuilt from {source} ({path})", flush=True)
+
+
 def _part_flops(model: Any, counts: dict[str, dict[Any, int]]) -> dict[str, int]:
     """FLOPs of one step per part: the model's children, and the frozen tokenizer (its
     modules are not registered in the model, so the counter names them by class)."""
@@ -502,7 +522,11 @@ def pretrain_method(s: Study, m: Method, calib: dict[str, float]) -> dict[str, A
             "enhancer.safetensors"),
         s.threads, s.work / "logs",
     )  # fmt: skip
-    rec.update(wallclock_s=round(job.wallclock_s, 1), last=last_metrics(run))
+    rec.update(
+        wallclock_s=round(job.wallclock_s, 1),
+        last=last_metrics(run),
+        encoder_sha256=study_restore.tensors_sha256(run / "enhancer.safetensors"),
+    )
     return rec
 
 
@@ -513,12 +537,19 @@ EVAL_ROUNDS = ("ft10_seed0", "ft10_seed1", "linprobe", "knn", "ft10_seed2", "ft1
 
 def evaluate_round(s: Study, m: Method, key: str, rec: dict[str, Any]) -> None:
     """Run one evaluation (``key`` of :func:`eval_jobs`) of one arm into ``rec['eval']``."""
+    if (rec["eval"].get(key) or {}).get("result") is not None:
+        return  # kept from the published table (--restore)
     encoder = str(s.work / m.name / "pretrain") if m.objective else ""
     job = eval_jobs(s, m, encoder).get(key)
     if job is None:  # e.g. a seed the preset does not have
         return
     done = run_job(job, s.threads, s.work / "logs")
-    rec["eval"][key] = {"result": read_result(done), "wallclock_s": round(done.wallclock_s, 1)}
+    rec["eval"][key] = {
+        "result": read_result(done),
+        "wallclock_s": round(done.wallclock_s, 1),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "commit": git_commit(),  # of the table; a reused job may be older
+    }
 
 
 def override_value(argv: list[str] | tuple[str, ...], key: str) -> str:
@@ -616,6 +647,7 @@ def markdown(records: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             "",
             f"Claim 4 (sampled minus argmax corruption, 10 % labels): {_fmt_pair(claim4)}",
         ]
+    lines += study_restore.recreated_note(records)
     return "\n".join(lines + variant_lines(records)) + "\n"
 
 
@@ -657,8 +689,12 @@ def run_study(
     methods: list[Method],
     report: Callable[[list[dict[str, Any]], str], None],
     rounds: list[str] | None = None,
+    published: dict[str, dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Calibrate, pre-train every arm, then run the evaluation ``rounds`` (default: all)."""
+    """Calibrate, pre-train every arm, then run the evaluation ``rounds`` (default: all).
+
+    ``published`` (method -> record of a published table, ``--restore``): its finished
+    evaluations are kept, and each re-created encoder is checked against it."""
     calib = calibrate(s, methods)
     flops = count_flops(s, methods)
     tok_steps = s.steps(s.preset.tokenizer_epochs, s.n_train)
@@ -672,7 +708,12 @@ def run_study(
     ]  # fmt: skip
     for rec in records:
         rec["gflops_per_image"] = flops.get(rec["method"])
-        rec["eval"] = {}
+        old = (published or {}).get(rec["method"])
+        rec["eval"] = study_restore.kept_evaluations(old)
+        if old and rec["pretrain"]:
+            rec["pretrain"]["recreated"] = study_restore.compare_recreated(
+                rec["pretrain"], old.get("pretrain") or {}
+            )
     keys = rounds or all_rounds(s.preset)
     for i, key in enumerate(keys):
         for rec, m in zip(records, methods, strict=True):
@@ -704,6 +745,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--rounds", default="", help="evaluation rounds to run (default: all)")
     ap.add_argument("--table", default="cifar10_methods", help="name of the result files")
+    ap.add_argument(
+        "--restore",
+        default="",
+        metavar="TABLE.json",
+        help="a published table to continue on a machine without its --work (empty): its "
+        "budgets are reused, its evaluations kept, re-created encoders checked against it",
+    )
     ap.add_argument("--in-process", action="store_true", help="no subprocesses (tests)")
     return ap.parse_args(argv)
 
@@ -729,6 +777,9 @@ def main(argv: list[str] | None = None) -> int:
         known = all_rounds(PRESETS[a.preset])
         if bad := sorted(set(rounds) - set(known)):
             raise ValueError(f"--rounds: unknown {bad}; the preset's are {', '.join(known)}")
+        restored = study_restore.load_published(a.restore) if a.restore else None
+        if restored and restored["meta"].get("preset") != a.preset:
+            raise ValueError(f"--restore: {a.restore} is preset {restored['meta'].get('preset')}")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -741,6 +792,9 @@ def main(argv: list[str] | None = None) -> int:
     s = Study(data, Path(a.val_data).expanduser().resolve(), work, PRESETS[a.preset],
               count_images(data), os.cpu_count() or 1)  # fmt: skip
     t0 = time.time()
+    published = study_restore.by_method(restored) if restored else None
+    if published is not None:
+        restore_calibration(s, methods, published, a.restore)
 
     def report(records: list[dict[str, Any]], progress: str) -> None:
         meta = {
@@ -749,11 +803,13 @@ def main(argv: list[str] | None = None) -> int:
             "study_wallclock_s": round(time.time() - t0, 1), "cpu_count": os.cpu_count(),
             "command": " ".join(sys.argv), "progress": progress,
         }  # fmt: skip
+        if restored:
+            meta["restored_from"] = {"file": a.restore, "meta": restored["meta"]}
         payload = {"meta": meta, "methods": records}
         write_study(a.out, a.table, payload, markdown(records, meta))
         print(f"[methods] table written after {progress}", flush=True)
 
-    run_study(s, methods, report, rounds or None)  # in --methods order
+    run_study(s, methods, report, rounds or None, published)  # in --methods order
     return 0
 
 
