@@ -693,8 +693,9 @@ def run_study(
 ) -> list[dict[str, Any]]:
     """Calibrate, pre-train every arm, then run the evaluation ``rounds`` (default: all).
 
-    ``published`` (method -> record of a published table, ``--restore``): its finished
-    evaluations are kept, and each re-created encoder is checked against it."""
+    ``published`` (method -> record of a published table, ``--restore``): each re-created
+    encoder is checked against it, and its finished evaluations are kept when every encoder
+    is the published one (``study_restore.adopt_published``)."""
     calib = calibrate(s, methods)
     flops = count_flops(s, methods)
     tok_steps = s.steps(s.preset.tokenizer_epochs, s.n_train)
@@ -708,12 +709,9 @@ def run_study(
     ]  # fmt: skip
     for rec in records:
         rec["gflops_per_image"] = flops.get(rec["method"])
-        old = (published or {}).get(rec["method"])
-        rec["eval"] = study_restore.kept_evaluations(old)
-        if old and rec["pretrain"]:
-            rec["pretrain"]["recreated"] = study_restore.compare_recreated(
-                rec["pretrain"], old.get("pretrain") or {}
-            )
+        rec["eval"] = {}
+    if published is not None:
+        study_restore.adopt_published(records, published)
     keys = rounds or all_rounds(s.preset)
     for i, key in enumerate(keys):
         for rec, m in zip(records, methods, strict=True):

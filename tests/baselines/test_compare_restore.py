@@ -94,3 +94,28 @@ def test_restore_from_a_file_that_is_not_a_table_is_one_error_line(
         assert cm.main(["--work", str(tmp_path / "w"), "--restore", str(bad)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: --restore:") and bad.name in err[0]
+
+
+def test_published_evaluations_are_kept_only_when_every_encoder_is_the_same(
+    e2e: SimpleNamespace,
+) -> None:
+    sr = e2e.import_bench("study_restore")
+    done = {"ft10_seed0": {"result": {"last": {"top1": 30.0}}}, "knn": {"result": None}}
+    published = {
+        "scratch": {"method": "scratch", "pretrain": {}, "eval": done},
+        "mae": {"method": "mae", "pretrain": {"steps": 3, "encoder_sha256": "a"}, "eval": done},
+    }
+
+    def records(sha: str) -> list[dict]:
+        return [
+            {"method": "scratch", "pretrain": {}, "eval": {}},
+            {"method": "mae", "pretrain": {"steps": 3, "encoder_sha256": sha}, "eval": {}},
+        ]
+
+    same = records("a")
+    assert sr.adopt_published(same, published)
+    assert all(set(r["eval"]) == {"ft10_seed0"} for r in same)  # unfinished knn not kept
+    other = records("b")
+    assert not sr.adopt_published(other, published)
+    assert all(r["eval"] == {} for r in other)  # scratch too: one replicate per table
+    assert other[1]["published_eval"] == {"ft10_seed0": done["ft10_seed0"]}
