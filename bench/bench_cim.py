@@ -80,7 +80,7 @@ from cimpt.config import load_config
 from cimpt.data import build_loader
 from cimpt.engine.loop import Trainer
 from cimpt.engine.optim import build_adamw
-from cimpt.engine.precision import autocast, choose_attention, cpu_has_amx_bf16, describe
+from cimpt.engine.precision import autocast, choose_attention, cpu_bf16_units, describe
 from cimpt.errors import CimptError
 from cimpt.pretrain import CIMTask, build_cim_task, load_frozen_tokenizer
 from cimpt.tokenizers.base import ImageTokenizer
@@ -313,7 +313,7 @@ def measure_components(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     parts["supervised"] = supervised_part(cfg, batch, trainer.amp_dtype)
     # The ceilings, timed in the same rounds as the parts so that noise hits them alike:
     # bf16 only where the CPU has matrix units (emulated bf16 is no ceiling worth a minute).
-    dtypes = ("fp32", "bf16") if cpu_has_amx_bf16() else ("fp32",)
+    dtypes = ("fp32", "bf16") if cpu_bf16_units() else ("fp32",)
     for d in dtypes:
         parts[f"peak_{d}"] = matmul_part(d, PEAK_N)
     time_round_robin(parts, args.reps, args.rep_warmup)

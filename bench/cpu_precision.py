@@ -13,8 +13,9 @@ in one process, interleaved round-robin so machine noise hits every variant alik
 and reports img/s, the bf16/fp32 speed-up, FLOPs per image (torch's FLOP counter) and the
 share of the matmul peak each reaches, the peak measured in the same run for each dtype.
 
-bf16 pays only on CPUs with bf16 matrix units (Intel AMX); elsewhere oneDNN emulates it and it
-is many times slower, so without AMX the bf16 rows are skipped unless ``--force-bf16``.
+bf16 pays only on CPUs with native bf16 matrix instructions (Intel AMX, AVX512-BF16); elsewhere
+oneDNN emulates it and it is many times slower, so there the bf16 rows are skipped unless
+``--force-bf16``.
 
 Usage:
     python bench/cpu_precision.py [--threads 2] [--widths 192 384 768] [--reps 5]
@@ -40,7 +41,7 @@ import torch.nn.functional as F
 from cimpt.config import load_config
 from cimpt.engine.loop import Trainer
 from cimpt.engine.optim import build_adamw
-from cimpt.engine.precision import choose_attention, cpu_has_amx_bf16
+from cimpt.engine.precision import choose_attention, cpu_bf16_units
 from cimpt.pretrain import build_cim_task
 from cimpt.tokenizers.load import build_tokenizer
 from compute import matmul_peak, step_flops
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force-bf16", action="store_true", help="measure bf16 without AMX too")
     p.add_argument("--out", default="bench/results/cpu_precision.json")
     args = p.parse_args(argv)
-    args.bf16 = cpu_has_amx_bf16() or args.force_bf16
+    args.bf16 = cpu_bf16_units() is not None or args.force_bf16
     if not args.bf16:
         print("note: no AMX on this CPU; bf16 is emulated there and not measured (--force-bf16)")
     res = run(args)

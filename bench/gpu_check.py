@@ -52,7 +52,7 @@ from omegaconf import DictConfig
 from cimpt.config import load_config
 from cimpt.engine.loop import Trainer
 from cimpt.engine.optim import build_adamw
-from cimpt.engine.precision import cpu_has_amx_bf16, full_precision
+from cimpt.engine.precision import cpu_bf16_units, full_precision
 from cimpt.pretrain import build_cim_task
 from cimpt.tokenizers.dalle import DalleTokenizer
 from cimpt.tokenizers.load import save_tokenizer
@@ -113,7 +113,8 @@ def machine(device: torch.device) -> dict[str, Any]:
         "timm": timm.__version__,
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
-        "cpu_amx_bf16": cpu_has_amx_bf16(),
+        "cpu_amx_bf16": cpu_bf16_units() == "AMX",
+        "cpu_bf16_units": cpu_bf16_units(),
         "cpu_model": _cpu_model(),
         "device": str(device),
     }
@@ -231,7 +232,7 @@ def supervised_step(args: argparse.Namespace, compile_: bool, flops: bool) -> di
     x = torch.randn(args.batch, 3, size, size, device=device)
     y = torch.randint(0, 1000, (args.batch,), device=device)
     model: Any = torch.compile(net) if compile_ else net
-    dtype = torch.bfloat16 if device.type == "cuda" or cpu_has_amx_bf16() else None
+    dtype = torch.bfloat16 if device.type == "cuda" or cpu_bf16_units() else None
 
     def step() -> None:
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):

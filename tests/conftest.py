@@ -88,6 +88,20 @@ def one_thread() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(autouse=True)
+def fp32_on_every_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``train.amp=auto`` means fp32 on the CPU in every test, whatever the CPU.
+
+    On a CPU with bf16 matrix instructions (AMX, AVX512-BF16) ``auto`` picks bf16, and tests
+    that compare two computations to fp32 tolerances (accumulation against one big batch,
+    exact resume, hand-computed losses) would then depend on the machine they run on. Tests
+    of bf16 itself ask for ``train.amp=bf16`` or patch the probe themselves.
+    """
+    import cimpt.engine.precision as precision
+
+    monkeypatch.setattr(precision, "cpu_bf16_units", lambda: None)
+
+
 @pytest.fixture(scope="session")
 def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """24 structured 32 px PNGs in two class sub-folders (read-only for the tests)."""

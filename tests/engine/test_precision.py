@@ -13,35 +13,53 @@ from cimpt.tokenizers.vqvae import VQVAE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CPU = torch.device("cpu")
+# The probe itself: conftest's fp32_on_every_cpu replaces the module attribute in every test.
+REAL_BF16_UNITS = P.cpu_bf16_units
 
 
 @pytest.mark.parametrize(
-    ("amp", "amx", "want"),
+    ("amp", "units", "want"),
     [
-        ("none", True, None),
-        ("bf16", False, torch.bfloat16),
-        ("fp16", False, torch.float16),
-        ("auto", True, torch.bfloat16),  # a CPU with AMX: bf16
-        ("auto", False, None),  # without it bf16 is emulated and slow: fp32
+        ("none", "AMX", None),
+        ("bf16", None, torch.bfloat16),
+        ("fp16", None, torch.float16),
+        ("auto", "AMX", torch.bfloat16),  # bf16 matrix units: bf16
+        ("auto", "AVX512-BF16", torch.bfloat16),
+        ("auto", None, None),  # without them bf16 is emulated and slow: fp32
     ],
 )
-def test_resolve_amp_on_cpu(monkeypatch, amp, amx, want) -> None:
-    monkeypatch.setattr(P, "cpu_has_amx_bf16", lambda: amx)
+def test_resolve_amp_on_cpu(monkeypatch, amp, units, want) -> None:
+    monkeypatch.setattr(P, "cpu_bf16_units", lambda: units)
     assert P.resolve_amp(amp, CPU) is want
+    if want is torch.bfloat16 and units:
+        assert P.describe(want, CPU) == f"bf16 autocast (CPU with {units})"
 
 
-def test_amx_probe_reads_the_cpu_flags(monkeypatch, tmp_path) -> None:
-    probe = P.cpu_has_amx_bf16.__wrapped__  # the uncached function
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
-    flags = "flags\t\t: fpu sse avx2 avx512f {}\n"
-    for extra, want in (("amx_bf16 amx_tile", True), ("amx_tile", False), ("", False)):
-        info = tmp_path / f"cpuinfo_{want}_{len(extra)}"
-        info.write_text("model name\t: test\n" + flags.format(extra))
-        monkeypatch.setattr(P, "Path", lambda _p, f=info: f)
-        assert probe() is want, extra
-    # torch's own probe saying no (tiles not enabled by the OS) wins over the flag.
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
-    assert probe() is False
+@pytest.mark.parametrize(
+    ("extra", "amx_probe", "avx_probe", "want"),
+    [
+        ("amx_bf16 amx_tile avx512_bf16", True, True, "AMX"),
+        ("amx_tile avx512_bf16", True, True, "AVX512-BF16"),  # tiles without bf16
+        ("amx_bf16 amx_tile avx512_bf16", False, True, "AVX512-BF16"),  # OS left tiles off
+        ("avx512_bf16", None, None, "AVX512-BF16"),  # no torch probes: the flags decide
+        ("amx_bf16 amx_tile", None, None, "AMX"),
+        ("avx512_bf16", False, False, None),  # torch's probe wins over the flag
+        ("", None, None, None),
+    ],
+)
+def test_bf16_units_probe(monkeypatch, tmp_path, extra, amx_probe, avx_probe, want) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"model name\t: test\nflags\t\t: fpu sse avx2 avx512f {extra}\n")
+    monkeypatch.setattr(P, "Path", lambda _p: info)
+    for name, value in (
+        ("_is_amx_tile_supported", amx_probe),
+        ("_is_avx512_bf16_supported", avx_probe),
+    ):
+        if value is None:
+            monkeypatch.delattr(torch.cpu, name, raising=False)
+        else:
+            monkeypatch.setattr(torch.cpu, name, lambda v=value: v, raising=False)
+    assert REAL_BF16_UNITS.__wrapped__() == want  # the uncached function
 
 
 def _vit() -> torch.nn.Module:

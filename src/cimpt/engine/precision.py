@@ -4,10 +4,11 @@
 elsewhere:
 
 * CUDA: bf16 where the GPU supports it (Ampere and later), else fp32.
-* CPU: bf16 only where the processor has Intel AMX (``amx_bf16``). Without matrix units,
-  oneDNN emulates bf16 matrix products and a CIM step runs many times *slower* than in fp32
-  (measured on an AMD EPYC without AVX-512: docs/BENCHMARKS.md, "Precision"), so bf16 there
-  would be a trap, not a speed-up.
+* CPU: bf16 only where the processor multiplies bf16 natively: Intel AMX (``amx_bf16``) or
+  AVX512-BF16 (``avx512_bf16``: AMD Zen 4 and later, Intel Cooper Lake). Elsewhere oneDNN
+  emulates bf16 matrix products and a CIM step runs many times *slower* than in fp32, so
+  bf16 there would be a trap, not a speed-up. Measured in docs/BENCHMARKS.md, "Precision":
+  1.5x on an AMX Xeon, 1.3x on an AVX512-BF16 EPYC, 0.06x on an EPYC without either.
 * other devices (MPS, ...): fp32.
 
 The frozen tokenizer is not affected by this choice: ``tokenizer_precision`` keeps it in fp32
@@ -28,27 +29,42 @@ _FIXED = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
 
 
 @functools.lru_cache(maxsize=1)
-def cpu_has_amx_bf16() -> bool:
-    """Whether this CPU has AMX bf16 tiles (Intel Sapphire Rapids and later).
+def cpu_bf16_units() -> str | None:
+    """This CPU's native bf16 matrix instructions: ``"AMX"``, ``"AVX512-BF16"`` or ``None``.
 
-    torch's own probe is used where it exists (it also checks that the OS enabled the tiles);
-    otherwise the ``amx_bf16`` flag of ``/proc/cpuinfo`` (Linux).
+    torch's own probes are used where they exist (the AMX one also checks that the OS enabled
+    the tiles); otherwise the ``amx_bf16`` / ``avx512_bf16`` flags of ``/proc/cpuinfo``.
     """
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    flags = _cpu_flags()
+    amx = _probe("_is_amx_tile_supported", "amx_bf16" in flags) and "amx_bf16" in flags
+    if amx:
+        return "AMX"
+    if _probe("_is_avx512_bf16_supported", "avx512_bf16" in flags):
+        return "AVX512-BF16"
+    return None
+
+
+def _probe(name: str, fallback: bool) -> bool:
+    """``torch.cpu.<name>()`` where torch has it, else ``fallback``."""
+    probe = getattr(torch.cpu, name, None)
     if callable(probe):
         try:
-            if not probe():
-                return False
+            return bool(probe())
         except RuntimeError:
             pass
+    return fallback
+
+
+def _cpu_flags() -> set[str]:
+    """The ``flags`` of ``/proc/cpuinfo`` (empty where there is none)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
+        return set()
     for line in text.splitlines():
         if line.startswith("flags"):
-            return "amx_bf16" in line.split()
-    return False
+            return set(line.split())
+    return set()
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
@@ -59,17 +75,18 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
         # Without bf16 (before Ampere) fp32: fp16 needs loss scaling, whose skipped overflow
         # steps the NaN guard would count; ask for train.amp=fp16 explicitly there.
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    if device.type == "cpu" and cpu_has_amx_bf16():
+    if device.type == "cpu" and cpu_bf16_units():
         return torch.bfloat16
     return None
 
 
 def describe(dtype: torch.dtype | None, device: torch.device) -> str:
     """A short start-up line, e.g. ``bf16 autocast (CPU with AMX)``."""
+    units = cpu_bf16_units() if device.type == "cpu" else None
     if dtype is None:
         return f"fp32 ({device.type})"
     name = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
-    where = "CPU with AMX" if device.type == "cpu" and cpu_has_amx_bf16() else device.type
+    where = f"CPU with {units}" if units else device.type
     return f"{name} autocast ({where})"
 
 
