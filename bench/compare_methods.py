@@ -209,6 +209,10 @@ class Study:
             "run.progress=false",
             "data.num_workers=1",
             f"train.batch_size={self.preset.batch}",
+            # fp32 on every machine: train.amp=auto picks bf16 on CPUs with bf16 units, which
+            # would make replicates on different CPUs differ in precision, not just rounding,
+            # and a --restore there could never re-create the published encoders.
+            "train.amp=none",
         ]
 
 
@@ -216,7 +220,7 @@ class Study:
 def tokenizer_argv(s: Study, run: Path, steps: int, overrides: tuple[str, ...] = ()) -> list[str]:
     return [
         "tokenizer", "train", "configs/cifar10_tokenizer.yaml",
-        *s.common(run)[:2], "run.progress=false", "data.num_workers=1",
+        *s.common(run)[:2], "run.progress=false", "data.num_workers=1", "train.amp=none",
         f"train.batch_size={s.preset.batch}",
         f"data.val_path={s.val}", f"train.max_steps={steps}", *s.preset.extra, *overrides,
     ]  # fmt: skip
