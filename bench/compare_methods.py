@@ -698,8 +698,8 @@ def run_study(
     """Calibrate, pre-train every arm, then run the evaluation ``rounds`` (default: all).
 
     ``published`` (method -> record of a published table, ``--restore``): each re-created
-    encoder is checked against it, and its finished evaluations are kept when every encoder
-    is the published one (``study_restore.adopt_published``)."""
+    encoder is checked against it, and the finished evaluations of scratch and of every arm
+    whose encoder is the published one are kept (``study_restore.adopt_published``)."""
     calib = calibrate(s, methods)
     flops = count_flops(s, methods)
     tok_steps = s.steps(s.preset.tokenizer_epochs, s.n_train)

@@ -12,11 +12,11 @@ number the work directory produced. A reset cloud instance or a fresh session re
    the published one; each is checked against the table (its SHA-256 when the table has one,
    else its last logged losses) and the result is recorded beside it. A mismatch is reported,
    not hidden: evaluations of a different encoder are not pairs of the published ones.
-3. **Evaluations** the table already holds are kept, not re-run, when every re-created encoder
-   is the published one. If any differs (another machine type, library version or code), the
-   study is a new replicate: every arm is evaluated again, scratch included, so that gains
-   stay paired within one set of encoders; the published evaluations are kept beside each
-   record as ``published_eval`` for reference, not in the table.
+3. **Evaluations** the table already holds are kept, not re-run, for scratch (no encoder:
+   its runs depend only on code, data and seed) and for every arm whose re-created encoder
+   is the published one. An arm whose encoder differs (another machine type, library
+   version or code) is evaluated again, all of it, so that each arm's numbers come from one
+   encoder; its published evaluations stay beside the record as ``published_eval``.
 """
 
 from __future__ import annotations
@@ -125,28 +125,27 @@ def kept_evaluations(old: dict[str, Any] | None) -> dict[str, Any]:
 
 def adopt_published(records: list[dict[str, Any]], published: dict[str, dict[str, Any]]) -> bool:
     """Check each re-created encoder of ``records`` against ``published`` (into
-    ``pretrain["recreated"]``), then keep the published evaluations if all are the same
-    (module doc, item 3). Returns whether they were kept."""
+    ``pretrain["recreated"]``), then keep the published evaluations of every arm whose
+    encoder is the published one, and of scratch (module doc, item 3). Returns whether every
+    arm's were kept."""
+    same_all = True
     for rec in records:
-        old = published.get(rec["method"])
-        if old and rec["pretrain"]:
-            rec["pretrain"]["recreated"] = compare_recreated(
-                rec["pretrain"], old.get("pretrain") or {}
-            )
-    same = all((r["pretrain"].get("recreated") or {"same": True})["same"] for r in records)
-    for rec in records:
-        kept = kept_evaluations(published.get(rec["method"]))
+        old = published.get(rec["method"]) or {}
+        if old.get("pretrain") and rec["pretrain"]:
+            rec["pretrain"]["recreated"] = compare_recreated(rec["pretrain"], old["pretrain"])
+        same = (rec["pretrain"].get("recreated") or {"same": True})["same"]
+        kept = kept_evaluations(old)
         if same:
             rec["eval"].update(kept)
         elif kept:
             rec["published_eval"] = kept
-    if not same:
-        print(
-            "[methods] --restore: re-created encoders differ from the published ones; "
-            "every arm is evaluated again (published evaluations kept as published_eval)",
-            flush=True,
-        )
-    return same
+            same_all = False
+            print(
+                f"[methods] --restore: {rec['method']}: the re-created encoder differs from "
+                "the published one; evaluated again (published ones kept as published_eval)",
+                flush=True,
+            )
+    return same_all
 
 
 def recreated_note(records: list[dict[str, Any]]) -> list[str]:
@@ -168,6 +167,6 @@ def recreated_note(records: list[dict[str, Any]]) -> list[str]:
         "",
         "Re-created encoders that differ from the published ones (`--restore`): "
         + "; ".join(bad)
-        + ". This table is a new replicate: every evaluation in it is of the re-created "
-        "encoders (the published ones are under `published_eval` in the JSON).",
+        + ". Every evaluation of these arms in this table is of the re-created encoder "
+        "(the published ones are under `published_eval` in the JSON).",
     ]

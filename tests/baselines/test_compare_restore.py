@@ -96,26 +96,26 @@ def test_restore_from_a_file_that_is_not_a_table_is_one_error_line(
         assert len(err) == 1 and err[0].startswith("error: --restore:") and bad.name in err[0]
 
 
-def test_published_evaluations_are_kept_only_when_every_encoder_is_the_same(
+def test_published_evaluations_are_kept_for_scratch_and_same_encoders(
     e2e: SimpleNamespace,
 ) -> None:
     sr = e2e.import_bench("study_restore")
     done = {"ft10_seed0": {"result": {"last": {"top1": 30.0}}}, "knn": {"result": None}}
+
+    def arm(name: str, sha: str | None) -> dict:
+        pre = {"steps": 3, "encoder_sha256": sha} if sha else {}
+        return {"method": name, "pretrain": pre, "eval": {}}
+
     published = {
-        "scratch": {"method": "scratch", "pretrain": {}, "eval": done},
-        "mae": {"method": "mae", "pretrain": {"steps": 3, "encoder_sha256": "a"}, "eval": done},
+        n: {**arm(n, "a" if n != "scratch" else None), "eval": done}
+        for n in ("scratch", "mae", "beit")
     }
-
-    def records(sha: str) -> list[dict]:
-        return [
-            {"method": "scratch", "pretrain": {}, "eval": {}},
-            {"method": "mae", "pretrain": {"steps": 3, "encoder_sha256": sha}, "eval": {}},
-        ]
-
-    same = records("a")
+    same = [arm("scratch", None), arm("mae", "a"), arm("beit", "a")]
     assert sr.adopt_published(same, published)
     assert all(set(r["eval"]) == {"ft10_seed0"} for r in same)  # unfinished knn not kept
-    other = records("b")
-    assert not sr.adopt_published(other, published)
-    assert all(r["eval"] == {} for r in other)  # scratch too: one replicate per table
-    assert other[1]["published_eval"] == {"ft10_seed0": done["ft10_seed0"]}
+    mixed = [arm("scratch", None), arm("mae", "a"), arm("beit", "b")]
+    assert not sr.adopt_published(mixed, published)
+    assert set(mixed[0]["eval"]) == set(mixed[1]["eval"]) == {"ft10_seed0"}
+    assert mixed[2]["eval"] == {} and mixed[2]["published_eval"] == {
+        "ft10_seed0": done["ft10_seed0"]
+    }
