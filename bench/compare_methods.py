@@ -200,6 +200,11 @@ class Study:
     def steps(self, epochs: float, n_images: int) -> int:
         return max(1, round(epochs * (n_images // self.preset.batch)))
 
+    @property
+    def tokenizer_steps(self) -> int:
+        """Steps of every tokenizer run (the shared one and an arm's own alike)."""
+        return self.steps(self.preset.tokenizer_epochs, self.n_train)
+
     def common(self, run: Path) -> list[str]:
         """Overrides every job shares: output, data, the encoder, quiet logs."""
         return [
@@ -228,9 +233,8 @@ def tokenizer_argv(s: Study, run: Path, steps: int, overrides: tuple[str, ...] =
 
 def tokenizer_job(s: Study, m: Method) -> Job:
     """The tokenizer run arm ``m`` uses (the shared one unless it changes the tokenizer)."""
-    steps = s.steps(s.preset.tokenizer_epochs, s.n_train)
     run = s.work / m.tokenizer_name
-    argv = tokenizer_argv(s, run, steps, m.tokenizer_overrides)
+    argv = tokenizer_argv(s, run, s.tokenizer_steps, m.tokenizer_overrides)
     return Job(m.tokenizer_name, argv, run, "tokenizer.safetensors")
 
 
@@ -383,9 +387,8 @@ def restore_calibration(
     if (s.work / "calibration.json").exists():
         print(f"[methods] --restore: keeping {s.work / 'calibration.json'}", flush=True)
         return
-    tok_steps = s.steps(s.preset.tokenizer_epochs, s.n_train)
     charged = {m.name: m.tokenizer_name for m in (*METHODS, *VARIANTS, *methods) if m.tokenizer}
-    calib = study_restore.restored_calibration(published, charged, tok_steps)
+    calib = study_restore.restored_calibration(published, charged, s.tokenizer_steps)
     path = study_restore.write_calibration(s.work, calib, source)
     print(f"[methods] --restore: calibration rebuilt from {source} ({path})", flush=True)
 
@@ -516,10 +519,9 @@ def pretrain_method(s: Study, m: Method, calib: dict[str, float]) -> dict[str, A
     """Pre-train one arm for its step budget; its ``pretrain`` record (empty for scratch)."""
     if not m.objective:
         return {}
-    tok = tokenizer_job(s, m)
-    rec = budget_steps(s, calib, m, int(override_value(tok.argv, "train.max_steps")))
+    rec = budget_steps(s, calib, m, s.tokenizer_steps)
     if m.tokenizer:
-        run_job(tok, s.threads, s.work / "logs")
+        run_job(tokenizer_job(s, m), s.threads, s.work / "logs")
     run = s.work / m.name / "pretrain"
     job = run_job(
         Job(f"{m.name}_pretrain", pretrain_argv(s, m, run, rec["steps"]), run,
@@ -702,8 +704,7 @@ def run_study(
     whose encoder is the published one are kept (``study_restore.adopt_published``)."""
     calib = calibrate(s, methods)
     flops = count_flops(s, methods)
-    tok_steps = s.steps(s.preset.tokenizer_epochs, s.n_train)
-    est = sum(budget_steps(s, calib, m, tok_steps)["budget_s"] for m in methods if m.objective)
+    est = s.preset.budget_s * sum(1 for m in methods if m.objective)  # each arm's budget
     print(f"[methods] calibration (s/step): {json.dumps(calib)}; pre-training ~{est / 60:.0f} min")
     # Every encoder first (the scarce part, and what other studies reuse), then evaluations.
     records: list[dict[str, Any]] = [

@@ -123,6 +123,12 @@ def kept_evaluations(old: dict[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in evals.items() if (v or {}).get("result") is not None}
 
 
+def differs(rec: dict[str, Any]) -> bool:
+    """Whether ``--restore`` found this arm's re-created encoder not to be the published one
+    (scratch and arms the table lacks were not checked: they do not differ)."""
+    return not ((rec.get("pretrain") or {}).get("recreated") or {"same": True})["same"]
+
+
 def adopt_published(records: list[dict[str, Any]], published: dict[str, dict[str, Any]]) -> bool:
     """Check each re-created encoder of ``records`` against ``published`` (into
     ``pretrain["recreated"]``), then keep the published evaluations of every arm whose
@@ -133,9 +139,8 @@ def adopt_published(records: list[dict[str, Any]], published: dict[str, dict[str
         old = published.get(rec["method"]) or {}
         if old.get("pretrain") and rec["pretrain"]:
             rec["pretrain"]["recreated"] = compare_recreated(rec["pretrain"], old["pretrain"])
-        same = (rec["pretrain"].get("recreated") or {"same": True})["same"]
         kept = kept_evaluations(old)
-        if same:
+        if not differs(rec):
             rec["eval"].update(kept)
         elif kept:
             rec["published_eval"] = kept
@@ -150,17 +155,12 @@ def adopt_published(records: list[dict[str, Any]], published: dict[str, dict[str
 
 def recreated_note(records: list[dict[str, Any]]) -> list[str]:
     """Table lines naming arms whose re-created encoder differs from the published one."""
-    bad = [
-        f"{r['method']} ({r['pretrain']['recreated'].get('by')}"
-        + (
-            f", max relative loss difference {r['pretrain']['recreated']['max_rel_diff']:.1e}"
-            if "max_rel_diff" in r["pretrain"]["recreated"]
-            else ""
-        )
-        + ")"
-        for r in records
-        if not ((r.get("pretrain") or {}).get("recreated") or {"same": True})["same"]
-    ]
+    bad = []
+    for r in filter(differs, records):
+        check = r["pretrain"]["recreated"]
+        worst = check.get("max_rel_diff")
+        detail = "" if worst is None else f", max relative loss difference {worst:.1e}"
+        bad.append(f"{r['method']} ({check['by']}{detail})")
     if not bad:
         return []
     return [

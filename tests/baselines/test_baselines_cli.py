@@ -119,15 +119,21 @@ def test_compare_methods_every_evaluation_decays_its_lr(e2e) -> None:
         assert 0 < warmup_steps < int(value["train.max_steps"]) / 3, job.name
 
 
+def _quick_study(image_folder: Path, tmp_path: Path, *more: str) -> list[str]:
+    """``compare_methods`` arguments of a quick in-process study on the test images, its work
+    in ``tmp_path/w`` and its tables in ``tmp_path/out``."""
+    data = ["--data", str(image_folder), "--val-data", str(image_folder)]
+    where = ["--work", str(tmp_path / "w"), "--out", str(tmp_path / "out")]
+    return ["--preset", "quick", *data, *where, "--in-process", *more]
+
+
 @pytest.mark.timeout(600)
 def test_compare_methods_quick_writes_the_table(
     image_folder: Path, tmp_path: Path, e2e: SimpleNamespace
 ) -> None:
     cm = e2e.import_bench("compare_methods")
     out = tmp_path / "out"
-    data = ["--data", str(image_folder), "--val-data", str(image_folder)]
-    args = ["--preset", "quick", *data, "--work", str(tmp_path / "w"), "--out", str(out),
-            "--methods", "scratch,mae", "--in-process"]  # fmt: skip
+    args = _quick_study(image_folder, tmp_path, "--methods", "scratch,mae")
     assert cm.main(args) == 0
     payload = json.loads((out / "cifar10_methods.json").read_text())
     recs = {r["method"]: r for r in payload["methods"]}
@@ -190,11 +196,12 @@ def test_compare_methods_quick_runs_a_custom_variant(
 ) -> None:
     cm = e2e.import_bench("compare_methods")
     out = tmp_path / "out"
-    args = ["--preset", "quick", "--data", str(image_folder), "--val-data", str(image_folder),
-            "--work", str(tmp_path / "w"), "--out", str(out), "--in-process",
-            "--variant", "small-codes tokenizer.vocab_size=8 mask.placement=uniform",
-            "--methods", "scratch,cim-revdet,small-codes", "--rounds", "ft10_seed0",
-            "--table", "variants"]  # fmt: skip
+    args = _quick_study(
+        image_folder, tmp_path,
+        "--variant", "small-codes tokenizer.vocab_size=8 mask.placement=uniform",
+        "--methods", "scratch,cim-revdet,small-codes", "--rounds", "ft10_seed0",
+        "--table", "variants",
+    )  # fmt: skip
     assert cm.main(args) == 0
     payload = json.loads((out / "variants.json").read_text())
     recs = {r["method"]: r for r in payload["methods"]}

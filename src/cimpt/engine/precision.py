@@ -82,9 +82,9 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
 
 def describe(dtype: torch.dtype | None, device: torch.device) -> str:
     """A short start-up line, e.g. ``bf16 autocast (CPU with AMX)``."""
-    units = cpu_bf16_units() if device.type == "cpu" else None
     if dtype is None:
         return f"fp32 ({device.type})"
+    units = cpu_bf16_units() if device.type == "cpu" else None
     name = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
     where = f"CPU with {units}" if units else device.type
     return f"{name} autocast ({where})"
