@@ -369,7 +369,10 @@ def calibrate(s: Study, methods: list[Method]) -> dict[str, float]:
     # The reference: CIM-REVDET, which the variants change, else any saved arm.
     pool = sorted([*methods, *METHODS], key=lambda m: m.name != "cim-revdet")
     ref = next(m for m in pool if m.objective and m.name in saved)
-    steps = _calibration_steps(s, [*methods, ref], missing | {ref.name})
+    # The reference is timed once even when it is also one of the arms (``--methods`` lists
+    # cim-revdet beside its variants): two trainers would share, and lock, one run folder.
+    arms = methods if ref in methods else [*methods, ref]
+    steps = _calibration_steps(s, arms, missing | {ref.name})
     new = _timing_record(time_round_robin(steps, s.preset.calib_steps), s)
     scale = saved[ref.name] / new["s_per_step"][ref.name]
     saved.update({k: new["s_per_step"][k] * scale for k in missing})
