@@ -51,6 +51,7 @@ the work directory continues from the published table with ``--restore TABLE.jso
         [--work runs/methods] [--out docs/results] [--methods a,b,...] \
         [--variant "NAME key=value ..."] [--rounds knn,ft10_seed0,...] [--table NAME] \
         [--restore docs/results/cifar10_methods.json]
+    python bench/compare_methods.py --render [--out docs/results] [--table NAME]  # .md from .json
 
 writes ``<out>/<table>.json`` (default ``cifar10_methods``; one record per method with every
 job's config and timing) and ``<out>/<table>.md``.
@@ -74,7 +75,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cifar10_evidence
 import study_restore
 from cifar10_evidence import CIFAR, VIT, Job, cifar_folders_exist, count_images, run_job
-from records import git_commit, write_study
+from records import ROOT, git_commit, write_study
 
 PRETRAIN_CONFIG = "configs/cifar10_vit.yaml"
 FINETUNE_CONFIG = "configs/cifar10_finetune.yaml"
@@ -682,6 +683,29 @@ def variant_lines(records: list[dict[str, Any]]) -> list[str]:
             f"| {r['method']} | {r['change']} | `{' '.join(r.get('overrides', []))}` | "
             f"{_fmt_pair(paired(ft10(r), ft10(ref)))} | {_fmt(d_knn, True)} |"
         )
+    return lines + corruption_lines([ref, *variants])
+
+
+#: End-of-pre-training metrics of a CIM run (``metrics.jsonl``'s last line), as percentages.
+CORRUPTION_KEYS = ("gen_acc", "replaced_masked", "revdet_acc", "revdet_prior_acc", "revdet_margin")
+
+
+def corruption_lines(records: list[dict[str, Any]]) -> list[str]:
+    """What each CIM arm trained on at its last logged step: the generator's masked-token
+    accuracy, the share of masked tokens it replaced, and REVDET's accuracy against the mask's
+    position-only baseline (issue 17: the margin target is 15 points)."""
+    lines = [
+        "",
+        "End of pre-training (last logged step; percent):",
+        "",
+        "| arm | generator accuracy | replaced / masked | REVDET accuracy "
+        "| position-only accuracy | REVDET margin (points) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in records:
+        last = (r.get("pretrain") or {}).get("last") or {}
+        cells = [_fmt(100 * last[k]) if k in last else "—" for k in CORRUPTION_KEYS]
+        lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -758,6 +782,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="a published table to continue on a machine without its --work (empty): its "
         "budgets are reused, its evaluations kept, re-created encoders checked against it",
     )
+    ap.add_argument(
+        "--render",
+        action="store_true",
+        help="only rewrite <out>/<table>.md from <out>/<table>.json (after a change to the table)",
+    )
     ap.add_argument("--in-process", action="store_true", help="no subprocesses (tests)")
     return ap.parse_args(argv)
 
@@ -775,8 +804,23 @@ def choose_arms(a: argparse.Namespace) -> list[Method]:
     return [known[n] for n in names]
 
 
+def render(out: Path, table: str) -> int:
+    """``--render``: the markdown of a written table, from its JSON (no jobs run)."""
+    path = (out if out.is_absolute() else ROOT / out) / f"{table}.json"  # as write_study
+    try:
+        payload = json.loads(path.read_text())
+        md = markdown(payload["methods"], payload["meta"])
+    except (OSError, ValueError, KeyError) as e:
+        print(f"error: --render: cannot read the study table {path} ({e!r})", file=sys.stderr)
+        return 2
+    write_study(str(out), table, payload, md)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    if a.render:
+        return render(Path(a.out), a.table)
     try:
         methods = choose_arms(a)
         rounds = [r for r in a.rounds.split(",") if r]

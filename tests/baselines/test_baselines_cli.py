@@ -217,3 +217,36 @@ def test_compare_methods_quick_runs_a_custom_variant(
     )
     bad = [*args[:-6], "--methods", "scratch,nope"]
     assert cm.main(bad) == 2
+
+
+def test_compare_methods_render_adds_the_corruption_table(
+    tmp_path: Path, e2e: SimpleNamespace
+) -> None:
+    """``--render`` rewrites the markdown from a written table alone, with each CIM arm's
+    end-of-pre-training generator accuracy and REVDET margin over the position-only baseline."""
+    cm = e2e.import_bench("compare_methods")
+
+    def arm(name: str, change: str, acc: float, prior: float, seeds: list[float]) -> dict:
+        last = {"gen_acc": 0.05, "replaced_masked": 0.98, "revdet_acc": acc,
+                "revdet_prior_acc": prior, "revdet_margin": acc - prior}  # fmt: skip
+        ev = {f"ft10_seed{i}": {"result": {"last": {"top1": t}}} for i, t in enumerate(seeds)}
+        return {"method": name, "change": change, "overrides": ["k=v"] if change else [],
+                "pretrain": {"steps": 3, "last": last}, "eval": ev}  # fmt: skip
+
+    records = [
+        {"method": "scratch", "change": "", "pretrain": {}, "eval": {}},
+        arm("cim-revdet", "", 0.74, 0.66, [50.0, 51.0, 52.0]),
+        arm(
+            "cim-revdet-uniform", "masks without a position prior", 0.80, 0.547, [52.0, 52.0, 55.0]
+        ),
+    ]
+    meta = {"preset": "full", "commit": "abcdef0", "date": "d", "budget_s": 900, "progress": "p"}
+    (tmp_path / "t.json").write_text(json.dumps({"meta": meta, "methods": records}))
+    assert cm.main(["--render", "--out", str(tmp_path), "--table", "t"]) == 0
+    table = (tmp_path / "t.md").read_text()
+    # Paired by seed: (52-50, 52-51, 55-52) = (2, 1, 3): mean 2, sd 1.
+    row = "| cim-revdet-uniform | masks without a position prior | `k=v` | +2.00 ± 1.00 (n=3) |"
+    assert row in table
+    assert "| cim-revdet-uniform | 5.00 | 98.00 | 80.00 | 54.70 | 25.30 |" in table
+    assert "| cim-revdet | 5.00 | 98.00 | 74.00 | 66.00 | 8.00 |" in table
+    assert cm.main(["--render", "--out", str(tmp_path), "--table", "missing"]) == 2
