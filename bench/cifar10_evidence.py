@@ -68,7 +68,7 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from records import ROOT, git_commit
+from records import ROOT, git_commit, under_root
 
 CIFAR = Path("~/.cache/cimpt/data/CIFAR-10-images").expanduser()
 INITS = ("scratch", "cim-respix", "cim-revdet")
@@ -496,8 +496,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_count": os.cpu_count(),
         "command": " ".join(sys.argv),
     }
-    out = Path(a.out)
-    out = out if out.is_absolute() else ROOT / out
+    out = under_root(a.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = merge_rows(out / "cifar10_evidence.json", rows)
     (out / "cifar10_evidence.json").write_text(json.dumps(rows, indent=2) + "\n")

@@ -75,7 +75,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cifar10_evidence
 import study_restore
 from cifar10_evidence import CIFAR, VIT, Job, cifar_folders_exist, count_images, run_job
-from records import ROOT, git_commit, write_study
+from records import git_commit, under_root, write_study
 
 PRETRAIN_CONFIG = "configs/cifar10_vit.yaml"
 FINETUNE_CONFIG = "configs/cifar10_finetune.yaml"
@@ -806,12 +806,15 @@ def choose_arms(a: argparse.Namespace) -> list[Method]:
 
 def render(out: Path, table: str) -> int:
     """``--render``: the markdown of a written table, from its JSON (no jobs run)."""
-    path = (out if out.is_absolute() else ROOT / out) / f"{table}.json"  # as write_study
+    path = under_root(out) / f"{table}.json"
     try:
-        payload = json.loads(path.read_text())
+        payload = study_restore.load_published(path, option="--render")
         md = markdown(payload["methods"], payload["meta"])
-    except (OSError, ValueError, KeyError) as e:
-        print(f"error: --render: cannot read the study table {path} ({e!r})", file=sys.stderr)
+    except ValueError as e:  # already names the option and the file
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyError as e:
+        print(f"error: --render: {path} has no {e} (not a compare_methods table)", file=sys.stderr)
         return 2
     write_study(str(out), table, payload, md)
     return 0

@@ -23,11 +23,15 @@ def git_commit() -> str:
     return git("rev-parse", "HEAD") or "unknown"
 
 
+def under_root(path: str | Path) -> Path:
+    """``path``, a relative one taken under the repository root (where results are kept)."""
+    p = Path(path)
+    return p if p.is_absolute() else ROOT / p
+
+
 def write_record(record: dict[str, Any], out: str | Path) -> Path:
     """Write ``record`` as indented JSON (relative paths are under the repository root)."""
-    path = Path(out)
-    if not path.is_absolute():
-        path = ROOT / path
+    path = under_root(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {path}")
@@ -37,8 +41,7 @@ def write_record(record: dict[str, Any], out: str | Path) -> Path:
 def write_study(out: str | Path, stem: str, payload: Any, table: str) -> Path:
     """A study's results: ``<out>/<stem>.json`` (``payload``) and ``<out>/<stem>.md``
     (``table``, also printed); a relative ``out`` is under the repository root."""
-    folder = Path(out)
-    folder = folder if folder.is_absolute() else ROOT / folder
+    folder = under_root(out)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
     (folder / f"{stem}.md").write_text(table)

@@ -33,17 +33,18 @@ import torch
 LOSS_KEYS = ("loss", "gen_loss", "enh_loss", "mae_loss", "simmim_loss", "beit_loss")
 
 
-def load_published(path: str | Path) -> dict[str, Any]:
-    """The published table ``{"meta": ..., "methods": [record, ...]}``; one clear error when
-    the file is missing or not such a table."""
+def load_published(path: str | Path, option: str = "--restore") -> dict[str, Any]:
+    """The published table ``{"meta": ..., "methods": [record, ...]}``; one clear error, naming
+    the command-line ``option`` that gave the path, when the file is missing or not such a
+    table."""
     p = Path(path)
     try:
         payload = json.loads(p.read_text())
     except (OSError, ValueError) as e:
-        raise ValueError(f"--restore: cannot read {p} ({e})") from None
+        raise ValueError(f"{option}: cannot read {p} ({e})") from None
     records = payload.get("methods") if isinstance(payload, dict) else None
     if not isinstance(records, list) or not all("method" in r for r in records):
-        raise ValueError(f"--restore: {p} is not a study table written by compare_methods")
+        raise ValueError(f"{option}: {p} is not a study table written by compare_methods")
     return payload
 
 

@@ -98,7 +98,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cifar10_evidence as evidence
 from cifar10_evidence import Job, count_images, run_job
 from compare_methods import _stepper, override_value, time_round_robin
-from records import ROOT, git_commit, write_study
+from records import ROOT, git_commit, under_root, write_study
 
 CAMVID = Path("~/.cache/cimpt/data/camvid").expanduser()
 CONFIG = "configs/cifar10_tokenizer.yaml"
@@ -495,8 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     evidence.IN_PROCESS = a.in_process
     preset = PRESETS[a.preset]
     data, val = (Path(p).expanduser().resolve() for p in (a.data, a.val_data))
-    work, out = Path(a.work).expanduser().resolve(), Path(a.out)
-    out = out if out.is_absolute() else ROOT / out
+    work, out = Path(a.work).expanduser().resolve(), under_root(a.out)
     (work / "logs").mkdir(parents=True, exist_ok=True)
     s = Study(data, val, work, preset, count_images(data), max(1, a.threads),
               a.budget_min * 60 or preset.budget_s)  # fmt: skip
