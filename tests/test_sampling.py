@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from cimpt.cim import CIM
 from cimpt.models.sampling import truncate_logits
@@ -106,3 +107,40 @@ def test_plausibility_bench_on_a_tiny_run(
     # Argmax replaces exactly the masked tokens the generator gets wrong.
     assert argmax["replaced_of_masked"] == pytest.approx(1 - argmax["generator_acc_masked"])
     assert all(0 <= r["close_of_replaced"] <= 1 for r in rows.values())
+
+
+@pytest.mark.timeout(600)
+def test_generator_sweep_quick_measures_each_arm(
+    image_folder: Path, tmp_path: Path, e2e: SimpleNamespace
+) -> None:
+    gs = e2e.import_bench("generator_sweep")
+    where = ["--work", str(tmp_path / "w"), "--out", str(tmp_path / "out")]
+    data = ["--data", str(image_folder), "--val-data", str(image_folder)]
+    args = ["--preset", "quick", *data, *where, "--in-process", "--n", "8"]
+    assert gs.main([*args, "--arms", "default,codes256", "--steps", "2"]) == 0
+    rows = json.loads((tmp_path / "out" / "generator_sweep.json").read_text())["rows"]
+    assert [(r["arm"], r["steps"]) for r in rows] == [("default", 2), ("codes256", 2)]
+    # The codebook arm trained a tokenizer of its own, with 256 codes.
+    own = load_file(str(tmp_path / "w" / "tokenizer_cim-revdet-codes256" / "tokenizer.safetensors"))
+    assert {v.shape[0] for k, v in own.items() if "codebook" in k} == {256}
+    for r in rows:
+        argmax = r["settings"]["argmax (T=0)"]
+        # Argmax replaces exactly the masked tokens the generator gets wrong.
+        assert argmax["replaced_of_masked"] == pytest.approx(1 - r["generator_acc_masked"])
+        assert r["last"]["step"] == 2 and r["tokenizer_psnr_db"] is not None
+    table = (tmp_path / "out" / "generator_sweep.md").read_text()
+    assert "| default | 2 |" in table and "| codes256 | 2 |" in table
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [(["--arms", "default,huge"], ("--arms", "huge")), (["--steps", "0"], ("--steps",))],
+)
+def test_generator_sweep_bad_arguments_are_one_error_line(
+    extra: list[str], words: tuple[str, ...], e2e: SimpleNamespace, capsys: pytest.CaptureFixture
+) -> None:
+    gs = e2e.import_bench("generator_sweep")
+    assert gs.main(extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and len(err.splitlines()) == 1
+    assert all(w in err for w in words)
