@@ -320,6 +320,7 @@ def curve_point(ev: dict[str, Any], cost: dict[str, Any], batch: int) -> dict[st
         "psnr": round(float(ev["psnr"]), 3),
         "usage": round(float(ev["usage"]), 4),
         "perplexity": round(float(ev["perplexity"]), 2),
+        "colour_kept": _colour(ev),
     }
 
 
@@ -353,7 +354,10 @@ def study_recipe(
         "cpu_minutes": curve[-1]["cpu_minutes"],
         "cost": cost,
         "curve": curve,
-        "final": {k: final[k] for k in ("psnr", "usage", "perplexity", "n_images", "data")},
+        "final": {
+            **{k: final[k] for k in ("psnr", "usage", "perplexity", "n_images", "data")},
+            "colour_kept": _colour(final),
+        },
         "verdict": verdict(float(final["psnr"]), float(final["usage"])),
         "figure": figure,
         "run_dir": str(run),
@@ -369,6 +373,15 @@ def first_at_target(curve: list[dict[str, Any]]) -> dict[str, Any] | None:
     return next((p for p in curve if p["psnr"] >= GOOD_PSNR and p["usage"] >= GOOD_USAGE), None)
 
 
+def _colour(ev: dict[str, Any]) -> float | None:
+    """The evaluation's ``colour_kept`` (None for an evaluation made before it was measured)."""
+    return None if ev.get("colour_kept") is None else round(float(ev["colour_kept"]), 3)
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.0f} %"
+
+
 def _cpu(x: float | None) -> str:
     return "—" if x is None else f"{x:.1f}"
 
@@ -378,14 +391,16 @@ def table_row(r: dict[str, Any]) -> str:
         f"| {r['recipe']} | {r['view_px']} px / {r['grid']}x{r['grid']} | {r['steps']} | "
         f"{r['images_seen']} | {r['s_per_step_calibrated']:.3f} / {r['s_per_step_measured']:.3f} "
         f"| {r['wall_minutes']:.1f} | {_cpu(r['cpu_minutes'])} | {r['final']['psnr']:.2f} | "
-        f"{100 * r['final']['usage']:.0f} % | {r['final']['perplexity']:.0f} | {r['verdict']} |"
+        f"{100 * r['final']['usage']:.0f} % | {r['final']['perplexity']:.0f} | "
+        f"{_pct(r['final'].get('colour_kept'))} | {r['verdict']} |"
     )
 
 
 def curve_line(r: dict[str, Any]) -> str:
     pts = "; ".join(
         f"{p['minutes']:.1f} min ({_cpu(p['cpu_minutes'])} CPU-min, {p['steps']} steps): "
-        f"{p['psnr']:.2f} dB, {100 * p['usage']:.0f} %, ppl {p['perplexity']:.0f}"
+        f"{p['psnr']:.2f} dB, {100 * p['usage']:.0f} %, ppl {p['perplexity']:.0f}, "
+        f"colour {_pct(p.get('colour_kept'))}"
         for p in r["curve"]
     )
     hit = first_at_target(r["curve"])
@@ -404,8 +419,8 @@ def markdown(records: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "20 CPU-minutes.",
         "",
         "| recipe | view / grid | steps | images seen | s/step (calibrated / measured) | "
-        "wall min | CPU min | final PSNR (dB) | usage | perplexity | verdict |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "wall min | CPU min | final PSNR (dB) | usage | perplexity | colour kept | verdict |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         *[table_row(r) for r in records],
         "",
         "Curves (one schedule per recipe; a middle point is at a still-high lr):",

@@ -26,7 +26,7 @@ from cimpt.tokenizers.evaluate import (
     save_reconstruction_figure,
 )
 from cimpt.tokenizers.load import build_tokenizer, load_tokenizer, save_tokenizer
-from cimpt.tokenizers.metrics import batch_psnr, codebook_stats
+from cimpt.tokenizers.metrics import batch_psnr, codebook_stats, colourfulness
 from cimpt.tokenizers.vqvae import VQVAE
 
 ARCH = dict(vocab_size=16, downsample=4, width=16, res_blocks=1, embed_dim=4)
@@ -74,6 +74,18 @@ def test_batch_psnr_by_hand() -> None:
     assert psnr.tolist() == pytest.approx([20.0, 10 * math.log10(1 / 0.03)], rel=1e-5)
 
 
+def test_colourfulness_by_hand() -> None:
+    grey = torch.full((1, 3, 2, 2), 0.4)
+    # Two pixels, pure red and pure green: rg = [1, -1] (std 1, mean 0), yb = [0.5, 0.5]
+    # (std 0, mean 0.5), so sqrt(1 + 0) + 0.3 * sqrt(0 + 0.25) = 1.15.
+    red_green = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]).reshape(1, 3, 1, 2)
+    # One blue pixel: rg = 0, yb = -1, no spread: 0.3 * 1.
+    blue = torch.tensor([0.0, 0.0, 1.0]).reshape(1, 3, 1, 1)
+    assert colourfulness(grey).tolist() == [0.0]
+    assert colourfulness(red_green).tolist() == pytest.approx([1.15])
+    assert colourfulness(blue).tolist() == pytest.approx([0.3])
+
+
 class BlockMeanTokenizer(ImageTokenizer):
     """Independent stand-in: id = round(7 * mean of the 4x4 block); decode paints id / 7."""
 
@@ -118,6 +130,7 @@ def test_evaluate_tokenizer_against_numpy_loops() -> None:
     assert res["psnr"] == pytest.approx(np.mean(psnrs), rel=1e-5)
     assert res["perplexity"] == pytest.approx(perplexity, rel=1e-5)
     assert res["usage"] == pytest.approx((hist > 0).sum() / 8)
+    assert res["colour_kept"] == 0.0  # it decodes grey: none of the colour is kept
     assert res["n_images"] == 5
     assert res["skipped"] == 3  # one per batch from the collate
 

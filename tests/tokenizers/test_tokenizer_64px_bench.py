@@ -37,6 +37,7 @@ def test_quick_study_curves_and_reuse(
         steps = [p["steps"] for p in r["curve"]]
         assert steps == [2, 4] and r["steps"] == 4 and r["images_seen"] == 16
         assert all(math.isfinite(p["psnr"]) and 0 <= p["usage"] <= 1 for p in r["curve"])
+        assert all(p["colour_kept"] >= 0 for p in r["curve"])  # random-colour test images
         assert r["curve"][-1]["minutes"] > r["curve"][0]["minutes"] > 0
         assert r["cpu_minutes"] > 0 and not r["cost"]["reused"]
         assert r["verdict"].startswith(("good", "usable", "weak"))

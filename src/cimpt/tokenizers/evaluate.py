@@ -23,7 +23,7 @@ from cimpt.errors import CimptError
 from cimpt.models.modes import eval_mode
 from cimpt.tokenizers.base import ImageTokenizer
 from cimpt.tokenizers.load import load_tokenizer
-from cimpt.tokenizers.metrics import batch_psnr, codebook_stats
+from cimpt.tokenizers.metrics import batch_psnr, codebook_stats, colourfulness
 
 if TYPE_CHECKING:
     from cimpt.config import DataConfig
@@ -40,13 +40,18 @@ def _skipped(batch: dict[str, Any]) -> int:
 def evaluate_tokenizer(
     tok: ImageTokenizer, loader: Iterable[dict[str, Any]], device: torch.device | str
 ) -> dict[str, float]:
-    """PSNR (mean over images), perplexity and usage (histogram over the whole set).
+    """PSNR (mean over images), perplexity and usage (histogram over the whole set), and
+    the share of colour kept.
 
     ``loader`` yields dicts with "x" ``[B, 3, H, W]`` in [0, 1] and "skipped" (images that
-    could not be read). Returns {"psnr", "perplexity", "usage", "n_images", "skipped"}.
+    could not be read). Returns {"psnr", "perplexity", "usage", "colour_kept", "n_images",
+    "skipped"}. ``colour_kept`` is the summed colourfulness of the reconstructions over that
+    of the originals (a ratio of sums, so near-grey images cannot blow it up): 1 keeps the
+    colour, 0.5 halves it (washed out towards grey); NaN for an all-grey set.
     """
     counts = torch.zeros(tok.vocab_size, dtype=torch.long, device=device)
     psnr_sum, n_images, n_skipped = 0.0, 0, 0
+    colour_recon, colour_orig = 0.0, 0.0
     with eval_mode(tok):
         for batch in loader:
             n_skipped += _skipped(batch)
@@ -56,6 +61,8 @@ def evaluate_tokenizer(
             ids = tok.encode(x)
             recon = tok.decode(ids)
             psnr_sum += float(batch_psnr(recon, x).sum())
+            colour_recon += float(colourfulness(recon.clamp(0, 1)).sum())
+            colour_orig += float(colourfulness(x).sum())
             n_images += x.shape[0]
             counts += torch.bincount(ids.flatten(), minlength=tok.vocab_size)
     if n_images == 0:
@@ -65,6 +72,7 @@ def evaluate_tokenizer(
         "psnr": psnr_sum / n_images,
         "perplexity": float(stats["perplexity"]),
         "usage": float(stats["usage"]),
+        "colour_kept": colour_recon / colour_orig if colour_orig > 0 else float("nan"),
         "n_images": n_images,
         "skipped": n_skipped,
     }
@@ -147,6 +155,7 @@ def _print_table(results: dict[str, Any]) -> None:
         ("PSNR", f"{results['psnr']:.2f} dB"),
         ("perplexity", f"{results['perplexity']:.1f} / {results['vocab_size']}"),
         ("usage", f"{100 * results['usage']:.1f} %"),
+        ("colour kept", f"{100 * results['colour_kept']:.0f} %"),
         ("images", str(results["n_images"])),
     ]
     for name, value in rows:
