@@ -358,7 +358,7 @@ def study_recipe(
             **{k: final[k] for k in ("psnr", "usage", "perplexity", "n_images", "data")},
             "colour_kept": _colour(final),
         },
-        "verdict": verdict(float(final["psnr"]), float(final["usage"])),
+        "verdict": verdict(float(final["psnr"]), float(final["usage"]), _colour(final)),
         "figure": figure,
         "run_dir": str(run),
         "argv": argv,
@@ -367,10 +367,11 @@ def study_recipe(
 
 # ---- the table -----------------------------------------------------------------------------
 def first_at_target(curve: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The first curve point that ``verdict()`` calls good (PSNR and codebook usage)."""
-    from cimpt.tokenizers.evaluate import GOOD_PSNR, GOOD_USAGE
+    """The first curve point that ``verdict()`` calls good (PSNR, codebook usage, colour)."""
+    from cimpt.tokenizers.evaluate import verdict
 
-    return next((p for p in curve if p["psnr"] >= GOOD_PSNR and p["usage"] >= GOOD_USAGE), None)
+    good = (verdict(p["psnr"], p["usage"], p.get("colour_kept")) == "good" for p in curve)
+    return next((p for p, ok in zip(curve, good, strict=True) if ok), None)
 
 
 def _colour(ev: dict[str, Any]) -> float | None:
@@ -415,8 +416,8 @@ def markdown(records: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"{meta['date']}; {meta['budget_s'] / 60:.3g} min wall per recipe with "
         f"{meta['threads']} threads ({meta['cpu_count']} CPUs); train {meta['data']} "
         f"({meta['n_train']} images), held-out {meta['val_data']}; recipes done: "
-        f"{meta['progress']}. Target: `good` (>= 22 dB, >= 25 % of the codes used) in at most "
-        "20 CPU-minutes.",
+        f"{meta['progress']}. Target: `good` (>= 22 dB, >= 25 % of the codes used, >= 75 % of "
+        "the colour kept) in at most 20 CPU-minutes.",
         "",
         "| recipe | view / grid | steps | images seen | s/step (calibrated / measured) | "
         "wall min | CPU min | final PSNR (dB) | usage | perplexity | colour kept | verdict |",

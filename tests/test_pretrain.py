@@ -241,6 +241,9 @@ def test_tokenizer_verdict_and_a_weak_tokenizer_warns(cim_overrides, tmp_path, e
     assert verdict(24.0, 0.5) == "good"
     assert verdict(20.0, 0.3).startswith("usable: PSNR 20.0 dB < 22")
     assert verdict(12.6, 0.02).startswith("weak: PSNR 12.6 dB < 22; 2 % of the codes used")
+    assert verdict(24.0, 0.5, 0.8) == "good" and verdict(24.0, 0.5, float("nan")) == "good"
+    assert verdict(24.0, 0.5, 0.6).startswith("usable: 60 % of the colour kept < 75 %")
+    assert verdict(24.0, 0.5, 0.39).startswith("weak: 39 % of the colour kept")
     folder = tmp_path / "tok"
     tok = e2e.write_tokenizer(folder / "tokenizer.safetensors")
     (folder / "tokenizer_eval.json").write_text(json.dumps({"verdict": verdict(12.6, 0.02)}))
