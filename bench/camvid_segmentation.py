@@ -287,7 +287,7 @@ def run_study(a: argparse.Namespace) -> list[dict[str, Any]]:
     ]
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", choices=sorted(PRESETS), default="standard")
     ap.add_argument("--camvid", default=str(CAMVID), help="folder with train/ and test/")
@@ -307,14 +307,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cifar-val", default="")
     ap.add_argument("--work", default="runs/camvid_seg")
     ap.add_argument("--out", default="docs/results")
+    ap.add_argument("--table", default="camvid_segmentation", help="name of the result files")
     ap.add_argument("--parallel", type=int, default=2, help="jobs at a time (threads split)")
     ap.add_argument("--in-process", action="store_true", help="no subprocesses (tests)")
     ap.add_argument("--report-only", action="store_true", help="only tabulate finished jobs")
-    a = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def inputs_exist(a: argparse.Namespace) -> bool:
+    """Known backbones and a CamVid folder with train/ and test/ images, else one error line."""
     unknown = set(a.backbones.split(",")) - set(BACKBONES)
     if unknown:
         print(f"error: --backbones: unknown {', '.join(sorted(unknown))}", file=sys.stderr)
-        return 2
+        return False
     for split in ("train", "test"):
         if not (Path(a.camvid).expanduser() / split / "images").is_dir():
             print(
@@ -322,7 +327,14 @@ def main(argv: list[str] | None = None) -> int:
                 "../shared/data/camvid-240x180.tar.gz into ~/.cache/cimpt/data)",
                 file=sys.stderr,
             )
-            return 2
+            return False
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    if not inputs_exist(a):
+        return 2
     t0 = time.time()
     rows = run_study(a)
     meta = {
@@ -334,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_count": os.cpu_count(),
         "command": " ".join(sys.argv),
     }
-    write_study(a.out, "camvid_segmentation", {"meta": meta, "rows": rows}, markdown(rows, meta))
+    write_study(a.out, a.table, {"meta": meta, "rows": rows}, markdown(rows, meta))
     return 0
 
 

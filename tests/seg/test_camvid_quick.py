@@ -65,3 +65,46 @@ def test_comparison_backbone_plans_named_encoders_only(tmp_path: Path, e2e: Any)
     assert plan == [("scratch", "", None), ("cim-revdet", "runs/c", None), ("mae", "runs/m", None)]
     kwargs = next(a for a in bench.BACKBONES["vit192"].arch if a.startswith("enhancer.kwargs"))
     assert "embed_dim: 192" in kwargs and "depth: 6" in kwargs
+
+
+@pytest.mark.timeout(300)
+def test_in_domain_pretraining_charges_the_tokenizer_and_segments_each_arm(
+    tmp_path: Path, e2e: Any
+) -> None:
+    camvid = tmp_path / "camvid"
+    write_split(camvid / "train", 4, seed=0, ignore=11)
+    write_split(camvid / "test", 2, seed=50, ignore=11)
+    tok = e2e.write_tokenizer(tmp_path / "tok" / "tokenizer.safetensors", downsample=4)
+    record = tmp_path / "tokenizer_64px.json"
+    recipe = {"recipe": "ds4", "run_dir": str(tok.parent), "cost": {"wall_s": 3.0}}
+    record.write_text(json.dumps({"recipes": [recipe]}))
+    args = [
+        "--preset", "quick", "--in-process", "--camvid", str(camvid), "--budget-min", "0.1",
+        "--batch", "2", "--calib-steps", "1", "--seeds", "0", "--tokenizer-record", str(record),
+        "--work", str(tmp_path / "w"), "--out", str(tmp_path / "out"),
+    ]  # fmt: skip
+    bench = e2e.import_bench("camvid_pretrain")
+    assert bench.main(args) == 0
+    pre = json.loads((tmp_path / "w" / "pretrain.json").read_text())
+    # 6 s each; the CIM arm pays the tokenizer's 3 s out of its budget, MAE does not.
+    assert pre["budget_s"] == pytest.approx(6.0) and pre["tokenizer_charge_s"] == 3.0
+    for arm, own in (("cim-revdet", 3.0), ("mae", 6.0)):
+        assert pre[arm]["steps"] == max(1, int(own / pre["s_per_step"][arm]))
+        assert pre[arm]["last"]["step"] == pre[arm]["steps"]
+    rows = json.loads((tmp_path / "out" / "camvid_indomain.json").read_text())["rows"]
+    assert {r["init"] for r in rows} == {"scratch", "camvid-cim-revdet", "camvid-mae"}
+    for r in rows:  # each pre-trained arm segments from its own run
+        own = "scratch" if r["init"] == "scratch" else str(tmp_path / "w" / r["init"][7:])
+        assert r["encoder"].startswith(own)  # the run, resolved to its last checkpoint
+
+
+def test_in_domain_pretraining_names_a_missing_tokenizer_recipe(
+    tmp_path: Path, e2e: Any, capsys: pytest.CaptureFixture
+) -> None:
+    record = tmp_path / "tokenizer_64px.json"
+    record.write_text(json.dumps({"recipes": []}))
+    bench = e2e.import_bench("camvid_pretrain")
+    args = ["--tokenizer-record", str(record), "--work", str(tmp_path / "w")]
+    assert bench.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --tokenizer-recipe: 'ds4'") and len(err.splitlines()) == 1
