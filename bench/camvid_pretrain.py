@@ -21,11 +21,14 @@ one recipe for each ``--seeds`` seed and writes ``<out>/<table>.{json,md}``; the
 pre-training record (budgets, calibration, last losses) goes to ``<work>/pretrain.json``.
 
     python bench/camvid_pretrain.py [--budget-min 20] [--seeds 0,1,2] [--batch 32] \
-        [--tokenizer-work runs/tokenizer_64px] [--tokenizer-recipe ds4] \
+        [--tokenizer-record docs/results/tokenizer_64px.json] [--tokenizer-recipe ds4] \
         [--work runs/camvid_pretrain] [--out docs/results] [--table camvid_indomain]
 
-Finished jobs are reused (``resume=auto``); ``--preset quick`` (tiny model, a few steps) is for
-the test suite.
+Finished jobs are reused (``resume=auto``), and the calibration and budgets are saved in
+``<work>/pretrain.json``: a rerun with another ``--budget-min`` or ``--batch`` is refused (use
+another ``--work``). The tokenizer's charge is its recorded training wall time, so the record
+should come from the same machine (a faster machine would over-charge the CIM arm).
+``--preset quick`` (tiny model, a few steps) is for the test suite.
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ import camvid_segmentation as seg
 import cifar10_evidence
 import compare_methods as cm
 from cifar10_evidence import Job, run_job
-from records import git_commit
+from cimpt.errors import CimptError
+from records import git_commit, under_root
 
 ARMS = {m.name: m for m in cm.METHODS if m.name in ("cim-revdet", "mae")}
 QUICK_ARCH = ("enhancer.kwargs={embed_dim: 32, depth: 1, num_heads: 2}",)
@@ -71,7 +75,7 @@ def pretrain_argv(a: argparse.Namespace, arm: str, run: Path, steps: int, tok: P
 
 def tokenizer_charge(a: argparse.Namespace) -> tuple[Path, float]:
     """The CamVid tokenizer's folder and the wall seconds its training took (its study's record)."""
-    record = Path(a.tokenizer_record)
+    record = under_root(a.tokenizer_record)
     recipes = {r["recipe"]: r for r in json.loads(record.read_text())["recipes"]}
     if a.tokenizer_recipe not in recipes:
         raise ValueError(f"--tokenizer-recipe: {a.tokenizer_recipe!r} is not in {record}")
@@ -102,7 +106,12 @@ def pretrain_all(a: argparse.Namespace, work: Path) -> dict[str, Any]:
     if "s_per_step" not in record:
         record = {"s_per_step": calibrate(a, tok, work), "tokenizer": str(tok),
                   "tokenizer_charge_s": charge, "budget_s": 60 * a.budget_min,
-                  "commit": git_commit()}  # fmt: skip
+                  "batch": a.batch, "commit": git_commit()}  # fmt: skip
+    elif (record["budget_s"], record.get("batch")) != (60 * a.budget_min, a.batch):
+        raise ValueError(
+            f"--work: {work} was calibrated for --budget-min {record['budget_s'] / 60:g} "
+            f"--batch {record.get('batch')}; use another --work for other budgets"
+        )
     for arm in ARMS:
         own = record["budget_s"] - (charge if arm == "cim-revdet" else 0.0)
         steps = max(1, int(own / record["s_per_step"][arm]))
@@ -141,9 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(a.work).expanduser().resolve()
     (work / "logs").mkdir(parents=True, exist_ok=True)
     cifar10_evidence.IN_PROCESS = a.in_process
+    if not seg.inputs_exist(argparse.Namespace(backbones="vit192", camvid=a.camvid)):
+        return 2
     try:
         pretrain_all(a, work)
-    except (ValueError, OSError, KeyError) as e:
+    except (ValueError, OSError, KeyError, CimptError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     encoders = [f"--encoder=vit192:camvid-{arm}={work / arm}" for arm in ARMS]

@@ -11,14 +11,15 @@ training. Per arm and step count:
 2. **Pre-training.** CIM-REVDET with the study's recipe and ``--steps`` steps (default 177:
    the study's CIM-REVDET budget), but a 1-block width-32 enhancer. The generator is trained
    only by its own masked-token loss on the tokenizer's ids and receives no gradient from the
-   enhancer (CIM-RESPIX and CIM-REVDET runs of the study have identical generators to the last
-   digit), so the small enhancer leaves its training unchanged and makes a run cost minutes.
+   enhancer (the study's CIM-RESPIX and CIM-REVDET generators end within 1e-4 in loss), so the
+   small enhancer leaves its training unchanged and makes a run cost minutes.
    ``train.clip_grad=0``: the one way an enhancer could reach the generator is the global
    gradient-norm clip (3.0; the study's runs end at a norm of 0.7).
 3. **Plausibility.** ``corruption_plausibility.measure`` on the first ``--n`` CIFAR-10 test
    images: the generator's accuracy on masked tokens and, per sampling setting, the share of
    masked tokens replaced, the PSNR of a replaced token's cell in ``decode(z_hat)`` against
-   ``decode(z)`` and the share within 20 dB; plus the tokenizer's own held-out PSNR.
+   ``decode(z)`` and the share within 20 dB; plus the tokenizer's own held-out evaluation
+   (PSNR, codebook usage and perplexity, colour kept).
 
     python bench/generator_sweep.py [--arms default,gen-deep,...] [--steps 177,708] \
         [--work runs/generator_sweep] [--out docs/results] [--preset full|quick]
@@ -80,7 +81,7 @@ def run_arm(s: cm.Study, arm: str, steps: int, n: int) -> dict[str, Any]:
         "overrides": list(ARMS[arm]),
         "steps": steps,
         "pretrain_wallclock_s": round(job.wallclock_s, 1),
-        "tokenizer_psnr_db": _tokenizer_psnr(tok.run_dir),
+        "tokenizer": _tokenizer_eval(tok.run_dir),
         "last": cm.last_metrics(run),
         "generator_acc_masked": rows["T=1 (default)"]["generator_acc_masked"],
         "settings": {k: rows[k] for k in REPORTED},
@@ -88,10 +89,14 @@ def run_arm(s: cm.Study, arm: str, steps: int, n: int) -> dict[str, Any]:
     }
 
 
-def _tokenizer_psnr(run: Path) -> float | None:
-    """The tokenizer's held-out PSNR (``tokenizer_eval.json``, written after its training)."""
+TOKENIZER_KEYS = ("psnr", "usage", "perplexity", "colour_kept")
+
+
+def _tokenizer_eval(run: Path) -> dict[str, float | None]:
+    """The tokenizer's held-out evaluation (``tokenizer_eval.json``, written after training)."""
     path = run / "tokenizer_eval.json"
-    return float(json.loads(path.read_text())["psnr"]) if path.exists() else None
+    ev = json.loads(path.read_text()) if path.exists() else {}
+    return {k: ev.get(k) for k in TOKENIZER_KEYS}
 
 
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
@@ -101,7 +106,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"test images; tiny enhancer (the generator does not see it); {meta['wallclock_min']} "
         "min in all.",
         "",
-        "| arm | steps | tokenizer PSNR (dB) | generator acc. (masked) | "
+        "| arm | steps | tokenizer PSNR (dB) / usage / colour kept | generator acc. (masked) | "
         + " | ".join(f"{s}: replaced / cell PSNR / within 20 dB" for s in REPORTED)
         + " |",
         "|---|---:|---:|---:|" + "---:|" * len(REPORTED),
@@ -112,7 +117,11 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"{v['close_of_replaced']:.1%}"
             for v in (r["settings"][k] for k in REPORTED)
         ]
-        tok = f"{r['tokenizer_psnr_db']:.2f}" if r["tokenizer_psnr_db"] is not None else "—"
+        t = r["tokenizer"]
+        tok = " / ".join(
+            "—" if t[k] is None else (f"{t[k]:.2f}" if k == "psnr" else f"{100 * t[k]:.0f} %")
+            for k in ("psnr", "usage", "colour_kept")
+        )
         head.append(
             f"| {r['arm']} | {r['steps']} | {tok} | {r['generator_acc_masked']:.1%} | "
             + " | ".join(cells)
@@ -142,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if bad := sorted(set(arms) - set(ARMS)):
             raise ValueError(f"--arms: unknown {bad}; known: {', '.join(ARMS)}")
+        if not all(x.strip().isdigit() for x in a.steps.split(",")):
+            raise ValueError(f"--steps: {a.steps!r} must be positive integers, comma-separated")
         steps = [int(x) for x in a.steps.split(",")]
         if min(steps) < 1:
             raise ValueError(f"--steps: {a.steps!r} must be positive integers")

@@ -127,14 +127,18 @@ def test_generator_sweep_quick_measures_each_arm(
         argmax = r["settings"]["argmax (T=0)"]
         # Argmax replaces exactly the masked tokens the generator gets wrong.
         assert argmax["replaced_of_masked"] == pytest.approx(1 - r["generator_acc_masked"])
-        assert r["last"]["step"] == 2 and r["tokenizer_psnr_db"] is not None
+        assert r["last"]["step"] == 2 and r["tokenizer"]["psnr"] is not None
     table = (tmp_path / "out" / "generator_sweep.md").read_text()
     assert "| default | 2 |" in table and "| codes256 | 2 |" in table
 
 
 @pytest.mark.parametrize(
     ("extra", "words"),
-    [(["--arms", "default,huge"], ("--arms", "huge")), (["--steps", "0"], ("--steps",))],
+    [
+        (["--arms", "default,huge"], ("--arms", "huge")),
+        (["--steps", "0"], ("--steps",)),
+        (["--steps", "abc"], ("--steps", "abc")),
+    ],
 )
 def test_generator_sweep_bad_arguments_are_one_error_line(
     extra: list[str], words: tuple[str, ...], e2e: SimpleNamespace, capsys: pytest.CaptureFixture

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from seg_files import write_split
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -89,13 +90,24 @@ def test_in_domain_pretraining_charges_the_tokenizer_and_segments_each_arm(
     # 6 s each; the CIM arm pays the tokenizer's 3 s out of its budget, MAE does not.
     assert pre["budget_s"] == pytest.approx(6.0) and pre["tokenizer_charge_s"] == 3.0
     for arm, own in (("cim-revdet", 3.0), ("mae", 6.0)):
-        assert pre[arm]["steps"] == max(1, int(own / pre["s_per_step"][arm]))
-        assert pre[arm]["last"]["step"] == pre[arm]["steps"]
+        steps = pre[arm]["steps"]
+        assert steps == max(1, int(own / pre["s_per_step"][arm]))
+        assert pre[arm]["last"]["step"] == steps
+        # warm-up: a tenth of the steps, given in epochs of 4 frames at batch 2 (2 steps each)
+        cfg = yaml.safe_load((tmp_path / "w" / arm / "config.yaml").read_text())
+        assert round(cfg["train"]["warmup_epochs"] * 2) == max(1, steps // 10)
     rows = json.loads((tmp_path / "out" / "camvid_indomain.json").read_text())["rows"]
     assert {r["init"] for r in rows} == {"scratch", "camvid-cim-revdet", "camvid-mae"}
     for r in rows:  # each pre-trained arm segments from its own run
         own = "scratch" if r["init"] == "scratch" else str(tmp_path / "w" / r["init"][7:])
         assert r["encoder"].startswith(own)  # the run, resolved to its last checkpoint
+    # the saved calibration belongs to its budget: another one needs another --work
+    other = [
+        *args[: args.index("--budget-min") + 1],
+        "0.2",
+        *args[args.index("--budget-min") + 2 :],
+    ]
+    assert bench.main(other) == 2
 
 
 def test_in_domain_pretraining_names_a_missing_tokenizer_recipe(

@@ -135,6 +135,38 @@ def test_evaluate_tokenizer_against_numpy_loops() -> None:
     assert res["skipped"] == 3  # one per batch from the collate
 
 
+class DesaturatingTokenizer(ImageTokenizer):
+    """Independent stand-in that reconstructs image 0 of a batch as grey and keeps the rest
+    (encode stores the batch; ids are the positions)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.vocab_size, self.downsample = 8, 1
+        self.seen = torch.zeros(0)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen = x.clone()
+        return torch.arange(x.shape[0]).view(-1, 1, 1)
+
+    def decode(self, ids: torch.Tensor) -> torch.Tensor:
+        out = self.seen[ids.flatten()].clone()
+        out[0] = out[0].mean(0, keepdim=True)  # grey: colourfulness 0
+        return out
+
+    def arch_config(self) -> dict:
+        return {"kind": "desaturate"}
+
+
+def test_colour_kept_is_a_ratio_of_sums() -> None:
+    # Red | green (colourfulness 1.15) made grey, blue (0.3) kept: (0 + 0.3) / (1.15 + 0.3),
+    # not the mean of the per-image ratios (0 + 1) / 2.
+    red_green = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]).reshape(3, 1, 2)
+    blue = torch.tensor([0.0, 0.0, 1.0]).reshape(3, 1, 1).expand(3, 1, 2)
+    loader = DataLoader([red_green, blue], batch_size=2, collate_fn=_collate)
+    res = evaluate_tokenizer(DesaturatingTokenizer(), loader, "cpu")
+    assert res["colour_kept"] == pytest.approx(0.3 / 1.45)
+
+
 def test_reconstruction_figure_layout(tmp_path: Path) -> None:
     images = torch.rand(3, 3, 8, 8)
     recons = torch.rand(3, 3, 8, 8)
