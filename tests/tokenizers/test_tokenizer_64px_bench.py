@@ -98,15 +98,16 @@ def test_bad_input_is_one_error_line(
     assert not (tmp_path / "w").exists()
 
 
-def test_shipped_64px_config_is_the_base_recipe(e2e: SimpleNamespace) -> None:
-    """configs/tokenizer_64px.yaml is the study's ``base-ds8``: the same tokenizer, views and
-    optimiser as cifar10_tokenizer.yaml with the study's base overrides."""
+def test_shipped_64px_config_is_the_ds4_recipe(e2e: SimpleNamespace) -> None:
+    """configs/tokenizer_64px.yaml is the study's measured ``ds4``: the same tokenizer, views
+    and optimiser as cifar10_tokenizer.yaml with the study's base and ds4 overrides."""
     bench = e2e.import_bench("tokenizer_64px")
     shipped = typed(load_config(CONFIG_DIR / "tokenizer_64px.yaml"))
-    study = typed(load_config(CONFIG_DIR / "cifar10_tokenizer.yaml", list(bench.BASE)))
+    overrides = [*bench.BASE, *bench.RECIPES["ds4"]]
+    study = typed(load_config(CONFIG_DIR / "cifar10_tokenizer.yaml", overrides))
     assert shipped.tokenizer == study.tokenizer
     assert shipped.data.img_size == study.data.img_size == 64
     assert list(shipped.data.crop_scale) == list(study.data.crop_scale)
     assert (shipped.train.batch_size, shipped.train.lr) == (study.train.batch_size, study.train.lr)
-    assert shipped.enhancer.patch_size == study.enhancer.patch_size == 8
+    assert shipped.enhancer.patch_size == study.enhancer.patch_size == 4
     assert tokenizer_resolution(shipped) == 64
