@@ -151,11 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if bad := sorted(set(arms) - set(ARMS)):
             raise ValueError(f"--arms: unknown {bad}; known: {', '.join(ARMS)}")
-        if not all(x.strip().isdigit() for x in a.steps.split(",")):
+        if not all(x.strip().isdigit() and int(x) > 0 for x in a.steps.split(",")):
             raise ValueError(f"--steps: {a.steps!r} must be positive integers, comma-separated")
         steps = [int(x) for x in a.steps.split(",")]
-        if min(steps) < 1:
-            raise ValueError(f"--steps: {a.steps!r} must be positive integers")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
