@@ -11,7 +11,9 @@ conversion of checkpoints to tokenizer files, step 4):
 1. **Recipes** (``RECIPES``): one change at a time from ``base-ds8``, the issue's setting
    (``BASE``: 64 px views, 8 px per token = an 8x8 grid, width 64, 1,024 codes, batch 64, lr
    2e-3). ``ds4`` (4 px per token, a 16x16 grid), ``ds8-w128`` (width 128),
-   ``ds8-512codes``, ``ds8-lr4e-3``. ``--add-recipe "NAME: key=value key=value"`` adds one
+   ``ds8-512codes``, ``ds8-lr4e-3``; for colour, one change each from ``ds4``:
+   ``ds4-chroma4`` (colour errors weighted 4x, ``tokenizer.chroma_weight``) and ``ds4-dim8``
+   (8-dimensional codes). ``--add-recipe "NAME: key=value key=value"`` adds one
    (e.g. the best changes combined), ``--recipes a,b`` picks some.
 2. **Calibration.** In one process, one training step of every recipe is built from exactly
    its job's config and timed round-robin (``compare_methods._stepper``: batch loading
@@ -117,12 +119,16 @@ BASE = (
     "train.lr=2e-3",
     "data.crop_scale=[0.35,1.0]",
 )
+DS4 = ("enhancer.patch_size=4", "tokenizer.downsample=4")
 RECIPES: dict[str, tuple[str, ...]] = {
     "base-ds8": (),
-    "ds4": ("enhancer.patch_size=4", "tokenizer.downsample=4"),
+    "ds4": DS4,
     "ds8-w128": ("tokenizer.width=128",),
     "ds8-512codes": ("tokenizer.vocab_size=512",),
     "ds8-lr4e-3": ("train.lr=4e-3",),
+    # For colour (issue 17: ds4 keeps 54 %), one change each from ds4:
+    "ds4-chroma4": (*DS4, "tokenizer.chroma_weight=4"),
+    "ds4-dim8": (*DS4, "tokenizer.embed_dim=8"),
 }
 
 

@@ -58,6 +58,7 @@ def test_base_file_is_merged_first(tmp_path: Path) -> None:
         ("data.img_size=30", "data.img_size"),
         ("tokenizer.img_size=40", "tokenizer.img_size"),
         ("mask.ratio=1.5", "mask.ratio"),
+        ("tokenizer.chroma_weight=-1", "tokenizer.chroma_weight"),
         ("train.batch_size=10", "train.batch_size"),  # not divisible by accum_steps=4
     ],
 )

@@ -193,10 +193,12 @@ class TokenizerConfig:
     ema_decay: float = 0.99
     commitment: float = 0.25
     dead_code_threshold: float = 0.01
+    chroma_weight: float = 1.0
     precision: TokenizerPrecision = TokenizerPrecision.fp32
 
     def check(self) -> None:
         _require(self.vocab_size >= 2, "tokenizer.vocab_size", "must be >= 2")
+        _require(self.chroma_weight > 0, "tokenizer.chroma_weight", "must be positive")
         _require(
             self.downsample in (1, 2, 4, 8, 16),
             "tokenizer.downsample",

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import distributed as dist
 
 from cimpt.errors import CimptError
-from cimpt.tokenizers.vqvae import VQVAE, EMACodebook
+from cimpt.tokenizers.vqvae import VQVAE, EMACodebook, chroma_weighted_mse
 
 
 def tiny(**kw) -> VQVAE:
@@ -169,6 +169,43 @@ def test_deterministic_given_seed() -> None:
         outs.append((tok.encode(x), tok.codebook.embedding.clone()))
     assert torch.equal(outs[0][0], outs[1][0])
     assert torch.equal(outs[0][1], outs[1][1])
+
+
+def _opponent_loss(recon: torch.Tensor, x: torch.Tensor, weight: float) -> torch.Tensor:
+    """The same loss computed another way: the error in an orthonormal opponent basis
+    (luminance (R+G+B)/sqrt 3, red-green (R-G)/sqrt 2, yellow-blue (R+G-2B)/sqrt 6)."""
+    basis = torch.tensor(
+        [[1 / 3**0.5] * 3, [1 / 2**0.5, -1 / 2**0.5, 0.0], [1 / 6**0.5, 1 / 6**0.5, -2 / 6**0.5]],
+        dtype=torch.float64,
+    )
+    e = torch.einsum("oc,bchw->bohw", basis, (recon - x).double())
+    per_pixel = e[:, 0] ** 2 + weight * (e[:, 1] ** 2 + e[:, 2] ** 2)
+    return per_pixel.mean() / 3
+
+
+@pytest.mark.parametrize("weight", [1.0, 0.5, 4.0])
+def test_chroma_weighted_mse_matches_an_opponent_colour_basis(weight: float) -> None:
+    g = torch.Generator().manual_seed(0)
+    x, recon = torch.rand(2, 3, 5, 7, generator=g), torch.rand(2, 3, 5, 7, generator=g)
+    got = chroma_weighted_mse(recon, x, weight)
+    assert float(got) == pytest.approx(float(_opponent_loss(recon, x, weight)), rel=1e-5)
+    if weight == 1.0:  # exactly the plain MSE
+        assert torch.equal(got, F.mse_loss(recon, x))
+    # A grey error (equal in R, G, B) costs the same at any weight; a pure colour error
+    # (channels summing to zero) costs ``weight`` times its MSE.
+    grey_err = x + torch.rand(2, 1, 5, 7, generator=g) * 0.1
+    assert float(chroma_weighted_mse(grey_err, x, weight)) == pytest.approx(
+        float(F.mse_loss(grey_err, x)), rel=1e-5
+    )
+    colour_err = x + torch.tensor([0.1, -0.05, -0.05]).view(1, 3, 1, 1)
+    assert float(chroma_weighted_mse(colour_err, x, weight)) == pytest.approx(
+        weight * float(F.mse_loss(colour_err, x)), rel=1e-5
+    )
+
+
+def test_chroma_weight_must_be_positive() -> None:
+    with pytest.raises(CimptError, match="chroma_weight must be positive, got 0"):
+        tiny(chroma_weight=0.0)
 
 
 def test_training_reduces_reconstruction_loss() -> None:

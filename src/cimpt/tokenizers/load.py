@@ -46,6 +46,7 @@ def build_tokenizer(tok_cfg: TokenizerConfig) -> ImageTokenizer:
         ema_decay=tok_cfg.ema_decay,
         commitment=tok_cfg.commitment,
         dead_code_threshold=tok_cfg.dead_code_threshold,
+        chroma_weight=tok_cfg.chroma_weight,
     )
 
 

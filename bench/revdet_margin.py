@@ -1,0 +1,153 @@
+"""REVDET's margin above the mask's position prior after a 1-hour CIFAR pre-training (issue 17).
+
+Issue 17's first target: at the end of a 1-hour CIFAR-10 pre-training, REVDET's accuracy should
+be at least 15 points above what the mask's position alone gives (``revdet_margin``, logged by
+every REVDET run since the position-prior baseline was added). The paired variant study ran
+15 minutes per arm (177 steps) and found 7.8 points with BEiT's masks and 12.5 with
+``mask.placement=uniform``; this runs the same recipe for an hour of the same machine.
+
+1. **Tokenizer.** The equal-compute study's (``compare_methods`` preset ``full``: CIFAR-10,
+   batch 128, one epoch), shared by the arms.
+2. **Pre-training.** CIM-REVDET with the study's recipe (the 6-block width-192 ViT, batch 128,
+   fp32) for ``--steps`` steps, per arm (``ARMS``: BEiT's masks, the paper's; masks without a
+   position prior). Default ``HOUR_STEPS``: the steps an hour bought on the study's
+   calibration machine, where 15 minutes (its 4.3-min tokenizer charged) gave 177 steps at
+   3.62 s each, so (3,600 s - 258 s) / 3.62 s = 923 steps. A budget in steps, not seconds,
+   makes the result independent of the machine it runs on.
+3. **The margin.** From the run's ``metrics.jsonl`` (a line every 20 steps, each a training
+   batch of 128 images = 8,192 tokens): ``revdet_acc``, ``revdet_prior_acc`` and
+   ``revdet_margin`` averaged over the logged steps of a window (``WINDOW`` steps) ending at
+   the study's 15-minute budget (177) and at the end, and the whole curve.
+
+    python bench/revdet_margin.py [--arms beit,uniform] [--steps 923] \
+        [--work runs/revdet_margin] [--out docs/results] [--preset full|quick]
+
+writes ``<out>/revdet_margin.{json,md}``. Finished runs are reused, interrupted ones resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cifar10_evidence
+import compare_methods as cm
+from cifar10_evidence import Job, count_images, run_job
+from records import git_commit, write_study
+
+#: arm -> its overrides of CIM-REVDET.
+ARMS: dict[str, tuple[str, ...]] = {
+    "beit": ("mask.placement=beit",),
+    "uniform": ("mask.placement=uniform",),
+}
+STUDY_STEPS = 177  # the equal-compute study's 15-minute CIM-REVDET budget
+HOUR_STEPS = 923  # (3,600 s - 258 s of tokenizer) / 3.62 s per step on the same machine
+WINDOW = 80  # steps averaged for a reading (4 logged batches at log_every 20)
+KEYS = ("revdet_acc", "revdet_prior_acc", "revdet_margin")
+
+
+def curve(run: Path) -> list[dict[str, float]]:
+    """The logged ``step`` and ``KEYS`` of a pre-training run, in step order."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{"step": r["step"], **{k: r[k] for k in KEYS}} for r in rows if KEYS[0] in r]
+
+
+def window_mean(points: list[dict[str, float]], end: int) -> dict[str, float] | None:
+    """Mean of ``KEYS`` over the logged steps in ``(end - WINDOW, end]`` (None if none)."""
+    sel = [p for p in points if end - WINDOW < p["step"] <= end]
+    if not sel:
+        return None
+    return {k: sum(p[k] for p in sel) / len(sel) for k in KEYS} | {"n_logged": len(sel)}
+
+
+def run_arm(s: cm.Study, arm: str, steps: int) -> dict[str, Any]:
+    m = cm._cim_variant(f"cim-revdet-{arm}", arm, *ARMS[arm])
+    run_job(cm.tokenizer_job(s, m), s.threads, s.work / "logs")
+    run = s.work / f"{arm}_{steps}" / "pretrain"
+    job = run_job(Job(f"{arm}_{steps}", cm.pretrain_argv(s, m, run, steps), run,
+                      "enhancer.safetensors"), s.threads, s.work / "logs")  # fmt: skip
+    points = curve(run)
+    return {
+        "arm": arm,
+        "overrides": list(ARMS[arm]),
+        "steps": steps,
+        "pretrain_wallclock_s": round(job.wallclock_s, 1),
+        "at_study_budget": window_mean(points, min(STUDY_STEPS, steps)),
+        "at_end": window_mean(points, steps),
+        "curve": points,
+    }
+
+
+def _pct(r: dict[str, float] | None, key: str) -> str:
+    return "—" if r is None else f"{100 * r[key]:.2f}"
+
+
+def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    head = [
+        f"REVDET margin above the position prior, commit {meta['commit'][:7]}, {meta['date']}; "
+        f"means over the logged steps of the last {WINDOW} steps of each window (percent).",
+        "",
+        "| arm | steps | wall min | at step "
+        f"{STUDY_STEPS}: acc / prior / margin | at the end: acc / prior / margin |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        cells = [" / ".join(_pct(r[w], k) for k in KEYS) for w in ("at_study_budget", "at_end")]
+        wall = r["pretrain_wallclock_s"] / 60
+        head.append(f"| {r['arm']} | {r['steps']} | {wall:.1f} | {cells[0]} | {cells[1]} |")
+    return "\n".join(head) + "\n"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", choices=sorted(cm.PRESETS), default="full")
+    ap.add_argument("--arms", default=",".join(ARMS), help=f"of {', '.join(ARMS)}")
+    ap.add_argument("--steps", type=int, default=HOUR_STEPS, help="pre-training steps per arm")
+    ap.add_argument("--data", default=str(cm.CIFAR / "train"))
+    ap.add_argument("--val-data", default=str(cm.CIFAR / "test"))
+    ap.add_argument("--work", default="runs/revdet_margin")
+    ap.add_argument("--out", default="docs/results")
+    ap.add_argument("--table", default="revdet_margin")
+    ap.add_argument("--in-process", action="store_true", help="no subprocesses (tests)")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    arms = a.arms.split(",")
+    if bad := sorted(set(arms) - set(ARMS)):
+        print(f"error: --arms: unknown {bad}; known: {', '.join(ARMS)}", file=sys.stderr)
+        return 2
+    if a.steps < 1:
+        print(f"error: --steps must be a positive integer, got {a.steps}", file=sys.stderr)
+        return 2
+    if not cm.cifar_folders_exist(a):
+        return 2
+    cifar10_evidence.IN_PROCESS = a.in_process
+    data = Path(a.data).expanduser().resolve()
+    work = Path(a.work).expanduser().resolve()
+    (work / "logs").mkdir(parents=True, exist_ok=True)
+    s = cm.Study(data, Path(a.val_data).expanduser().resolve(), work, cm.PRESETS[a.preset],
+                 count_images(data), os.cpu_count() or 1)  # fmt: skip
+    t0, rows = time.time(), []
+    for arm in arms:
+        rows.append(run_arm(s, arm, a.steps))
+        meta = {
+            "commit": git_commit(), "preset": a.preset, "window_steps": WINDOW,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "wallclock_min": round((time.time() - t0) / 60, 1), "command": " ".join(sys.argv),
+            "cpu_count": os.cpu_count(),
+        }  # fmt: skip
+        write_study(a.out, a.table, {"meta": meta, "rows": rows}, markdown(rows, meta))
+        print(f"[margin] {arm}: {a.steps} steps measured", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

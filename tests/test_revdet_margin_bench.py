@@ -1,0 +1,60 @@
+"""bench/revdet_margin.py: the windowed readings, and a quick run of both mask placements."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+
+def test_window_mean_averages_only_the_logged_steps_inside_the_window(
+    e2e: SimpleNamespace,
+) -> None:
+    rm = e2e.import_bench("revdet_margin")
+    keys = ("revdet_acc", "revdet_prior_acc", "revdet_margin")
+    # Steps 20..200 every 20; acc = step / 1000, prior = 0.5, margin = acc - prior.
+    points = [dict(zip(keys, (s / 1000, 0.5, s / 1000 - 0.5), strict=True)) | {"step": s}
+              for s in range(20, 201, 20)]  # fmt: skip
+    got = rm.window_mean(points, 177)  # window (97, 177]: steps 100, 120, 140, 160
+    assert got["n_logged"] == 4
+    assert got["revdet_acc"] == pytest.approx((0.10 + 0.12 + 0.14 + 0.16) / 4)
+    assert got["revdet_margin"] == pytest.approx(0.13 - 0.5)
+    assert rm.window_mean(points, 10) is None
+
+
+@pytest.mark.timeout(600)
+def test_revdet_margin_quick_runs_both_placements(
+    image_folder: Path, tmp_path: Path, e2e: SimpleNamespace
+) -> None:
+    rm = e2e.import_bench("revdet_margin")
+    args = [
+        "--preset", "quick", "--data", str(image_folder), "--val-data", str(image_folder),
+        "--work", str(tmp_path / "w"), "--out", str(tmp_path / "out"), "--in-process",
+        "--steps", "3",
+    ]  # fmt: skip
+    assert rm.main(args) == 0
+    rows = json.loads((tmp_path / "out" / "revdet_margin.json").read_text())["rows"]
+    assert [r["arm"] for r in rows] == ["beit", "uniform"]
+    for r in rows:
+        # The run logged its last step, and the margin is accuracy minus the prior.
+        last = r["curve"][-1]
+        assert last["step"] == 3
+        assert last["revdet_margin"] == pytest.approx(
+            last["revdet_acc"] - last["revdet_prior_acc"], abs=1e-6
+        )
+        assert r["at_end"]["n_logged"] >= 1
+        cfg = (tmp_path / "w" / f"{r['arm']}_3" / "pretrain" / "config.yaml").read_text()
+        assert f"placement: {r['arm']}" in cfg
+    table = (tmp_path / "out" / "revdet_margin.md").read_text()
+    assert "| beit | 3 |" in table and "| uniform | 3 |" in table
+
+
+def test_revdet_margin_unknown_arm_is_one_error_line(
+    e2e: SimpleNamespace, capsys: pytest.CaptureFixture
+) -> None:
+    rm = e2e.import_bench("revdet_margin")
+    assert rm.main(["--arms", "beit,diagonal"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "diagonal" in err and len(err.splitlines()) == 1
