@@ -18,8 +18,12 @@ every REVDET run since the position-prior baseline was added). The paired varian
    batch of 128 images = 8,192 tokens): ``revdet_acc``, ``revdet_prior_acc`` and
    ``revdet_margin`` averaged over the logged steps of a window (``WINDOW`` steps) ending at
    the study's 15-minute budget (177) and at the end, and the whole curve.
+4. **Downstream** (``--evals``, e.g. ``ft10_seed0,ft10_seed1,ft10_seed2,knn``): the
+   equal-compute study's evaluations (``compare_methods.eval_jobs``: fine-tuning at 10 %
+   labels per seed, kNN) of every arm's encoder and of scratch, so each arm is paired by
+   seed with scratch and with the first arm (BEiT's masks, the paper's default).
 
-    python bench/revdet_margin.py [--arms beit,uniform] [--steps 923] \
+    python bench/revdet_margin.py [--arms beit,uniform] [--steps 923] [--evals KEY,...] \
         [--work runs/revdet_margin] [--out docs/results] [--preset full|quick]
 
 writes ``<out>/revdet_margin.{json,md}``. Finished runs are reused, interrupted ones resume.
@@ -50,6 +54,7 @@ STUDY_STEPS = 177  # the equal-compute study's 15-minute CIM-REVDET budget
 HOUR_STEPS = 923  # (3,600 s - 258 s of tokenizer) / 3.62 s per step on the same machine
 WINDOW = 80  # steps averaged for a reading (4 logged batches at log_every 20)
 KEYS = ("revdet_acc", "revdet_prior_acc", "revdet_margin")
+EVALS = ("ft10_seed0", "ft10_seed1", "ft10_seed2", "knn")
 
 
 def curve(run: Path) -> list[dict[str, float]]:
@@ -66,13 +71,25 @@ def window_mean(points: list[dict[str, float]], end: int) -> dict[str, float] | 
     return {k: sum(p[k] for p in sel) / len(sel) for k in KEYS} | {"n_logged": len(sel)}
 
 
-def run_arm(s: cm.Study, arm: str, steps: int) -> dict[str, Any]:
+def evaluate(s: cm.Study, m: cm.Method, encoder: str, keys: list[str]) -> dict[str, Any]:
+    """Run the evaluations ``keys`` of ``m``'s encoder (``""``: scratch); key -> top-1
+    (fine-tuning: last evaluation; kNN: at k = 20)."""
+    jobs = cm.eval_jobs(s, m, encoder)
+    out: dict[str, Any] = {}
+    for key in keys:
+        result = cm.read_result(run_job(jobs[key], s.threads, s.work / "logs")) or {}
+        out[key] = result["top1"].get("20") if key == "knn" else result["last"]["top1"]
+    return out
+
+
+def run_arm(s: cm.Study, arm: str, steps: int, evals: list[str]) -> dict[str, Any]:
     m = cm._cim_variant(f"cim-revdet-{arm}", arm, *ARMS[arm])
     run_job(cm.tokenizer_job(s, m), s.threads, s.work / "logs")
     run = s.work / f"{arm}_{steps}" / "pretrain"
     job = run_job(Job(f"{arm}_{steps}", cm.pretrain_argv(s, m, run, steps), run,
                       "enhancer.safetensors"), s.threads, s.work / "logs")  # fmt: skip
     points = curve(run)
+    home = cm.Method(f"{arm}_{steps}", "revdet")  # evaluations go next to the pre-training
     return {
         "arm": arm,
         "overrides": list(ARMS[arm]),
@@ -80,15 +97,44 @@ def run_arm(s: cm.Study, arm: str, steps: int) -> dict[str, Any]:
         "pretrain_wallclock_s": round(job.wallclock_s, 1),
         "at_study_budget": window_mean(points, min(STUDY_STEPS, steps)),
         "at_end": window_mean(points, steps),
+        "eval": evaluate(s, home, str(run), evals),
         "curve": points,
     }
+
+
+def _ft10(evals: dict[str, float]) -> dict[int, float]:
+    return {int(k.removeprefix("ft10_seed")): v for k, v in evals.items() if "ft10_seed" in k}
+
+
+def downstream_lines(rows: list[dict[str, Any]], scratch: dict[str, float]) -> list[str]:
+    """10 % labels per seed, paired gains against scratch and against the first arm; kNN."""
+    if not scratch:
+        return []
+    base = _ft10(rows[0]["eval"])
+    lines = [
+        "",
+        "| arm | 10 % top-1 per seed | mean | gain vs scratch (paired) | minus "
+        f"{rows[0]['arm']} (paired) | kNN@20 |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, ev in [("scratch", scratch), *((r["arm"], r["eval"]) for r in rows)]:
+        seeds = _ft10(ev)
+        mean = sum(seeds.values()) / len(seeds) if seeds else None
+        vs = [cm._fmt_pair(cm.paired(seeds, other)) for other in (_ft10(scratch), base)]
+        per = " / ".join(f"{seeds[k]:.2f}" for k in sorted(seeds))
+        lines.append(
+            f"| {name} | {per} | {cm._fmt(mean)} | {vs[0]} | {vs[1]} | {cm._fmt(ev.get('knn'))} |"
+        )
+    return lines
 
 
 def _pct(r: dict[str, float] | None, key: str) -> str:
     return "—" if r is None else f"{100 * r[key]:.2f}"
 
 
-def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+def markdown(
+    rows: list[dict[str, Any]], meta: dict[str, Any], scratch: dict[str, float] | None = None
+) -> str:
     head = [
         f"REVDET margin above the position prior, commit {meta['commit'][:7]}, {meta['date']}; "
         f"means over the logged steps of the last {WINDOW} steps of each window (percent).",
@@ -101,7 +147,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         cells = [" / ".join(_pct(r[w], k) for k in KEYS) for w in ("at_study_budget", "at_end")]
         wall = r["pretrain_wallclock_s"] / 60
         head.append(f"| {r['arm']} | {r['steps']} | {wall:.1f} | {cells[0]} | {cells[1]} |")
-    return "\n".join(head) + "\n"
+    return "\n".join(head + downstream_lines(rows, scratch or {})) + "\n"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -111,6 +157,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=HOUR_STEPS, help="pre-training steps per arm")
     ap.add_argument("--data", default=str(cm.CIFAR / "train"))
     ap.add_argument("--val-data", default=str(cm.CIFAR / "test"))
+    ap.add_argument("--evals", default="", help=f"comma-separated, of {', '.join(EVALS)}")
     ap.add_argument("--work", default="runs/revdet_margin")
     ap.add_argument("--out", default="docs/results")
     ap.add_argument("--table", default="revdet_margin")
@@ -124,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     if bad := sorted(set(arms) - set(ARMS)):
         print(f"error: --arms: unknown {bad}; known: {', '.join(ARMS)}", file=sys.stderr)
         return 2
+    evals = [e for e in a.evals.split(",") if e]
+    if bad := sorted(set(evals) - set(EVALS)):
+        print(f"error: --evals: unknown {bad}; known: {', '.join(EVALS)}", file=sys.stderr)
+        return 2
     if a.steps < 1:
         print(f"error: --steps must be a positive integer, got {a.steps}", file=sys.stderr)
         return 2
@@ -136,15 +187,17 @@ def main(argv: list[str] | None = None) -> int:
     s = cm.Study(data, Path(a.val_data).expanduser().resolve(), work, cm.PRESETS[a.preset],
                  count_images(data), os.cpu_count() or 1)  # fmt: skip
     t0, rows = time.time(), []
+    scratch = evaluate(s, cm.Method("scratch", None), "", evals)
     for arm in arms:
-        rows.append(run_arm(s, arm, a.steps))
+        rows.append(run_arm(s, arm, a.steps, evals))
         meta = {
             "commit": git_commit(), "preset": a.preset, "window_steps": WINDOW,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "wallclock_min": round((time.time() - t0) / 60, 1), "command": " ".join(sys.argv),
             "cpu_count": os.cpu_count(),
         }  # fmt: skip
-        write_study(a.out, a.table, {"meta": meta, "rows": rows}, markdown(rows, meta))
+        record = {"meta": meta, "scratch": scratch, "rows": rows}
+        write_study(a.out, a.table, record, markdown(rows, meta, scratch))
         print(f"[margin] {arm}: {a.steps} steps measured", flush=True)
     return 0
 

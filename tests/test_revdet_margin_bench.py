@@ -32,7 +32,7 @@ def test_revdet_margin_quick_runs_both_placements(
     args = [
         "--preset", "quick", "--data", str(image_folder), "--val-data", str(image_folder),
         "--work", str(tmp_path / "w"), "--out", str(tmp_path / "out"), "--in-process",
-        "--steps", "3",
+        "--steps", "3", "--evals", "ft10_seed0,knn",
     ]  # fmt: skip
     assert rm.main(args) == 0
     rows = json.loads((tmp_path / "out" / "revdet_margin.json").read_text())["rows"]
@@ -47,8 +47,18 @@ def test_revdet_margin_quick_runs_both_placements(
         assert r["at_end"]["n_logged"] >= 1
         cfg = (tmp_path / "w" / f"{r['arm']}_3" / "pretrain" / "config.yaml").read_text()
         assert f"placement: {r['arm']}" in cfg
+        # Its encoder was fine-tuned next to its pre-training (not from scratch).
+        ft = tmp_path / "w" / f"{r['arm']}_3" / "finetune_10pct_seed0" / "config.yaml"
+        assert f"{r['arm']}_3/pretrain" in ft.read_text()
+        assert set(r["eval"]) == {"ft10_seed0", "knn"}
+    record = json.loads((tmp_path / "out" / "revdet_margin.json").read_text())
+    scratch = record["scratch"]["ft10_seed0"]
     table = (tmp_path / "out" / "revdet_margin.md").read_text()
     assert "| beit | 3 |" in table and "| uniform | 3 |" in table
+    # The downstream table pairs each arm with scratch by seed: gain = arm - scratch.
+    gain = rows[1]["eval"]["ft10_seed0"] - scratch
+    assert f"| uniform | {rows[1]['eval']['ft10_seed0']:.2f} |" in table
+    assert f"{gain:+.2f} ± nan (n=1)" in table
 
 
 def test_revdet_margin_unknown_arm_is_one_error_line(
