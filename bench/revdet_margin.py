@@ -14,10 +14,13 @@ every REVDET run since the position-prior baseline was added). The paired varian
    calibration machine, where 15 minutes (its 4.3-min tokenizer charged) gave 177 steps at
    3.62 s each, so (3,600 s - 258 s) / 3.62 s = 923 steps. A budget in steps, not seconds,
    makes the result independent of the machine it runs on.
-3. **The margin.** From the run's ``metrics.jsonl`` (a line every 20 steps, each a training
-   batch of 128 images = 8,192 tokens): ``revdet_acc``, ``revdet_prior_acc`` and
-   ``revdet_margin`` averaged over the logged steps of a window (``WINDOW`` steps) ending at
-   the study's 15-minute budget (177) and at the end, and the whole curve.
+3. **The margin.** From the run's ``metrics.jsonl`` (a line every 20 steps, each the mean
+   over the training steps since the previous line, 128 images = 8,192 tokens per step):
+   ``revdet_acc``, ``revdet_prior_acc`` and ``revdet_margin`` read at the study's 15-minute
+   budget (177) and at the end, each reading the mean of the lines logged in the ``WINDOW``
+   steps up to it, weighted by the steps each line covers (so at 177: the lines of steps
+   100-160, covering steps 81-160; at 923: those of 860-923, covering 841-923); and the
+   whole curve.
 4. **Downstream** (``--evals``, e.g. ``ft10_seed0,ft10_seed1,ft10_seed2,knn``): the
    equal-compute study's evaluations (``compare_methods.eval_jobs``: fine-tuning at 10 %
    labels per seed, kNN) of every arm's encoder and of scratch, so each arm is paired by
@@ -64,11 +67,20 @@ def curve(run: Path) -> list[dict[str, float]]:
 
 
 def window_mean(points: list[dict[str, float]], end: int) -> dict[str, float] | None:
-    """Mean of ``KEYS`` over the logged steps in ``(end - WINDOW, end]`` (None if none)."""
+    """Mean of ``KEYS`` over the lines logged at steps in ``(end - WINDOW, end]`` (None if
+    none), each weighted by the training steps it averages (since the previous line)."""
+    prev = {p["step"]: q["step"] for q, p in zip([{"step": 0}, *points], points, strict=False)}
     sel = [p for p in points if end - WINDOW < p["step"] <= end]
     if not sel:
         return None
-    return {k: sum(p[k] for p in sel) / len(sel) for k in KEYS} | {"n_logged": len(sel)}
+    weights = [p["step"] - prev[p["step"]] for p in sel]
+    means = {k: sum(w * p[k] for w, p in zip(weights, sel, strict=True)) / sum(weights)
+             for k in KEYS}  # fmt: skip
+    return means | {
+        "n_logged": len(sel),
+        "first_step": prev[sel[0]["step"]] + 1,
+        "last_step": sel[-1]["step"],
+    }
 
 
 def evaluate(s: cm.Study, m: cm.Method, encoder: str, keys: list[str]) -> dict[str, Any]:
@@ -77,12 +89,16 @@ def evaluate(s: cm.Study, m: cm.Method, encoder: str, keys: list[str]) -> dict[s
     jobs = cm.eval_jobs(s, m, encoder)
     out: dict[str, Any] = {}
     for key in keys:
-        result = cm.read_result(run_job(jobs[key], s.threads, s.work / "logs")) or {}
+        result = cm.read_result(run_job(jobs[key], s.threads, s.work / "logs"))
+        if result is None:
+            raise RuntimeError(f"{jobs[key].name}: no {jobs[key].done_file} in {jobs[key].run_dir}")
         out[key] = result["top1"].get("20") if key == "knn" else result["last"]["top1"]
     return out
 
 
 def run_arm(s: cm.Study, arm: str, steps: int, evals: list[str]) -> dict[str, Any]:
+    """Pre-train one arm for ``steps`` (tokenizer first, shared), read its margin readings
+    and curve, run its evaluations; its table row."""
     m = cm._cim_variant(f"cim-revdet-{arm}", arm, *ARMS[arm])
     run_job(cm.tokenizer_job(s, m), s.threads, s.work / "logs")
     run = s.work / f"{arm}_{steps}" / "pretrain"
@@ -103,6 +119,7 @@ def run_arm(s: cm.Study, arm: str, steps: int, evals: list[str]) -> dict[str, An
 
 
 def _ft10(evals: dict[str, float]) -> dict[int, float]:
+    """seed -> 10 %-label top-1 of one arm's evaluations."""
     return {int(k.removeprefix("ft10_seed")): v for k, v in evals.items() if "ft10_seed" in k}
 
 
@@ -117,10 +134,13 @@ def downstream_lines(rows: list[dict[str, Any]], scratch: dict[str, float]) -> l
         f"{rows[0]['arm']} (paired) | kNN@20 |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for name, ev in [("scratch", scratch), *((r["arm"], r["eval"]) for r in rows)]:
+    named = [("scratch", scratch), *((r["arm"], r["eval"]) for r in rows)]
+    for i, (name, ev) in enumerate(named):
         seeds = _ft10(ev)
         mean = sum(seeds.values()) / len(seeds) if seeds else None
-        vs = [cm._fmt_pair(cm.paired(seeds, other)) for other in (_ft10(scratch), base)]
+        # No pairing of a row with itself (scratch with scratch, the first arm with itself).
+        vs = [cm._fmt_pair(cm.paired(seeds, other)) if i not in skip else "—"
+              for other, skip in ((_ft10(scratch), (0,)), (base, (0, 1)))]  # fmt: skip
         per = " / ".join(f"{seeds[k]:.2f}" for k in sorted(seeds))
         lines.append(
             f"| {name} | {per} | {cm._fmt(mean)} | {vs[0]} | {vs[1]} | {cm._fmt(ev.get('knn'))} |"
@@ -129,18 +149,21 @@ def downstream_lines(rows: list[dict[str, Any]], scratch: dict[str, float]) -> l
 
 
 def _pct(r: dict[str, float] | None, key: str) -> str:
+    """A reading's value in percent, "—" when the run has none."""
     return "—" if r is None else f"{100 * r[key]:.2f}"
 
 
 def markdown(
     rows: list[dict[str, Any]], meta: dict[str, Any], scratch: dict[str, float] | None = None
 ) -> str:
+    """The margin table (one row per arm) and, with evaluations, the downstream table."""
     head = [
         f"REVDET margin above the position prior, commit {meta['commit'][:7]}, {meta['date']}; "
-        f"means over the logged steps of the last {WINDOW} steps of each window (percent).",
+        f"each reading the step-weighted mean of the lines logged in the {WINDOW} steps up to "
+        "it (percent).",
         "",
         "| arm | steps | wall min | at step "
-        f"{STUDY_STEPS}: acc / prior / margin | at the end: acc / prior / margin |",
+        f"{STUDY_STEPS} (or the end): acc / prior / margin | at the end: acc / prior / margin |",
         "|---|---:|---:|---:|---:|",
     ]
     for r in rows:

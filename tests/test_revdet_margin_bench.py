@@ -17,11 +17,19 @@ def test_window_mean_averages_only_the_logged_steps_inside_the_window(
     # Steps 20..200 every 20; acc = step / 1000, prior = 0.5, margin = acc - prior.
     points = [dict(zip(keys, (s / 1000, 0.5, s / 1000 - 0.5), strict=True)) | {"step": s}
               for s in range(20, 201, 20)]  # fmt: skip
-    got = rm.window_mean(points, 177)  # window (97, 177]: steps 100, 120, 140, 160
-    assert got["n_logged"] == 4
+    got = rm.window_mean(points, 177)  # window (97, 177]: lines 100, 120, 140, 160
+    assert (got["n_logged"], got["first_step"], got["last_step"]) == (4, 81, 160)
     assert got["revdet_acc"] == pytest.approx((0.10 + 0.12 + 0.14 + 0.16) / 4)
     assert got["revdet_margin"] == pytest.approx(0.13 - 0.5)
+    # The window's left edge is open: at 180, the line at 100 is out.
+    assert rm.window_mean(points, 180)["revdet_acc"] == pytest.approx(0.15)
     assert rm.window_mean(points, 10) is None
+    # A short last line (the 3 steps after 920) weighs 3/20 of each 20-step line before it.
+    run = [points[0] | {"step": s, "revdet_acc": 0.6} for s in range(840, 921, 20)]
+    run.append(points[0] | {"step": 923, "revdet_acc": 0.9})
+    got = rm.window_mean(run, 923)  # window (843, 923]: lines 860-920 and 923
+    assert (got["n_logged"], got["first_step"]) == (5, 841)
+    assert got["revdet_acc"] == pytest.approx((80 * 0.6 + 3 * 0.9) / 83)
 
 
 @pytest.mark.timeout(600)

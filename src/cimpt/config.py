@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from enum import Enum
@@ -198,7 +199,11 @@ class TokenizerConfig:
 
     def check(self) -> None:
         _require(self.vocab_size >= 2, "tokenizer.vocab_size", "must be >= 2")
-        _require(self.chroma_weight > 0, "tokenizer.chroma_weight", "must be positive")
+        _require(
+            math.isfinite(self.chroma_weight) and self.chroma_weight > 0,
+            "tokenizer.chroma_weight",
+            "must be positive and finite",
+        )
         _require(
             self.downsample in (1, 2, 4, 8, 16),
             "tokenizer.downsample",

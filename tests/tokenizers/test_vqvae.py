@@ -203,9 +203,18 @@ def test_chroma_weighted_mse_matches_an_opponent_colour_basis(weight: float) -> 
     )
 
 
-def test_chroma_weight_must_be_positive() -> None:
-    with pytest.raises(CimptError, match="chroma_weight must be positive, got 0"):
-        tiny(chroma_weight=0.0)
+@pytest.mark.parametrize("bad", [0.0, -1.0, math.inf])
+def test_chroma_weight_must_be_positive_and_finite(bad: float) -> None:
+    with pytest.raises(CimptError, match="chroma_weight must be positive and finite"):
+        tiny(chroma_weight=bad)
+
+
+def test_build_tokenizer_passes_the_chroma_weight_through() -> None:
+    from cimpt.config import load_config
+    from cimpt.tokenizers.load import build_tokenizer
+
+    tok = build_tokenizer(load_config(None, ["tokenizer.chroma_weight=4"]).tokenizer)
+    assert tok.chroma_weight == 4.0 and tok.arch_config()["chroma_weight"] == 4.0
 
 
 def test_training_reduces_reconstruction_loss() -> None:

@@ -269,8 +269,10 @@ class VQVAE(ImageTokenizer):
             )
         if not 0.0 <= ema_decay < 1.0:
             raise CimptError(f"tokenizer.ema_decay must be in [0, 1), got {ema_decay}")
-        if not chroma_weight > 0.0:
-            raise CimptError(f"tokenizer.chroma_weight must be positive, got {chroma_weight}")
+        if not (math.isfinite(chroma_weight) and chroma_weight > 0.0):
+            raise CimptError(
+                f"tokenizer.chroma_weight must be positive and finite, got {chroma_weight}"
+            )
         self.vocab_size = vocab_size
         self.downsample = downsample
         self._arch: dict[str, Any] = dict(
