@@ -98,14 +98,15 @@ def test_bad_input_is_one_error_line(
     assert not (tmp_path / "w").exists()
 
 
-def test_shipped_64px_config_is_the_ds4_recipe(e2e: SimpleNamespace) -> None:
-    """configs/tokenizer_64px.yaml is the study's measured ``ds4``: the same tokenizer, views
-    and optimiser as cifar10_tokenizer.yaml with the study's base and ds4 overrides."""
+def test_shipped_64px_config_is_the_ds4_chroma4_recipe(e2e: SimpleNamespace) -> None:
+    """configs/tokenizer_64px.yaml is the study's measured ``ds4-chroma4``: the same tokenizer,
+    views and optimiser as cifar10_tokenizer.yaml with the study's base and recipe overrides."""
     bench = e2e.import_bench("tokenizer_64px")
     shipped = typed(load_config(CONFIG_DIR / "tokenizer_64px.yaml"))
-    overrides = [*bench.BASE, *bench.RECIPES["ds4"]]
+    overrides = [*bench.BASE, *bench.RECIPES["ds4-chroma4"]]
     study = typed(load_config(CONFIG_DIR / "cifar10_tokenizer.yaml", overrides))
     assert shipped.tokenizer == study.tokenizer
+    assert shipped.tokenizer.chroma_weight == 4.0
     assert shipped.data.img_size == study.data.img_size == 64
     assert list(shipped.data.crop_scale) == list(study.data.crop_scale)
     assert (shipped.train.batch_size, shipped.train.lr) == (study.train.batch_size, study.train.lr)
