@@ -222,6 +222,18 @@ class Study:
         ]
 
 
+def study_from_args(a: argparse.Namespace) -> Study:
+    """The study of a script's common arguments (``--data``, ``--val-data``, ``--work``,
+    ``--preset``, ``--in-process``): paths resolved, ``<work>/logs`` made, jobs in-process or
+    not as asked."""
+    cifar10_evidence.IN_PROCESS = a.in_process
+    data = Path(a.data).expanduser().resolve()
+    work = Path(a.work).expanduser().resolve()
+    (work / "logs").mkdir(parents=True, exist_ok=True)
+    return Study(data, Path(a.val_data).expanduser().resolve(), work, PRESETS[a.preset],
+                 count_images(data), os.cpu_count() or 1)  # fmt: skip
+
+
 # ---- calibration ---------------------------------------------------------------------------
 def tokenizer_argv(s: Study, run: Path, steps: int, overrides: tuple[str, ...] = ()) -> list[str]:
     return [
@@ -838,12 +850,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not cifar_folders_exist(a):
         return 2
-    cifar10_evidence.IN_PROCESS = a.in_process
-    data = Path(a.data).expanduser().resolve()
-    work = Path(a.work).expanduser().resolve()
-    (work / "logs").mkdir(parents=True, exist_ok=True)
-    s = Study(data, Path(a.val_data).expanduser().resolve(), work, PRESETS[a.preset],
-              count_images(data), os.cpu_count() or 1)  # fmt: skip
+    s = study_from_args(a)
     t0 = time.time()
     published = study_restore.by_method(restored) if restored else None
     if published is not None:

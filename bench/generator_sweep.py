@@ -31,18 +31,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import cifar10_evidence
 import compare_methods as cm
 import corruption_plausibility as cp
-from cifar10_evidence import Job, count_images, run_job
-from records import git_commit, write_study
+from cifar10_evidence import Job, run_job
+from records import run_meta, write_study
 
 TINY_ENHANCER = (
     "enhancer.kwargs={embed_dim: 32, depth: 1, num_heads: 2}",
@@ -159,22 +157,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not cm.cifar_folders_exist(a):
         return 2
-    cifar10_evidence.IN_PROCESS = a.in_process
-    data = Path(a.data).expanduser().resolve()
-    work = Path(a.work).expanduser().resolve()
-    (work / "logs").mkdir(parents=True, exist_ok=True)
-    s = cm.Study(data, Path(a.val_data).expanduser().resolve(), work, cm.PRESETS[a.preset],
-                 count_images(data), os.cpu_count() or 1)  # fmt: skip
+    s = cm.study_from_args(a)
     t0, rows = time.time(), []
     for n_steps in steps:
         for arm in arms:
             rows.append(run_arm(s, arm, n_steps, a.n))
-            meta = {
-                "commit": git_commit(), "preset": a.preset, "n": a.n,
-                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                "wallclock_min": round((time.time() - t0) / 60, 1), "command": " ".join(sys.argv),
-                "cpu_count": os.cpu_count(), "tiny_enhancer": list(TINY_ENHANCER),
-            }  # fmt: skip
+            meta = run_meta(t0, preset=a.preset, n=a.n, tiny_enhancer=list(TINY_ENHANCER))
             write_study(a.out, a.table, {"meta": meta, "rows": rows}, markdown(rows, meta))
             print(f"[sweep] {arm} at {n_steps} steps measured", flush=True)
     return 0

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +39,19 @@ def write_record(record: dict[str, Any], out: str | Path) -> Path:
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {path}")
     return path
+
+
+def run_meta(t0: float, **extra: Any) -> dict[str, Any]:
+    """What a study record's ``meta`` starts with: commit, date, minutes since ``t0`` (a
+    ``time.time()``), the command line and the CPU count; then ``extra``."""
+    return {
+        "commit": git_commit(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "wallclock_min": round((time.time() - t0) / 60, 1),
+        "command": " ".join(sys.argv),
+        "cpu_count": os.cpu_count(),
+        **extra,
+    }
 
 
 def write_study(out: str | Path, stem: str, payload: Any, table: str) -> Path:

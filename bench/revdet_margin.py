@@ -36,17 +36,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import cifar10_evidence
 import compare_methods as cm
-from cifar10_evidence import Job, count_images, run_job
-from records import git_commit, write_study
+from cifar10_evidence import Job, run_job
+from records import run_meta, write_study
 
 #: arm -> its overrides of CIM-REVDET.
 ARMS: dict[str, tuple[str, ...]] = {
@@ -203,22 +201,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not cm.cifar_folders_exist(a):
         return 2
-    cifar10_evidence.IN_PROCESS = a.in_process
-    data = Path(a.data).expanduser().resolve()
-    work = Path(a.work).expanduser().resolve()
-    (work / "logs").mkdir(parents=True, exist_ok=True)
-    s = cm.Study(data, Path(a.val_data).expanduser().resolve(), work, cm.PRESETS[a.preset],
-                 count_images(data), os.cpu_count() or 1)  # fmt: skip
+    s = cm.study_from_args(a)
     t0, rows = time.time(), []
     scratch = evaluate(s, cm.Method("scratch", None), "", evals)
     for arm in arms:
         rows.append(run_arm(s, arm, a.steps, evals))
-        meta = {
-            "commit": git_commit(), "preset": a.preset, "window_steps": WINDOW,
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "wallclock_min": round((time.time() - t0) / 60, 1), "command": " ".join(sys.argv),
-            "cpu_count": os.cpu_count(),
-        }  # fmt: skip
+        meta = run_meta(t0, preset=a.preset, window_steps=WINDOW)
         record = {"meta": meta, "scratch": scratch, "rows": rows}
         write_study(a.out, a.table, record, markdown(rows, meta, scratch))
         print(f"[margin] {arm}: {a.steps} steps measured", flush=True)
