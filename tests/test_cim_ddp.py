@@ -28,6 +28,8 @@ torch.save({{"steps": result.state.step, "weights": task.model.state_dict(),
             "tokenizer_in_ddp": any(id(p) in ddp_params for p in tok_params),
             "ddp": type(trainer.wrapped).__name__}},
            os.path.join({out!r}, f"rank{{os.environ['RANK']}}.pt"))
+from cimpt.engine.distributed import cleanup
+cleanup()  # as the CLI does: no gloo group left alive at exit
 """
 
 

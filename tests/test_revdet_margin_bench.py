@@ -76,3 +76,22 @@ def test_revdet_margin_unknown_arm_is_one_error_line(
     assert rm.main(["--arms", "beit,diagonal"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "diagonal" in err and len(err.splitlines()) == 1
+
+
+def test_chroma_arm_trains_its_own_tokenizer_with_the_colour_weight(
+    e2e: SimpleNamespace, tmp_path: Path
+) -> None:
+    rm = e2e.import_bench("revdet_margin")
+    cm = e2e.import_bench("compare_methods")
+    arm = cm._cim_variant("cim-revdet-chroma4", "chroma4", *rm.ARMS["chroma4"])
+    beit = cm._cim_variant("cim-revdet-beit", "beit", *rm.ARMS["beit"])
+    # Its own tokenizer folder (not the shared one), trained with the weight ...
+    assert beit.tokenizer_name == "tokenizer" != arm.tokenizer_name
+    s = cm.Study(tmp_path, tmp_path, tmp_path, cm.PRESETS["quick"], 100, 1)
+    assert "tokenizer.chroma_weight=4.0" in cm.tokenizer_job(s, arm).argv
+    assert not any(a.startswith("tokenizer.chroma") for a in cm.tokenizer_job(s, beit).argv)
+    # ... and BEiT's masks, so it differs from the default arm in the tokenizer only.
+    pre = cm.pretrain_argv(s, arm, tmp_path / "p", 3)
+    assert "mask.placement=beit" in pre
+    assert f"tokenizer.checkpoint={tmp_path / arm.tokenizer_name}" in pre
+    assert set(rm.DEFAULT_ARMS) == {"beit", "uniform"}

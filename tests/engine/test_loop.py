@@ -175,22 +175,19 @@ _DDP_WORKER = """
 import os, sys, torch
 sys.path.insert(0, {here!r})
 from toy_task import run_toy
-result, model = run_toy({run!r}, 4, ["train.batch_size=8"])
-torch.save(model.state_dict(), os.path.join({run!r}, f"rank{{os.environ['RANK']}}.pt"))
+from cimpt.engine.distributed import cleanup
+try:  # as the CLI does: leave no gloo group alive at exit ("terminate called ...")
+    result, model = run_toy({run!r}, 4, ["train.batch_size=8"])
+    torch.save(model.state_dict(), os.path.join({run!r}, f"rank{{os.environ['RANK']}}.pt"))
+finally:
+    cleanup()
 """
 
 
-def test_two_process_gloo_ranks_stay_identical(tmp_path: Path) -> None:
+def test_two_process_gloo_ranks_stay_identical(tmp_path: Path, e2e) -> None:
     script = tmp_path / "worker.py"
     script.write_text(_DDP_WORKER.format(here=str(Path(__file__).parent), run=str(tmp_path)))
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29533", "WORLD_SIZE": "2"}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(script)], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}
-        )
-        for r in range(2)
-    ]
-    assert all(p.wait(timeout=120) == 0 for p in procs)
+    e2e.run_two_ranks([str(script)], timeout=120)  # a free port, and each rank's stderr on failure
     w0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     w1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     torch.manual_seed(123)

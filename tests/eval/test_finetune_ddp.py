@@ -31,6 +31,8 @@ trainer.fit()
 torch.save({{"last": task.last, "weights": task.sup.net.state_dict(),
             "ddp": type(trainer.wrapped).__name__}},
            os.path.join({out!r}, f"rank{{os.environ['RANK']}}.pt"))
+from cimpt.engine.distributed import cleanup
+cleanup()  # as the CLI does: no gloo group left alive at exit
 """
 
 
