@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -213,8 +214,31 @@ def test_build_tokenizer_passes_the_chroma_weight_through() -> None:
     from cimpt.config import load_config
     from cimpt.tokenizers.load import build_tokenizer
 
-    tok = build_tokenizer(load_config(None, ["tokenizer.chroma_weight=4"]).tokenizer)
-    assert tok.chroma_weight == 4.0 and tok.arch_config()["chroma_weight"] == 4.0
+    tok = build_tokenizer(load_config(None, ["tokenizer.chroma_weight=2.5"]).tokenizer)
+    assert tok.chroma_weight == 2.5 and tok.arch_config()["chroma_weight"] == 2.5
+    # The shipped default stays the plain MSE (docs/METHOD_CHOICES.md, "Tokenizer colour").
+    assert build_tokenizer(load_config(None).tokenizer).chroma_weight == 1.0
+
+
+def test_a_file_from_before_the_colour_weight_loads_as_plain_mse(tmp_path: Path) -> None:
+    """Files written before ``chroma_weight`` existed hold no such field: they were trained
+    with the plain MSE and load as such (not with whatever weight a config asks for)."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from cimpt.tokenizers.header import ARCH_KEY, header_metadata
+    from cimpt.tokenizers.load import load_tokenizer
+
+    tok = tiny()
+    arch = {k: v for k, v in tok.arch_config().items() if k != "chroma_weight"}
+    old = tmp_path / "old.safetensors"
+    save_file(tok.state_dict(), str(old), metadata=header_metadata("vqvae", arch))
+    assert "chroma_weight" not in json.loads(header_metadata("vqvae", arch)[ARCH_KEY])
+    loaded = load_tokenizer(old)
+    assert loaded.chroma_weight == 1.0  # type: ignore[attr-defined]
+    for k, v in load_file(str(old)).items():
+        assert torch.equal(loaded.state_dict()[k], v), k
 
 
 def test_training_reduces_reconstruction_loss() -> None:
