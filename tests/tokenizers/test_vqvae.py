@@ -223,18 +223,17 @@ def test_build_tokenizer_passes_the_chroma_weight_through() -> None:
 def test_a_file_from_before_the_colour_weight_loads_as_plain_mse(tmp_path: Path) -> None:
     """Files written before ``chroma_weight`` existed hold no such field: they were trained
     with the plain MSE and load as such (not with whatever weight a config asks for)."""
-    import json
-
     from safetensors.torch import load_file, save_file
 
-    from cimpt.tokenizers.header import ARCH_KEY, header_metadata
+    from cimpt.tokenizers.header import header_metadata, read_header
     from cimpt.tokenizers.load import load_tokenizer
 
-    tok = tiny()
+    # Built with another weight, so a loaded 1.0 can only come from the missing field.
+    tok = tiny(chroma_weight=3.0)
     arch = {k: v for k, v in tok.arch_config().items() if k != "chroma_weight"}
     old = tmp_path / "old.safetensors"
     save_file(tok.state_dict(), str(old), metadata=header_metadata("vqvae", arch))
-    assert "chroma_weight" not in json.loads(header_metadata("vqvae", arch)[ARCH_KEY])
+    assert read_header(old) == ("vqvae", arch)  # the file holds no chroma_weight
     loaded = load_tokenizer(old)
     assert loaded.chroma_weight == 1.0  # type: ignore[attr-defined]
     for k, v in load_file(str(old)).items():
