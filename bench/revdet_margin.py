@@ -53,6 +53,8 @@ ARMS: dict[str, tuple[str, ...]] = {
     # BEiT's masks with a tokenizer trained under a colour-weighted loss (the 64 px study's
     # finding, ``tokenizer.chroma_weight``): its own tokenizer, trained for the same steps.
     "chroma4": ("mask.placement=beit", "tokenizer.chroma_weight=4.0"),
+    # A smaller codebook (its own tokenizer, same steps): an easier guess for the generator.
+    "codes512": ("mask.placement=beit", "tokenizer.vocab_size=512"),
     # Sharper samples (the issue-4 ablation's lead: +0.7 at 1.6 epochs, +1.4 at 4, one seed).
     "temp05": ("mask.placement=beit", "generator.temperature=0.5"),
     "chroma4_temp05": (
