@@ -95,3 +95,25 @@ def test_chroma_arm_trains_its_own_tokenizer_with_the_colour_weight(
     assert "mask.placement=beit" in pre
     assert f"tokenizer.checkpoint={tmp_path / arm.tokenizer_name}" in pre
     assert set(rm.DEFAULT_ARMS) == {"beit", "uniform"}
+
+
+def test_every_arm_is_a_valid_config_and_shares_the_tokenizer_only_when_it_keeps_it(
+    e2e: SimpleNamespace, tmp_path: Path
+) -> None:
+    from cimpt.config import load_config, typed
+
+    rm = e2e.import_bench("revdet_margin")
+    cm = e2e.import_bench("compare_methods")
+    s = cm.Study(tmp_path, tmp_path, tmp_path, cm.PRESETS["quick"], 100, 1)
+    for name, overrides in rm.ARMS.items():
+        arm = cm._cim_variant(f"cim-revdet-{name}", name, *overrides)
+        cfg = typed(load_config(cm.PRETRAIN_CONFIG, list(overrides)))
+        changes_tokenizer = any(o.startswith("tokenizer.") for o in overrides)
+        assert (arm.tokenizer_name != "tokenizer") == changes_tokenizer, name
+        # Each arm's pre-training gets all its overrides, after the study's own.
+        assert cm.pretrain_argv(s, arm, tmp_path / "p", 3)[-len(overrides) :] == list(overrides)
+        if name == "temp05":
+            assert cfg.generator.temperature == 0.5 and not changes_tokenizer
+        if name == "codes512":
+            assert cfg.tokenizer.vocab_size == 512
+            assert "tokenizer.vocab_size=512" in cm.tokenizer_job(s, arm).argv
