@@ -10,7 +10,8 @@ every REVDET run since the position-prior baseline was added). The paired varian
    batch 128, one epoch), shared by the arms.
 2. **Pre-training.** CIM-REVDET with the study's recipe (the 6-block width-192 ViT, batch 128,
    fp32) for ``--steps`` steps, per arm (``ARMS``: BEiT's masks, the paper's; masks without a
-   position prior). Default ``HOUR_STEPS``: the steps an hour bought on the study's
+   position prior; and, each with BEiT's masks, a colour-weighted tokenizer, sampling
+   temperature 0.5, a 512-code tokenizer, and colour plus temperature). Default ``HOUR_STEPS``: the steps an hour bought on the study's
    calibration machine, where 15 minutes (its 4.3-min tokenizer charged) gave 177 steps at
    3.62 s each, so (3,600 s - 258 s) / 3.62 s = 923 steps. A budget in steps, not seconds,
    makes the result independent of the machine it runs on.
@@ -29,7 +30,7 @@ every REVDET run since the position-prior baseline was added). The paired varian
     python bench/revdet_margin.py [--arms beit,uniform] [--steps 923] [--evals KEY,...] \
         [--work runs/revdet_margin] [--out docs/results] [--preset full|quick]
 
-writes ``<out>/revdet_margin.{json,md}``. Finished runs are reused, interrupted ones resume.
+writes ``<out>/<--table>.{json,md}``. Finished runs are reused, interrupted ones resume.
 """
 
 from __future__ import annotations
