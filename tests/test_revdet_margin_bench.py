@@ -114,6 +114,8 @@ def test_every_arm_is_a_valid_config_and_shares_the_tokenizer_only_when_it_keeps
         assert cm.pretrain_argv(s, arm, tmp_path / "p", 3)[-len(overrides) :] == list(overrides)
         if name == "temp05":
             assert cfg.generator.temperature == 0.5 and not changes_tokenizer
+        if name == "genwide":
+            assert (cfg.generator.embed_dim, cfg.generator.num_heads) == (256, 8)
         if name == "codes512":
             assert cfg.tokenizer.vocab_size == 512
             assert "tokenizer.vocab_size=512" in cm.tokenizer_job(s, arm).argv
