@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from collections.abc import Iterable
 from typing import IO
 
 import numpy as np
@@ -35,11 +34,6 @@ class BrokenImageWarning(UserWarning):
 # Largest image decoded (width x height); larger files are skipped and counted like broken
 # ones. 50 megapixels covers every camera photo a training set usually holds.
 MAX_PIXELS = 50_000_000
-
-
-def has_image_extension(name: str, extensions: Iterable[str] = IMAGE_EXTENSIONS) -> bool:
-    """Case-insensitive check of a file name against the supported image extensions."""
-    return os.path.splitext(name)[1].lower() in tuple(extensions)
 
 
 def _high_bit_depth_to_rgb(img: Image.Image) -> Image.Image:

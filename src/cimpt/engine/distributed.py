@@ -85,13 +85,6 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(all_reduce_sum(t).item() > 0)
 
 
-def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
-    if is_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        t /= dist.get_world_size()
-    return t
-
-
 def cleanup() -> None:
     """Destroy the process group, if one was joined (the CLI calls it as each command ends;
     a no-op when running alone)."""
