@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
-from cimpt.data.tar_shards import distributed_rank_world
+from cimpt.engine.distributed import distributed_rank_world
 
 
 class ResumableSampler(Sampler[int]):

@@ -43,10 +43,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch.utils.data import IterableDataset, get_worker_info
 
 from cimpt.data.images import BrokenFileReporter, load_rgb_or_none
+from cimpt.engine.distributed import distributed_rank_world
 from cimpt.errors import CimptError
 
 TAR_IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
@@ -99,13 +99,6 @@ def _sample_key(member_name: str) -> tuple[str, str]:
     head, base = os.path.split(member_name)
     stem, _, ext = base.partition(".")
     return (f"{head}/{stem}" if head else stem), ext.lower()
-
-
-def distributed_rank_world() -> tuple[int, int]:
-    """(rank, world size) of this process; (0, 1) when torch.distributed is not initialized."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 class TarShardDataset(IterableDataset):

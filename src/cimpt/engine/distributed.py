@@ -64,6 +64,15 @@ def is_initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def distributed_rank_world() -> tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) when torch.distributed is not initialized.
+
+    For data and evaluation code that shards its work without being handed a ``DistInfo``."""
+    if is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def barrier() -> None:
     if is_initialized():
         dist.barrier()
@@ -73,6 +82,13 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum a tensor over all processes (in place); a no-op when running alone."""
     if is_initialized():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def broadcast_from_main(t: torch.Tensor) -> torch.Tensor:
+    """Overwrite ``t`` on every process with rank 0's (in place); a no-op when running alone."""
+    if is_initialized():
+        dist.broadcast(t, src=0)
     return t
 
 

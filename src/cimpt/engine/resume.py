@@ -15,6 +15,7 @@ from cimpt.engine.checkpoint import (
     open_checkpoint,
     resolve_checkpoint,
 )
+from cimpt.engine.distributed import distributed_rank_world
 from cimpt.engine.rng import set_rng_state
 from cimpt.engine.task import Task
 from cimpt.errors import CimptError
@@ -53,9 +54,8 @@ def restore(
     scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
     task.load_extra_state(dict(state.get("task", {})))
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        # Rank 0's RNG was saved; give the other ranks streams of their own again.
-        rank = torch.distributed.get_rank()
-        if rank:
-            torch.manual_seed(cfg.seed + rank + 7919 * int(state["loop"]["step"]))
+    # Rank 0's RNG was saved; give the other ranks streams of their own again.
+    rank = distributed_rank_world()[0]
+    if rank:
+        torch.manual_seed(cfg.seed + rank + 7919 * int(state["loop"]["step"]))
     return state_cls(**state["loop"])

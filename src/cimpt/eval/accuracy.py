@@ -10,8 +10,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from cimpt.data import ImageCollate
-from cimpt.data.tar_shards import distributed_rank_world
 from cimpt.engine import distributed as D
+from cimpt.engine.distributed import distributed_rank_world
 from cimpt.models.modes import eval_mode
 
 

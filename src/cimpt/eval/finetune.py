@@ -29,6 +29,7 @@ from cimpt.config import EnhancerConfig, to_dict, typed
 from cimpt.data import ImageCollate
 from cimpt.data.checks import check_paths
 from cimpt.engine.checkpoint import CONFIG_KEY
+from cimpt.engine.distributed import distributed_rank_world
 from cimpt.engine.loop import FitResult, Trainer, print_resume_hint
 from cimpt.engine.rng import seed_model_init
 from cimpt.engine.task import Task
@@ -167,7 +168,7 @@ class SupervisedTask(Task):
         return vals
 
     def _save_best(self) -> None:
-        if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        if distributed_rank_world()[0] != 0:
             return
         write_safetensors(
             Path(self.settings.run.dir).expanduser() / BEST_FILE,

@@ -16,7 +16,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from cimpt.data.tar_shards import distributed_rank_world
+from cimpt.engine.distributed import distributed_rank_world
 from cimpt.engine.precision import autocast
 from cimpt.seg.figure import colorize, denormalize
 from cimpt.seg.infer import predict_at, slide_logits

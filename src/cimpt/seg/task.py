@@ -26,6 +26,7 @@ from torch import nn
 
 from cimpt.atomic import write_json
 from cimpt.config import RootConfig, SegmentConfig, typed
+from cimpt.engine.distributed import distributed_rank_world
 from cimpt.engine.loop import FitResult, Trainer, print_resume_hint
 from cimpt.engine.optim import param_groups
 from cimpt.engine.precision import resolve_amp
@@ -153,7 +154,7 @@ class SegTask(Task):
 
 
 def _is_main() -> bool:
-    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+    return distributed_rank_world()[0] == 0
 
 
 def eval_spec(cfg: RootConfig) -> EvalSpec:

@@ -34,9 +34,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import distributed as dist
 from torch import nn
 
+from cimpt.engine.distributed import all_reduce_sum, broadcast_from_main
 from cimpt.engine.precision import full_precision
 from cimpt.errors import CimptError
 from cimpt.tokenizers.base import ImageTokenizer
@@ -44,10 +44,6 @@ from cimpt.tokenizers.metrics import batch_psnr, codebook_stats
 
 # Laplace smoothing constant for the EMA cluster sizes (VQ-VAE appendix A.1 / Sonnet).
 _LAPLACE_EPS = 1e-5
-
-
-def _dist_ready() -> bool:
-    return dist.is_available() and dist.is_initialized()
 
 
 class ResBlock(nn.Module):
@@ -179,9 +175,8 @@ class EMACodebook(nn.Module):
         z = z.float()
         counts = torch.bincount(ids, minlength=self.vocab_size).to(z.dtype)
         sums = torch.zeros_like(self.embed_sum).index_add_(0, ids, z)
-        if _dist_ready():
-            dist.all_reduce(counts)
-            dist.all_reduce(sums)
+        all_reduce_sum(counts)
+        all_reduce_sum(sums)
         self.cluster_size.mul_(self.decay).add_(counts, alpha=1.0 - self.decay)
         self.embed_sum.mul_(self.decay).add_(sums, alpha=1.0 - self.decay)
         n = self.cluster_size.sum()
@@ -204,8 +199,7 @@ class EMACodebook(nn.Module):
         else:
             pick = torch.randint(0, z.shape[0], (n_dead,), device=z.device)
         fresh = z[pick].to(self.embedding.dtype).contiguous()
-        if _dist_ready():
-            dist.broadcast(fresh, src=0)
+        broadcast_from_main(fresh)
         self.embedding[dead] = fresh
         self.embed_sum[dead] = fresh * self.dead_code_threshold
         self.cluster_size[dead] = self.dead_code_threshold
