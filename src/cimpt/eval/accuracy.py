@@ -11,13 +11,12 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from cimpt.data import ImageCollate
 from cimpt.engine import distributed as D
-from cimpt.engine.distributed import distributed_rank_world
 from cimpt.models.modes import eval_mode
 
 
 def shard_loader(dataset: Dataset[Any], batch_size: int, num_workers: int) -> DataLoader:
     """This rank's every ``world``-th sample, in order (no padding, so counts are exact)."""
-    rank, world = distributed_rank_world()
+    rank, world = D.distributed_rank_world()
     n = len(dataset)  # type: ignore[arg-type]
     return DataLoader(
         Subset(dataset, range(rank, n, world)),
