@@ -15,7 +15,14 @@ every REVDET run since the position-prior baseline was added). The paired varian
    temperature). Default ``HOUR_STEPS``: the steps an hour bought on the study's
    calibration machine, where 15 minutes (its 4.3-min tokenizer charged) gave 177 steps at
    3.62 s each, so (3,600 s - 258 s) / 3.62 s = 923 steps. A budget in steps, not seconds,
-   makes the result independent of the machine it runs on.
+   makes the result independent of the machine it runs on. ``--equal-time`` gives the arms
+   the first arm's wall-clock instead of its step count: each arm's step and the first's are
+   timed round-robin in one process (``compare_methods.time_round_robin``, its job's config,
+   a random tokenizer of its architecture, batch loading included; median of the preset's
+   rounds), and the arm runs ``round(steps * t_first / t_arm)`` steps. The times are saved
+   in ``<work>/margin_calibration.json`` and reused (an arm missing there is timed again
+   beside the first arm). Arms that change only the tokenizer or the sampling cost the same
+   step; a wider generator does not.
 3. **The margin.** From the run's ``metrics.jsonl`` (a line every 20 steps, each the mean
    over the training steps since the previous line, 128 images = 8,192 tokens per step):
    ``revdet_acc``, ``revdet_prior_acc`` and ``revdet_margin`` read at the study's 15-minute
@@ -28,8 +35,8 @@ every REVDET run since the position-prior baseline was added). The paired varian
    labels per seed, kNN) of every arm's encoder and of scratch, so each arm is paired by
    seed with scratch and with the first arm (BEiT's masks, the paper's default).
 
-    python bench/revdet_margin.py [--arms beit,uniform] [--steps 923] [--evals KEY,...] \
-        [--work runs/revdet_margin] [--out docs/results] [--preset full|quick]
+    python bench/revdet_margin.py [--arms beit,uniform] [--steps 923] [--equal-time] \
+        [--evals KEY,...] [--work runs/revdet_margin] [--out docs/results] [--preset full|quick]
 
 writes ``<out>/<--table>.{json,md}``. Finished runs are reused, interrupted ones resume.
 """
@@ -38,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -46,7 +54,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compare_methods as cm
 from cifar10_evidence import Job, run_job
-from records import run_meta, write_study
+from records import git_commit, run_meta, write_study
 
 #: arm -> its overrides of CIM-REVDET.
 ARMS: dict[str, tuple[str, ...]] = {
@@ -112,10 +120,43 @@ def evaluate(s: cm.Study, m: cm.Method, encoder: str, keys: list[str]) -> dict[s
     return out
 
 
+def _method(arm: str) -> cm.Method:
+    return cm._cim_variant(f"cim-revdet-{arm}", arm, *ARMS[arm])
+
+
+def equal_time_steps(s: cm.Study, arms: list[str], steps: int) -> dict[str, int]:
+    """arm -> steps that cost the first arm's ``steps`` in wall-clock (module doc, 2.),
+    from round-robin step times saved in ``<work>/margin_calibration.json``."""
+    path = s.work / "margin_calibration.json"
+    record: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    ref = arms[0]
+    missing = [a for a in arms[1:] if f"{ref}:{a}" not in record]
+    if missing:
+        methods = [_method(a) for a in (ref, *missing)]
+        timed = cm.time_round_robin(
+            cm._calibration_steps(s, methods, {m.name for m in methods}), s.preset.calib_steps
+        )
+        med = {name: statistics.median(v) for name, v in timed.items()}
+        for a in missing:
+            # Each pair keeps its own reference time: the ratio is what is used.
+            record[f"{ref}:{a}"] = {
+                "s_per_step": {ref: med[_method(ref).name], a: med[_method(a).name]},
+                "samples": {ref: timed[_method(ref).name], a: timed[_method(a).name]},
+                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                "commit": git_commit(),
+            }
+        path.write_text(json.dumps(record, indent=2) + "\n")
+    out = {ref: steps}
+    for a in arms[1:]:
+        t = record[f"{ref}:{a}"]["s_per_step"]
+        out[a] = max(1, round(steps * t[ref] / t[a]))
+    return out
+
+
 def run_arm(s: cm.Study, arm: str, steps: int, evals: list[str]) -> dict[str, Any]:
     """Pre-train one arm for ``steps`` (tokenizer first, shared), read its margin readings
     and curve, run its evaluations; its table row."""
-    m = cm._cim_variant(f"cim-revdet-{arm}", arm, *ARMS[arm])
+    m = _method(arm)
     run_job(cm.tokenizer_job(s, m), s.threads, s.work / "logs")
     run = s.work / f"{arm}_{steps}" / "pretrain"
     job = run_job(Job(f"{arm}_{steps}", cm.pretrain_argv(s, m, run, steps), run,
@@ -194,6 +235,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--preset", choices=sorted(cm.PRESETS), default="full")
     ap.add_argument("--arms", default=",".join(DEFAULT_ARMS), help=f"of {', '.join(ARMS)}")
     ap.add_argument("--steps", type=int, default=HOUR_STEPS, help="pre-training steps per arm")
+    ap.add_argument(
+        "--equal-time", action="store_true",
+        help="give each arm the first arm's wall-clock, from timed steps, not its step count",
+    )  # fmt: skip
     ap.add_argument("--data", default=str(cm.CIFAR / "train"))
     ap.add_argument("--val-data", default=str(cm.CIFAR / "test"))
     ap.add_argument("--evals", default="", help=f"comma-separated, of {', '.join(EVALS)}")
@@ -221,13 +266,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     s = cm.study_from_args(a)
     t0, rows = time.time(), []
+    budget = equal_time_steps(s, arms, a.steps) if a.equal_time else dict.fromkeys(arms, a.steps)
     scratch = evaluate(s, cm.Method("scratch", None), "", evals)
     for arm in arms:
-        rows.append(run_arm(s, arm, a.steps, evals))
-        meta = run_meta(t0, preset=a.preset, window_steps=WINDOW)
+        rows.append(run_arm(s, arm, budget[arm], evals))
+        meta = run_meta(t0, preset=a.preset, window_steps=WINDOW, equal_time=a.equal_time)
         record = {"meta": meta, "scratch": scratch, "rows": rows}
         write_study(a.out, a.table, record, markdown(rows, meta, scratch))
-        print(f"[margin] {arm}: {a.steps} steps measured", flush=True)
+        print(f"[margin] {arm}: {budget[arm]} steps measured", flush=True)
     return 0
 
 

@@ -119,3 +119,28 @@ def test_every_arm_is_a_valid_config_and_shares_the_tokenizer_only_when_it_keeps
         if name == "codes512":
             assert cfg.tokenizer.vocab_size == 512
             assert "tokenizer.vocab_size=512" in cm.tokenizer_job(s, arm).argv
+
+
+def test_equal_time_scales_steps_by_timed_step_cost_and_reuses_the_timing(
+    e2e: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rm = e2e.import_bench("revdet_margin")
+    built: list[set[str]] = []
+
+    def fake_steps(s: object, methods: list, names: set[str]) -> dict[str, object]:
+        built.append(names)
+        return {m.name: None for m in methods}
+
+    # Medians: beit 1.0 s, genwide 1.5 s (a slow outlier must not move the median).
+    fake = {"cim-revdet-beit": [1.0, 0.9, 1.1], "cim-revdet-genwide": [1.5, 1.4, 9.0]}
+    monkeypatch.setattr(rm.cm, "_calibration_steps", fake_steps)
+    monkeypatch.setattr(rm.cm, "time_round_robin", lambda steps, rounds: fake)
+    s = SimpleNamespace(work=tmp_path, preset=SimpleNamespace(calib_steps=3))
+    # 923 steps of beit cost 923 s; genwide's 1.5 s steps buy 615 of them.
+    assert rm.equal_time_steps(s, ["beit", "genwide"], 923) == {"beit": 923, "genwide": 615}
+    assert built == [{"cim-revdet-beit", "cim-revdet-genwide"}]
+    saved = json.loads((tmp_path / "margin_calibration.json").read_text())
+    assert saved["beit:genwide"]["s_per_step"] == {"beit": 1.0, "genwide": 1.5}
+    # A second call reuses the saved times: nothing is timed again.
+    monkeypatch.setattr(rm.cm, "time_round_robin", lambda steps, rounds: pytest.fail("timed"))
+    assert rm.equal_time_steps(s, ["beit", "genwide"], 300) == {"beit": 300, "genwide": 200}
