@@ -11,8 +11,8 @@ every REVDET run since the position-prior baseline was added). The paired varian
 2. **Pre-training.** CIM-REVDET with the study's recipe (the 6-block width-192 ViT, batch 128,
    fp32) for ``--steps`` steps, per arm (``ARMS``: BEiT's masks, the paper's; masks without a
    position prior; and, each with BEiT's masks, a colour-weighted tokenizer, sampling
-   temperature 0.5, a 512-code tokenizer, a generator of width 256, and colour plus
-   temperature). Default ``HOUR_STEPS``: the steps an hour bought on the study's
+   temperature 0.5, a 512-code tokenizer, a generator of width 256 or of depth 4, and colour
+   plus temperature). Default ``HOUR_STEPS``: the steps an hour bought on the study's
    calibration machine, where 15 minutes (its 4.3-min tokenizer charged) gave 177 steps at
    3.62 s each, so (3,600 s - 258 s) / 3.62 s = 923 steps. A budget in steps, not seconds,
    makes the result independent of the machine it runs on. ``--equal-time`` gives the arms
@@ -70,6 +70,8 @@ ARMS: dict[str, tuple[str, ...]] = {
     # A wider generator (the generator sweep's one size change that raised plausibility,
     # +0.6 dB per replaced token at 177 steps), now with the full enhancer and its downstream.
     "genwide": ("mask.placement=beit", "generator.embed_dim=256", "generator.num_heads=8"),
+    # A deeper generator (4 blocks; the sweep found no plausibility change at 177 steps).
+    "gendeep": ("mask.placement=beit", "generator.depth=4"),
     "chroma4_temp05": (
         "mask.placement=beit",
         "tokenizer.chroma_weight=4.0",

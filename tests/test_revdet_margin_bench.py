@@ -116,6 +116,8 @@ def test_every_arm_is_a_valid_config_and_shares_the_tokenizer_only_when_it_keeps
             assert cfg.generator.temperature == 0.5 and not changes_tokenizer
         if name == "genwide":
             assert (cfg.generator.embed_dim, cfg.generator.num_heads) == (256, 8)
+        if name == "gendeep":
+            assert (cfg.generator.depth, cfg.generator.embed_dim) == (4, 128)
         if name == "codes512":
             assert cfg.tokenizer.vocab_size == 512
             assert "tokenizer.vocab_size=512" in cm.tokenizer_job(s, arm).argv
