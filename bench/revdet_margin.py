@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -54,7 +53,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compare_methods as cm
 from cifar10_evidence import Job, run_job
-from records import git_commit, run_meta, write_study
+from records import run_meta, write_study
 
 #: arm -> its overrides of CIM-REVDET.
 ARMS: dict[str, tuple[str, ...]] = {
@@ -134,19 +133,15 @@ def equal_time_steps(s: cm.Study, arms: list[str], steps: int) -> dict[str, int]
     ref = arms[0]
     missing = [a for a in arms[1:] if f"{ref}:{a}" not in record]
     if missing:
-        methods = [_method(a) for a in (ref, *missing)]
+        arm_of = {_method(a).name: a for a in (ref, *missing)}
+        methods = [_method(a) for a in arm_of.values()]
         timed = cm.time_round_robin(
-            cm._calibration_steps(s, methods, {m.name for m in methods}), s.preset.calib_steps
+            cm._calibration_steps(s, methods, set(arm_of)), s.preset.calib_steps
         )
-        med = {name: statistics.median(v) for name, v in timed.items()}
-        for a in missing:
-            # Each pair keeps its own reference time: the ratio is what is used.
-            record[f"{ref}:{a}"] = {
-                "s_per_step": {ref: med[_method(ref).name], a: med[_method(a).name]},
-                "samples": {ref: timed[_method(ref).name], a: timed[_method(a).name]},
-                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                "commit": git_commit(),
-            }
+        # compare_methods' record (medians, samples, threads, commit, date, load), by arm;
+        # each pair gets the round it was timed in: the ratio to the reference is what is used.
+        timing = cm._timing_record({arm_of[k]: v for k, v in timed.items()}, s)
+        record.update({f"{ref}:{a}": timing for a in missing})
         path.write_text(json.dumps(record, indent=2) + "\n")
     out = {ref: steps}
     for a in arms[1:]:

@@ -137,7 +137,7 @@ def test_equal_time_scales_steps_by_timed_step_cost_and_reuses_the_timing(
     fake = {"cim-revdet-beit": [1.0, 0.9, 1.1], "cim-revdet-genwide": [1.5, 1.4, 9.0]}
     monkeypatch.setattr(rm.cm, "_calibration_steps", fake_steps)
     monkeypatch.setattr(rm.cm, "time_round_robin", lambda steps, rounds: fake)
-    s = SimpleNamespace(work=tmp_path, preset=SimpleNamespace(calib_steps=3))
+    s = SimpleNamespace(work=tmp_path, preset=SimpleNamespace(calib_steps=3), threads=2)
     # 923 steps of beit cost 923 s; genwide's 1.5 s steps buy 615 of them.
     assert rm.equal_time_steps(s, ["beit", "genwide"], 923) == {"beit": 923, "genwide": 615}
     assert built == [{"cim-revdet-beit", "cim-revdet-genwide"}]
