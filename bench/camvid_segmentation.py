@@ -25,7 +25,9 @@ decay is off for every row by default (``segment.layer_decay=1.0``), as in the C
 table: applied to the scratch baseline it would slow its lower layers and widen the gap in
 CIM's favour. ``--layer-decay 0.65`` (BEiT's segmentation value, the config's) runs every row,
 scratch included, with it instead, in run folders ending ``_ld0.65``, so both recipes can sit
-in one ``--work`` and each init can be read at its better one.
+in one ``--work`` and each init can be read at its better one; ``--blr`` likewise sets every
+row's base learning rate (``train.blr``, folders ending ``_blr<value>``; the config's 1e-2 by
+default).
 
 Writes ``<out>/camvid_segmentation.json`` (one row per run: backbone, init, seed, mIoU, pixel
 accuracy, per-class IoU, steps, wall time, the config, the encoder's pre-training summary)
@@ -150,6 +152,7 @@ def seg_job(
     b = backbone_for(key, a.preset == "quick")
     camvid = Path(a.camvid).expanduser()
     tag = "" if a.layer_decay == 1.0 else f"_ld{a.layer_decay:g}"
+    tag += "" if a.blr is None else f"_blr{a.blr:g}"
     run_dir = work / f"{key}_{init}_seed{seed}{tag}"
     argv = [
         "segment",
@@ -161,6 +164,7 @@ def seg_job(
         *seg_arch(b),
         f"seed={seed}",
         f"segment.layer_decay={a.layer_decay:g}",
+        *([] if a.blr is None else [f"train.blr={a.blr:g}"]),
         f"train.batch_size={p.batch}",
         f"train.max_steps={p.steps}",
         "eval.every_epochs=100000",  # once, after the last step
@@ -207,7 +211,8 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     """The results table: mIoU and gain over scratch (same backbone and seed), then IoUs."""
     lines = [
         f"CamVid test split (11 classes), commit {meta['commit'][:7]}, {meta['date']}, "
-        f"preset {meta['preset']}, layer decay {meta.get('layer_decay', 1.0):g}",
+        f"preset {meta['preset']}, layer decay {meta.get('layer_decay', 1.0):g}, "
+        f"blr {meta.get('blr') or 'of the config'}",
         "",
         "| backbone | init | seed | mIoU | pixel acc | gain vs scratch | steps | wall |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
@@ -311,6 +316,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=1.0,
         help="segment.layer_decay for every row, scratch included (1.0: off, the default)",
     )
+    ap.add_argument(
+        "--blr",
+        type=float,
+        default=None,
+        help="train.blr for every row, scratch included (default: the config's)",
+    )
     ap.add_argument("--evidence-work", default="runs/evidence")
     ap.add_argument("--cifar", default=str(evidence.CIFAR / "train"))
     ap.add_argument("--cifar-val", default="")
@@ -326,9 +337,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def inputs_exist(a: argparse.Namespace) -> bool:
     """Known backbones and a CamVid folder with train/ and test/ images, else one error line."""
     unknown = set(a.backbones.split(",")) - set(BACKBONES)
-    if not 0.0 < a.layer_decay <= 1.0:
-        print(f"error: --layer-decay {a.layer_decay:g}: must be in (0, 1]", file=sys.stderr)
-        return False
     if unknown:
         print(f"error: --backbones: unknown {', '.join(sorted(unknown))}", file=sys.stderr)
         return False
@@ -343,9 +351,20 @@ def inputs_exist(a: argparse.Namespace) -> bool:
     return True
 
 
+def recipe_ok(a: argparse.Namespace) -> bool:
+    """``--layer-decay`` in (0, 1] and ``--blr`` above 0, else one error line."""
+    if not 0.0 < a.layer_decay <= 1.0:
+        print(f"error: --layer-decay {a.layer_decay:g}: must be in (0, 1]", file=sys.stderr)
+        return False
+    if a.blr is not None and not a.blr > 0.0:
+        print(f"error: --blr {a.blr:g}: must be above 0", file=sys.stderr)
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    if not inputs_exist(a):
+    if not (recipe_ok(a) and inputs_exist(a)):
         return 2
     t0 = time.time()
     rows = run_study(a)
@@ -356,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         "total_wallclock_s": round(time.time() - t0, 1),
         "parallel": a.parallel,
         "layer_decay": a.layer_decay,
+        "blr": a.blr,
         "cpu_count": os.cpu_count(),
         "command": " ".join(sys.argv),
     }

@@ -122,12 +122,12 @@ def test_in_domain_pretraining_names_a_missing_tokenizer_recipe(
     assert err.startswith("error: --tokenizer-recipe: 'ds4'") and len(err.splitlines()) == 1
 
 
-def test_layer_decay_recipe_has_its_own_run_folders(
+def test_recipe_flags_have_their_own_run_folders(
     tmp_path: Path, e2e: Any, capsys: pytest.CaptureFixture
 ) -> None:
-    """``--layer-decay`` changes every row's recipe, scratch included, and keeps those runs
-    apart from the default recipe's so both can share one ``--work``; outside (0, 1] it is one
-    error line."""
+    """``--layer-decay`` and ``--blr`` change every row's recipe, scratch included, and keep
+    those runs apart from the default recipe's so both can share one ``--work``; a value out of
+    range is one error line."""
     bench = e2e.import_bench("camvid_segmentation")
     off = bench.seg_job(bench.parse_args([]), "vit192", "scratch", "", 1, tmp_path)
     on = bench.seg_job(
@@ -136,11 +136,16 @@ def test_layer_decay_recipe_has_its_own_run_folders(
     assert off.run_dir == tmp_path / "vit192_scratch_seed1"
     assert on.run_dir == tmp_path / "vit192_mae_seed1_ld0.65"
     assert "segment.layer_decay=1" in off.argv and "segment.layer_decay=0.65" in on.argv
+    assert not any(x.startswith("train.blr=") for x in off.argv + on.argv)
+    both = bench.parse_args(["--layer-decay", "0.65", "--blr", "0.02"])
+    job = bench.seg_job(both, "vit192", "scratch", "", 0, tmp_path)
+    assert job.run_dir == tmp_path / "vit192_scratch_seed0_ld0.65_blr0.02"
+    assert "train.blr=0.02" in job.argv and "segment.layer_decay=0.65" in job.argv
     camvid = tmp_path / "camvid"
     for split in ("train", "test"):
         (camvid / split / "images").mkdir(parents=True)
-    for bad in ("0", "1.5"):
-        args = ["--layer-decay", bad, "--camvid", str(camvid), "--backbones", "vit192"]
+    for flag, bad in (("--layer-decay", "0"), ("--layer-decay", "1.5"), ("--blr", "0")):
+        args = [flag, bad, "--camvid", str(camvid), "--backbones", "vit192"]
         assert bench.main(args) == 2
         err = capsys.readouterr().err.strip()
-        assert err.startswith(f"error: --layer-decay {bad}:") and len(err.splitlines()) == 1
+        assert err.startswith(f"error: {flag} {bad}:") and len(err.splitlines()) == 1
