@@ -23,8 +23,8 @@ pre-trained at 32 px (8x8 grid) and segments 64 px crops (16x16 grid): ``cimpt s
 resamples its position embeddings (timm ``resample_abs_pos_embed``, bicubic). Layer-wise lr
 decay is off for every row by default (``segment.layer_decay=1.0``), as in the CIFAR evidence
 table: applied to the scratch baseline it would slow its lower layers and widen the gap in
-CIM's favour. ``--layer-decay 0.65`` (BEiT's segmentation value, the config's) runs every row,
-scratch included, with it instead, in run folders ending ``_ld0.65``, so both recipes can sit
+CIM's favour. ``--layer-decay 0.65`` (BEiT's segmentation value) runs every row, scratch
+included, with it instead, in run folders ending ``_ld0.65``, so both recipes can sit
 in one ``--work`` and each init can be read at its better one; ``--blr`` likewise sets every
 row's base learning rate (``train.blr``, folders ending ``_blr<value>``; the config's 1e-2 by
 default).
@@ -65,6 +65,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from cimpt.config import load_config, typed
+from cimpt.errors import ConfigError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cifar10_evidence as evidence
@@ -145,15 +148,24 @@ def run(a: argparse.Namespace, job: evidence.Job, log_dir: Path, threads: int = 
     return evidence.run_job(job, threads, log_dir, a.report_only)
 
 
+def recipe(a: argparse.Namespace) -> list[tuple[str, float, str, str]]:
+    """(flag, value, config override, run-folder suffix) of each recipe flag given to every row.
+    The suffix is empty at the default, so those runs keep the earlier tables' folders."""
+    ld = a.layer_decay
+    out = [("--layer-decay", ld, f"segment.layer_decay={ld:g}", "" if ld == 1.0 else f"_ld{ld:g}")]
+    if a.blr is not None:
+        out.append(("--blr", a.blr, f"train.blr={a.blr:g}", f"_blr{a.blr:g}"))
+    return out
+
+
 def seg_job(
     a: argparse.Namespace, key: str, init: str, encoder: str, seed: int, work: Path
 ) -> evidence.Job:
     p = PRESETS[a.preset]
     b = backbone_for(key, a.preset == "quick")
     camvid = Path(a.camvid).expanduser()
-    tag = "" if a.layer_decay == 1.0 else f"_ld{a.layer_decay:g}"
-    tag += "" if a.blr is None else f"_blr{a.blr:g}"
-    run_dir = work / f"{key}_{init}_seed{seed}{tag}"
+    flags = recipe(a)
+    run_dir = work / f"{key}_{init}_seed{seed}{''.join(f[3] for f in flags)}"
     argv = [
         "segment",
         CONFIG,
@@ -163,8 +175,7 @@ def seg_job(
         f"data.val_path={camvid / 'test'}",
         *seg_arch(b),
         f"seed={seed}",
-        f"segment.layer_decay={a.layer_decay:g}",
-        *([] if a.blr is None else [f"train.blr={a.blr:g}"]),
+        *(f[2] for f in flags),
         f"train.batch_size={p.batch}",
         f"train.max_steps={p.steps}",
         "eval.every_epochs=100000",  # once, after the last step
@@ -352,13 +363,15 @@ def inputs_exist(a: argparse.Namespace) -> bool:
 
 
 def recipe_ok(a: argparse.Namespace) -> bool:
-    """``--layer-decay`` in (0, 1] and ``--blr`` above 0, else one error line."""
-    if not 0.0 < a.layer_decay <= 1.0:
-        print(f"error: --layer-decay {a.layer_decay:g}: must be in (0, 1]", file=sys.stderr)
-        return False
-    if a.blr is not None and not a.blr > 0.0:
-        print(f"error: --blr {a.blr:g}: must be above 0", file=sys.stderr)
-        return False
+    """Each recipe flag's override passes the config schema's own checks (``train.*`` on load,
+    ``segment.*`` as ``cimpt segment`` runs them), before any job starts; else one error line
+    naming the flag."""
+    for flag, value, override, _ in recipe(a):
+        try:
+            typed(load_config(CONFIG, [override])).segment.check()
+        except ConfigError as e:
+            print(f"error: {flag} {value:g}: {e}", file=sys.stderr)
+            return False
     return True
 
 
