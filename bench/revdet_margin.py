@@ -76,6 +76,10 @@ ARMS: dict[str, tuple[str, ...]] = {
         "tokenizer.chroma_weight=4.0",
         "generator.temperature=0.5",
     ),
+    # The default recipe with the pre-training under bf16 autocast (issue 13: does it learn
+    # as fp32 does?). Only on CPUs with bf16 matrix units; the tokenizer stays fp32 (its
+    # default precision) and every evaluation stays fp32 (the study's recipe).
+    "bf16": ("mask.placement=beit", "train.amp=bf16"),
 }
 DEFAULT_ARMS = ("beit", "uniform")
 STUDY_STEPS = 177  # the equal-compute study's 15-minute CIM-REVDET budget
