@@ -118,6 +118,13 @@ def test_every_arm_is_a_valid_config_and_shares_the_tokenizer_only_when_it_keeps
             assert (cfg.generator.embed_dim, cfg.generator.num_heads) == (256, 8)
         if name == "gendeep":
             assert (cfg.generator.depth, cfg.generator.embed_dim) == (4, 128)
+        if name == "bf16":
+            # Its pre-training computes in bf16 (the override follows the study's fp32 pin);
+            # the evaluations of its encoder keep the study's fp32.
+            assert cfg.train.amp == "bf16" and not changes_tokenizer
+            evals = cm.eval_jobs(s, cm.Method("bf16_3", "revdet"), str(tmp_path / "p"))
+            assert all(j.argv.count("train.amp=none") == 1 for j in evals.values())
+            assert not any("train.amp=bf16" in j.argv for j in evals.values())
         if name == "codes512":
             assert cfg.tokenizer.vocab_size == 512
             assert "tokenizer.vocab_size=512" in cm.tokenizer_job(s, arm).argv
