@@ -8,21 +8,23 @@ every REVDET run since the position-prior baseline was added). The paired varian
 
 1. **Tokenizer.** The equal-compute study's (``compare_methods`` preset ``full``: CIFAR-10,
    batch 128, one epoch), shared by the arms.
-2. **Pre-training.** CIM-REVDET with the study's recipe (the 6-block width-192 ViT, batch 128,
-   fp32) for ``--steps`` steps, per arm (``ARMS``: BEiT's masks, the paper's; masks without a
-   position prior; and, each with BEiT's masks, a colour-weighted tokenizer, sampling
-   temperature 0.5, a 512-code tokenizer, a generator of width 256 or of depth 4, and colour
-   plus temperature). Default ``HOUR_STEPS``: the steps an hour bought on the study's
-   calibration machine, where 15 minutes (its 4.3-min tokenizer charged) gave 177 steps at
-   3.62 s each, so (3,600 s - 258 s) / 3.62 s = 923 steps. A budget in steps, not seconds,
-   makes the result independent of the machine it runs on. ``--equal-time`` gives the arms
-   the first arm's wall-clock instead of its step count: each arm's step and the first's are
-   timed round-robin in one process (``compare_methods.time_round_robin``, its job's config,
-   a random tokenizer of its architecture, batch loading included; median of the preset's
-   rounds), and the arm runs ``round(steps * t_first / t_arm)`` steps. The times are saved
-   in ``<work>/margin_calibration.json`` and reused (an arm missing there is timed again
-   beside the first arm). Arms that change only the tokenizer or the sampling cost the same
-   step; a wider generator does not.
+2. **Pre-training.** CIM-REVDET with the study's recipe (the 6-block width-192 ViT, batch
+   128, fp32) for ``--steps`` steps, per arm (``ARMS``: BEiT's masks, the paper's; masks
+   without a position prior; and, each with BEiT's masks, a colour-weighted tokenizer,
+   sampling temperature 0.5, a 512-code tokenizer, a generator of width 256 or of depth 4,
+   and colour plus temperature; and the default pre-trained under bf16 autocast, evaluated
+   in fp32, for issue 13's learning check on CPUs with bf16 units). Default ``HOUR_STEPS``:
+   the steps an hour bought on the study's calibration machine, where 15 minutes (its
+   4.3-min tokenizer charged) gave 177 steps at 3.62 s each, so (3,600 s - 258 s) / 3.62 s =
+   923 steps. A budget in steps, not seconds, makes the result independent of the machine it
+   runs on. ``--equal-time`` gives the arms the first arm's wall-clock instead of its step
+   count: each arm's step and the first's are timed round-robin in one process
+   (``compare_methods.time_round_robin``, its job's config, a random tokenizer of its
+   architecture, batch loading included; median of the preset's rounds), and the arm runs
+   ``round(steps * t_first / t_arm)`` steps. The times are saved in
+   ``<work>/margin_calibration.json`` and reused (an arm missing there is timed again beside
+   the first arm). Arms that change only the tokenizer or the sampling cost the same step; a
+   wider generator does not.
 3. **The margin.** From the run's ``metrics.jsonl`` (a line every 20 steps, each the mean
    over the training steps since the previous line, 128 images = 8,192 tokens per step):
    ``revdet_acc``, ``revdet_prior_acc`` and ``revdet_margin`` read at the study's 15-minute
