@@ -62,7 +62,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -148,13 +148,24 @@ def run(a: argparse.Namespace, job: evidence.Job, log_dir: Path, threads: int = 
     return evidence.run_job(job, threads, log_dir, a.report_only)
 
 
-def recipe(a: argparse.Namespace) -> list[tuple[str, float, str, str]]:
-    """(flag, value, config override, run-folder suffix) of each recipe flag given to every row.
-    The suffix is empty at the default, so those runs keep the earlier tables' folders."""
+class RecipeFlag(NamedTuple):
+    """One recipe flag given to every row: its value, the config override it becomes and the
+    run-folder suffix that keeps its runs apart (empty at the default, so those runs keep the
+    earlier tables' folders)."""
+
+    flag: str
+    value: float
+    override: str
+    suffix: str
+
+
+def recipe(a: argparse.Namespace) -> list[RecipeFlag]:
+    """The recipe flags of ``a`` (``--layer-decay`` always, ``--blr`` when given)."""
     ld = a.layer_decay
-    out = [("--layer-decay", ld, f"segment.layer_decay={ld:g}", "" if ld == 1.0 else f"_ld{ld:g}")]
+    out = [RecipeFlag("--layer-decay", ld, f"segment.layer_decay={ld:g}",
+                      "" if ld == 1.0 else f"_ld{ld:g}")]  # fmt: skip
     if a.blr is not None:
-        out.append(("--blr", a.blr, f"train.blr={a.blr:g}", f"_blr{a.blr:g}"))
+        out.append(RecipeFlag("--blr", a.blr, f"train.blr={a.blr:g}", f"_blr{a.blr:g}"))
     return out
 
 
@@ -165,7 +176,7 @@ def seg_job(
     b = backbone_for(key, a.preset == "quick")
     camvid = Path(a.camvid).expanduser()
     flags = recipe(a)
-    run_dir = work / f"{key}_{init}_seed{seed}{''.join(f[3] for f in flags)}"
+    run_dir = work / f"{key}_{init}_seed{seed}{''.join(f.suffix for f in flags)}"
     argv = [
         "segment",
         CONFIG,
@@ -175,7 +186,7 @@ def seg_job(
         f"data.val_path={camvid / 'test'}",
         *seg_arch(b),
         f"seed={seed}",
-        *(f[2] for f in flags),
+        *(f.override for f in flags),
         f"train.batch_size={p.batch}",
         f"train.max_steps={p.steps}",
         "eval.every_epochs=100000",  # once, after the last step
