@@ -41,8 +41,9 @@ pass ``train.amp=none`` or ``train.amp=bf16`` to choose), this measures in one r
 
 The tokenizer is a randomly initialised VQ-VAE of the config's tokenizer architecture unless
 ``--tokenizer`` names a ``tokenizer.safetensors``: throughput does not depend on the weights.
-If glue > 1.05 (or ``--profile always``), a few full steps run under ``torch.profiler`` and the
-top operators by self CPU time are printed and saved.
+If glue > 1.05 (or ``--profile always``), a few full steps and a few rounds of the parts run
+under ``torch.profiler``; the full step's top operators by self CPU time are printed and saved,
+each beside its time and call count in the sum of the parts (where the glue goes).
 
 Usage:
     python bench/bench_cim.py [--config configs/cifar10_vit.yaml] [--steps 30] [--warmup 5]
@@ -352,28 +353,42 @@ def measure_components(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     trainer.close()  # no fit: release the run directory ourselves
     want = args.profile == "always" or (args.profile == "auto" and result["glue"] > GLUE_TARGET)
     if want:
-        result["profile_full_step"] = profile(parts["full"], steps=3)
+        result["profile_full_step"] = profile_glue(parts, steps=3)
     trainer.logger.close()
     return result
 
 
-def profile(part: Part, steps: int, top: int = 15) -> list[dict[str, Any]]:
-    """Top operators by self CPU time over ``steps`` calls of ``part`` (torch.profiler)."""
+def profile_ops(parts: list[Part], steps: int) -> dict[str, tuple[float, float]]:
+    """Operator -> (self CPU ms, calls) per round, over ``steps`` rounds that each run
+    ``parts`` in turn (torch.profiler)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
-            part.setup()
-            part.run()
-    rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+            for part in parts:
+                part.setup()
+                part.run()
+    return {e.key: (e.self_cpu_time_total / 1e3 / steps, e.count / steps)
+            for e in prof.key_averages()}  # fmt: skip
+
+
+def profile_glue(parts: dict[str, Part], steps: int, top: int = 15) -> list[dict[str, Any]]:
+    """Top operators of the full step by self CPU time, each beside its time and calls in the
+    sum of the parts: extra operators or calls in the full step are work the parts miss; the
+    same calls, each slower, are the cost of running the parts together."""
+    full = profile_ops([parts["full"]], steps)
+    summed = profile_ops([parts[k] for k in SUM_PARTS], steps)
+    ranked = sorted(full.items(), key=lambda kv: kv[1][0], reverse=True)[:top]
     return [
         {
-            "op": r.key,
-            "self_ms_per_step": r.self_cpu_time_total / 1e3 / steps,
-            "calls_per_step": r.count / steps,
+            "op": op,
+            "self_ms_per_step": ms,
+            "calls_per_step": calls,
+            "parts_self_ms_per_step": summed.get(op, (0.0, 0.0))[0],
+            "parts_calls_per_step": summed.get(op, (0.0, 0.0))[1],
         }
-        for r in rows[:top]
+        for op, (ms, calls) in ranked
     ]
 
 
@@ -655,10 +670,12 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> int:
         f"(2-core machine; another job may be running); wall {res['wall_s']:.0f} s"
     )
     if "profile_full_step" in components:
-        print("\nglue over target; top operators of the full step by self CPU time:")
+        print("\ntop operators of the full step by self CPU time, against the sum of parts:")
         for row in components["profile_full_step"]:
             ms, calls = row["self_ms_per_step"], row["calls_per_step"]
-            print(f"  {ms:8.1f} ms  x{calls:<5.0f} {row['op']}")
+            pms, pcalls = row["parts_self_ms_per_step"], row["parts_calls_per_step"]
+            parts = f"(parts {pms:8.1f} ms x{pcalls:<5.0f})"
+            print(f"  {ms:8.1f} ms x{calls:<5.0f} {parts} {row['op']}")
     write_record(res, args.out)
     return 0
 
