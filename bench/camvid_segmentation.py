@@ -27,7 +27,11 @@ CIM's favour. ``--layer-decay 0.65`` (BEiT's segmentation value) runs every row,
 included, with it instead, in run folders ending ``_ld0.65``, so both recipes can sit
 in one ``--work`` and each init can be read at its better one; ``--blr`` likewise sets every
 row's base learning rate (``train.blr``, folders ending ``_blr<value>``; the config's 1e-2 by
-default).
+default). ``--amp`` sets every row's ``train.amp``: ``none`` (fp32 on every machine, the
+default since 2026-12-07; tables made before then ran the config's ``auto``, which is bf16
+autocast on CPUs with AMX or AVX512-BF16 and fp32 elsewhere), ``bf16`` or ``auto`` (folders
+ending ``_amp<value>``); each row records what its run computed in, from the run's
+``environment.jsonl``.
 
 Writes ``<out>/camvid_segmentation.json`` (one row per run: backbone, init, seed, mIoU, pixel
 accuracy, per-class IoU, steps, wall time, the config, the encoder's pre-training summary)
@@ -67,6 +71,7 @@ from typing import Any, NamedTuple
 import yaml
 
 from cimpt.config import load_config, typed
+from cimpt.engine.environment import run_precision
 from cimpt.errors import ConfigError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -176,7 +181,8 @@ def seg_job(
     b = backbone_for(key, a.preset == "quick")
     camvid = Path(a.camvid).expanduser()
     flags = recipe(a)
-    run_dir = work / f"{key}_{init}_seed{seed}{''.join(f.suffix for f in flags)}"
+    amp = "" if a.amp == "none" else f"_amp{a.amp}"
+    run_dir = work / f"{key}_{init}_seed{seed}{''.join(f.suffix for f in flags)}{amp}"
     argv = [
         "segment",
         CONFIG,
@@ -187,6 +193,7 @@ def seg_job(
         *seg_arch(b),
         f"seed={seed}",
         *(f.override for f in flags),
+        f"train.amp={a.amp}",
         f"train.batch_size={p.batch}",
         f"train.max_steps={p.steps}",
         "eval.every_epochs=100000",  # once, after the last step
@@ -216,6 +223,7 @@ def make_row(
         "test_images": res["val_images"],
         "wallclock_s": round(job.wallclock_s, 1),
         "reused": job.reused,
+        "precision": run_precision(job.run_dir),
         "encoder": res["init"],
         "config": cfg,
     }
@@ -229,12 +237,18 @@ def make_row(
     return row
 
 
+def _precisions(rows: list[dict[str, Any]]) -> str:
+    """What the rows' runs computed in, from their ``environment.jsonl`` (e.g. ``fp32``)."""
+    return ", ".join(sorted({r.get("precision", "unrecorded") for r in rows})) or "no rows"
+
+
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     """The results table: mIoU and gain over scratch (same backbone and seed), then IoUs."""
     lines = [
         f"CamVid test split (11 classes), commit {meta['commit'][:7]}, {meta['date']}, "
         f"preset {meta['preset']}, layer decay {meta.get('layer_decay', 1.0):g}, "
-        f"blr {meta.get('blr') or 'of the config'}",
+        f"blr {meta.get('blr') or 'of the config'}, "
+        f"train.amp={meta.get('amp', 'auto')} ({_precisions(rows)})",
         "",
         "| backbone | init | seed | mIoU | pixel acc | gain vs scratch | steps | wall |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
@@ -344,6 +358,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="train.blr for every row, scratch included (default: the config's)",
     )
+    ap.add_argument(
+        "--amp",
+        choices=("none", "bf16", "auto"),
+        default="none",
+        help="train.amp of every fine-tuning (none: fp32 on every machine, the default; "
+        "auto is bf16 on CPUs with AMX or AVX512-BF16); other than none, folders end _amp<v>",
+    )
     ap.add_argument("--evidence-work", default="runs/evidence")
     ap.add_argument("--cifar", default=str(evidence.CIFAR / "train"))
     ap.add_argument("--cifar-val", default="")
@@ -400,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         "parallel": a.parallel,
         "layer_decay": a.layer_decay,
         "blr": a.blr,
+        "amp": a.amp,
         "cpu_count": os.cpu_count(),
         "command": " ".join(sys.argv),
     }

@@ -337,6 +337,8 @@ def study_recipe(
     from cimpt.tokenizers.evaluate import verdict
 
     run = s.work / name
+    from cimpt.engine.environment import run_precision
+
     steps = s.steps(s_per_step)
     argv = s.train_argv(overrides, run, steps)
     cost = timed_job(Job(f"{name}_train", argv, run, "tokenizer.safetensors"), s.threads,
@@ -359,6 +361,9 @@ def study_recipe(
         "wall_minutes": curve[-1]["minutes"],
         "cpu_minutes": curve[-1]["cpu_minutes"],
         "cost": cost,
+        # train.amp stays the config's auto (what a user's run gets on this machine): bf16
+        # autocast on CPUs with AMX or AVX512-BF16, so the budget's steps depend on it
+        "precision": run_precision(run),
         "curve": curve,
         "final": {
             **{k: final[k] for k in ("psnr", "usage", "perplexity", "n_images", "data")},

@@ -278,6 +278,30 @@ def test_restart_in_an_old_run_dir_does_not_duplicate_log_records(tmp_path: Path
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000004"]
 
 
+def test_every_start_records_what_auto_became(tmp_path: Path, monkeypatch) -> None:
+    """environment.jsonl: one line per start with the resolved precision and the start step;
+    a resume on a machine where ``train.amp=auto`` means something else shows as mixed, and
+    run.overwrite clears the old run's lines with the rest of its log."""
+    import cimpt.engine.precision as P
+    from cimpt.engine.environment import read_environment, run_precision
+
+    assert run_precision(tmp_path) == "unrecorded"
+    run_toy(str(tmp_path), 4)  # auto on a CPU without bf16 units (conftest): fp32
+    monkeypatch.setattr(P, "cpu_bf16_units", lambda: "AMX")  # "moved" to an AMX machine
+    run_toy(str(tmp_path), 6, ["resume=auto"])
+    recs = read_environment(tmp_path)
+    assert [(r["step"], r["amp"], r["world_size"]) for r in recs] == [
+        (0, "fp32", 1),
+        (4, "bf16", 1),
+    ]
+    assert recs[1]["precision"] == "bf16 autocast (CPU with AMX)"
+    assert recs[0]["device"] == "cpu" and recs[0]["torch"] == torch.__version__
+    assert run_precision(tmp_path) == "mixed: fp32, bf16"
+    run_toy(str(tmp_path), 2, ["run.overwrite=true", "train.amp=none"])
+    assert [(r["step"], r["amp"]) for r in read_environment(tmp_path)] == [(0, "fp32")]
+    assert run_precision(tmp_path) == "fp32"
+
+
 def test_resume_drops_log_records_written_after_the_checkpoint(tmp_path: Path) -> None:
     import shutil
 

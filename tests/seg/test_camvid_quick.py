@@ -46,11 +46,14 @@ def test_quick_study_rows_and_reuse(
         assert (r["config"]["init"]["checkpoint"] == "") == (r["init"] == "scratch")
         assert r["config"]["segment"]["layer_decay"] == 1.0 and r["steps"] == 2
         assert 0 <= r["miou"] <= 100 and r["test_images"] == 2
+        # pinned, not the machine's auto; and read back from what the run recorded
+        assert r["config"]["train"]["amp"] == "none" and r["precision"] == "fp32"
     made = [r for r in rows if "ResNet" in r["backbone"] and r["init"] != "scratch"]
     assert all(r["encoder"].startswith(str(tmp_path / "evidence")) for r in made)
     assert all(r["pretrain"]["objective"] in r["init"] for r in made)
     table = (tmp_path / "out" / "camvid_segmentation.md").read_text()
     assert "| scratch |" in table and "Per-class IoU" in table
+    assert "train.amp=none (fp32)" in table
     # a rerun reuses every finished job and gives the same table
     assert bench.main(args) == 0
     again = json.loads((tmp_path / "out" / "camvid_segmentation.json").read_text())["rows"]
@@ -66,6 +69,12 @@ def test_comparison_backbone_plans_named_encoders_only(tmp_path: Path, e2e: Any)
     assert plan == [("scratch", "", None), ("cim-revdet", "runs/c", None), ("mae", "runs/m", None)]
     kwargs = next(a for a in bench.BACKBONES["vit192"].arch if a.startswith("enhancer.kwargs"))
     assert "embed_dim: 192" in kwargs and "depth: 6" in kwargs
+    # --amp other than the default fp32 gets its own run folders and its override
+    for amp, suffix in (("none", ""), ("bf16", "_ampbf16")):
+        a = bench.parse_args(["--backbones", "vit192", "--amp", amp])
+        job = bench.seg_job(a, "vit192", "scratch", "", 0, tmp_path)
+        assert job.run_dir.name == f"vit192_scratch_seed0{suffix}"
+        assert f"train.amp={amp}" in job.argv
 
 
 @pytest.mark.timeout(300)

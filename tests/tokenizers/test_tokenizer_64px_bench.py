@@ -40,6 +40,7 @@ def test_quick_study_curves_and_reuse(
         assert all(p["colour_kept"] >= 0 for p in r["curve"])  # random-colour test images
         assert r["curve"][-1]["minutes"] > r["curve"][0]["minutes"] > 0
         assert r["cpu_minutes"] > 0 and not r["cost"]["reused"]
+        assert r["precision"] == "fp32"  # the run's own record (auto is fp32 in tests)
         assert r["verdict"].startswith(("good", "usable", "weak"))
         assert (out / "tokenizer_64px" / f"{r['recipe']}_recon.png").is_file()
         # the verdict cimpt pretrain reads sits next to the exported tokenizer

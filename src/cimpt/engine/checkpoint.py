@@ -28,6 +28,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from cimpt.engine.environment import ENVIRONMENT_FILE
 from cimpt.errors import CimptError, first_line
 from cimpt.weights_io import load_weights, read_safetensors, strip_prefix
 
@@ -151,7 +152,7 @@ def clear_run(run_dir: str | Path) -> None:
         shutil.rmtree(run_dir / name, ignore_errors=True)
     # What runs export at their end: the old run's must not pass for the new one's (the
     # tokenizer loader prefers tokenizer.safetensors over checkpoints, for one).
-    for name in (*RUN_OUTPUTS, "metrics.jsonl"):
+    for name in (*RUN_OUTPUTS, "metrics.jsonl", ENVIRONMENT_FILE):
         (run_dir / name).unlink(missing_ok=True)
 
 
