@@ -278,7 +278,7 @@ def test_restart_in_an_old_run_dir_does_not_duplicate_log_records(tmp_path: Path
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000004"]
 
 
-def test_every_start_records_what_auto_became(tmp_path: Path, monkeypatch) -> None:
+def test_every_start_records_what_auto_became(tmp_path: Path, monkeypatch, capsys) -> None:
     """environment.jsonl: one line per start with the resolved precision and the start step;
     a resume on a machine where ``train.amp=auto`` means something else shows as mixed, and
     run.overwrite clears the old run's lines with the rest of its log."""
@@ -289,6 +289,8 @@ def test_every_start_records_what_auto_became(tmp_path: Path, monkeypatch) -> No
     run_toy(str(tmp_path), 4)  # auto on a CPU without bf16 units (conftest): fp32
     monkeypatch.setattr(P, "cpu_bf16_units", lambda: "AMX")  # "moved" to an AMX machine
     run_toy(str(tmp_path), 6, ["resume=auto"])
+    note = "note: this run computed in fp32 up to step 4 (fp32 (cpu)) and goes on in bf16"
+    assert note in capsys.readouterr().err
     recs = read_environment(tmp_path)
     assert [(r["step"], r["amp"], r["world_size"]) for r in recs] == [
         (0, "fp32", 1),
@@ -298,6 +300,7 @@ def test_every_start_records_what_auto_became(tmp_path: Path, monkeypatch) -> No
     assert recs[0]["device"] == "cpu" and recs[0]["torch"] == torch.__version__
     assert run_precision(tmp_path) == "mixed: fp32, bf16"
     run_toy(str(tmp_path), 2, ["run.overwrite=true", "train.amp=none"])
+    assert "note: this run computed" not in capsys.readouterr().err  # a fresh start
     assert [(r["step"], r["amp"]) for r in read_environment(tmp_path)] == [(0, "fp32")]
     assert run_precision(tmp_path) == "fp32"
 

@@ -77,6 +77,28 @@ def append_environment(run_dir: str | Path, record: dict[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def record_start(
+    run_dir: str | Path,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    world_size: int,
+    step: int,
+) -> str | None:
+    """Append this start's record; return a one-line note when a resumed run now computes in
+    another precision than its last start did (``train.amp=auto`` on another kind of machine),
+    since the run then goes on with other numerics, though from the same weights."""
+    before = read_environment(run_dir)
+    record = environment_record(device, amp_dtype, world_size, step)
+    append_environment(run_dir, record)
+    if step == 0 or not before or before[-1]["amp"] == record["amp"]:
+        return None
+    return (
+        f"note: this run computed in {before[-1]['amp']} up to step {step} "
+        f"({before[-1]['precision']}) and goes on in {record['precision']}; "
+        "set train.amp to keep one precision"
+    )
+
+
 def read_environment(run_dir: str | Path) -> list[dict[str, Any]]:
     """The records of a run, first start first (``[]`` for a run that predates the file)."""
     path = Path(run_dir) / ENVIRONMENT_FILE

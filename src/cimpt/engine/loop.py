@@ -31,7 +31,7 @@ from cimpt.engine.checkpoint import (
     remove_stale_temporaries,
     save_checkpoint,
 )
-from cimpt.engine.environment import append_environment, environment_record
+from cimpt.engine.environment import record_start
 from cimpt.engine.metrics import MetricsLogger, RunningMeans, peak_memory_mb
 from cimpt.engine.optim import build_adamw
 from cimpt.engine.precision import autocast, choose_attention, describe, resolve_amp
@@ -278,12 +278,11 @@ class Trainer:
         if self.dist.is_main:
             save_config(self.cfg, self.run_dir / "config.yaml")
             # What train.amp=auto and train.device=auto became here (environment.py's doc).
-            append_environment(
-                self.run_dir,
-                environment_record(
-                    self.device, self.amp_dtype, self.dist.world_size, self.state.step
-                ),
+            note = record_start(
+                self.run_dir, self.device, self.amp_dtype, self.dist.world_size, self.state.step
             )
+            if note:
+                print(note, file=sys.stderr)
             if cfg.run.progress:  # beside the progress bar, on stderr
                 print(f"precision: {describe(self.amp_dtype, self.device)}", file=sys.stderr)
                 print(self.summary(), file=sys.stderr)
