@@ -1,6 +1,6 @@
 """Streaming dataset over WebDataset-layout tar shards, read with Python's ``tarfile``.
 
-Large collections (ImageNet-scale pre-training, docs/METHOD.md "Pre-training recipe") are best
+Large collections (ImageNet-scale pre-training, docs/METHOD.md "Recipes (choice)") are best
 stored as a few hundred tar files read sequentially. The layout follows WebDataset: files of
 one sample are adjacent in the tar and share a key, the member path up to the first dot of its
 base name (``train/000123.jpg`` + ``train/000123.cls`` form sample ``train/000123``). The image

@@ -1,4 +1,4 @@
-"""The image-tokenizer interface that CIM relies on (docs/METHOD.md, "Parts").
+"""The image-tokenizer interface that CIM relies on (docs/METHOD.md, "The three networks").
 
 A tokenizer maps an image in [0, 1] to a grid of discrete visual tokens and back. During CIM
 pre-training it is frozen: eval mode, no gradients, never wrapped in DDP.

@@ -1,7 +1,8 @@
 """A trainable VQ-VAE image tokenizer with an EMA codebook.
 
-CIM needs a frozen image tokenizer (docs/METHOD.md, "Parts"; Fang et al., ICLR 2023, Sec. 3). The
-paper uses the DALL-E dVAE, whose weights cannot be downloaded here, so users train their own.
+CIM needs a frozen image tokenizer (docs/METHOD.md, "The three networks"; Fang et al., ICLR
+2023, Sec. 3). The paper uses the DALL-E dVAE, whose weights cannot be downloaded here, so
+users train their own.
 We use a VQ-VAE (van den Oord et al., "Neural Discrete Representation Learning", NeurIPS 2017)
 whose codebook is updated by exponential moving averages instead of gradients (appendix A.1 of
 that paper; Razavi et al., "VQ-VAE-2", NeurIPS 2019), rather than a Gumbel-softmax dVAE:
