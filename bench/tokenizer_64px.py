@@ -334,11 +334,10 @@ def study_recipe(
     s: Study, name: str, overrides: tuple[str, ...], s_per_step: float, out: Path
 ) -> dict[str, Any]:
     """Train one recipe for its step budget, evaluate its checkpoints; its record."""
+    from cimpt.engine.environment import run_precision
     from cimpt.tokenizers.evaluate import verdict
 
     run = s.work / name
-    from cimpt.engine.environment import run_precision
-
     steps = s.steps(s_per_step)
     argv = s.train_argv(overrides, run, steps)
     cost = timed_job(Job(f"{name}_train", argv, run, "tokenizer.safetensors"), s.threads,

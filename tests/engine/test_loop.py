@@ -289,7 +289,7 @@ def test_every_start_records_what_auto_became(tmp_path: Path, monkeypatch, capsy
     run_toy(str(tmp_path), 4)  # auto on a CPU without bf16 units (conftest): fp32
     monkeypatch.setattr(P, "cpu_bf16_units", lambda: "AMX")  # "moved" to an AMX machine
     run_toy(str(tmp_path), 6, ["resume=auto"])
-    note = "note: this run computed in fp32 up to step 4 (fp32 (cpu)) and goes on in bf16"
+    note = "note: this run computed in fp32 (cpu) up to step 4 and goes on in bf16 autocast"
     assert note in capsys.readouterr().err
     recs = read_environment(tmp_path)
     assert [(r["step"], r["amp"], r["world_size"]) for r in recs] == [
@@ -299,6 +299,9 @@ def test_every_start_records_what_auto_became(tmp_path: Path, monkeypatch, capsy
     assert recs[1]["precision"] == "bf16 autocast (CPU with AMX)"
     assert recs[0]["device"] == "cpu" and recs[0]["torch"] == torch.__version__
     assert run_precision(tmp_path) == "mixed: fp32, bf16"
+    with open(tmp_path / "environment.jsonl", "a") as fh:
+        fh.write('{"step": 6, "amp": "fp')  # cut short by a full disk: skipped, not fatal
+    assert len(read_environment(tmp_path)) == 2
     run_toy(str(tmp_path), 2, ["run.overwrite=true", "train.amp=none"])
     assert "note: this run computed" not in capsys.readouterr().err  # a fresh start
     assert [(r["step"], r["amp"]) for r in read_environment(tmp_path)] == [(0, "fp32")]

@@ -60,7 +60,7 @@ def environment_record(
         "device": str(device),
         "device_name": _device_name(device),
         "cpu_bf16_units": precision.cpu_bf16_units(),
-        "amp": _DTYPE_NAMES.get(amp_dtype, "fp32") if amp_dtype is not None else "fp32",
+        "amp": "fp32" if amp_dtype is None else _DTYPE_NAMES.get(amp_dtype, str(amp_dtype)),
         "precision": precision.describe(amp_dtype, device),
         "world_size": world_size,
         "threads": torch.get_num_threads(),
@@ -93,18 +93,27 @@ def record_start(
     if step == 0 or not before or before[-1]["amp"] == record["amp"]:
         return None
     return (
-        f"note: this run computed in {before[-1]['amp']} up to step {step} "
-        f"({before[-1]['precision']}) and goes on in {record['precision']}; "
-        "set train.amp to keep one precision"
+        f"note: this run computed in {before[-1]['precision']} up to step {step} and goes on "
+        f"in {record['precision']}; set train.amp to keep one precision"
     )
 
 
 def read_environment(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The records of a run, first start first (``[]`` for a run that predates the file)."""
+    """The records of a run, first start first (``[]`` for a run that predates the file). A
+    line that is not a whole record (a write cut short by a full disk) is skipped: this file
+    describes the run and must never stop it from resuming."""
     path = Path(run_dir) / ENVIRONMENT_FILE
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and {"amp", "precision"} <= rec.keys():
+            records.append(rec)
+    return records
 
 
 def run_precision(run_dir: str | Path) -> str:
