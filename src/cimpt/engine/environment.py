@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from cimpt.engine import precision
+from cimpt.engine.metrics import json_lines
 
 ENVIRONMENT_FILE = "environment.jsonl"
 _DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -105,15 +106,11 @@ def read_environment(run_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / ENVIRONMENT_FILE
     if not path.is_file():
         return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict) and {"amp", "precision"} <= rec.keys():
-            records.append(rec)
-    return records
+    return [
+        rec
+        for _, rec in json_lines(path)
+        if isinstance(rec, dict) and {"amp", "precision"} <= rec.keys()
+    ]
 
 
 def run_precision(run_dir: str | Path) -> str:

@@ -13,7 +13,7 @@ import json
 import resource
 import sys
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,16 @@ def peak_memory_mb(device: torch.device) -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024
 
 
+def json_lines(path: Path) -> Iterator[tuple[str, Any]]:
+    """``(line, value)`` for each line of the JSON-lines file ``path`` that parses; a line a
+    crash or a full disk cut short is skipped."""
+    for line in path.read_text().splitlines():
+        try:
+            yield line, json.loads(line)
+        except json.JSONDecodeError:
+            continue
+
+
 def keep_records_through(path: Path, step: int) -> None:
     """Rewrite ``metrics.jsonl`` at ``path`` (atomically) keeping records with ``step <= step``.
 
@@ -79,11 +89,7 @@ def keep_records_through(path: Path, step: int) -> None:
     if not path.exists():
         return
     kept = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    for line, record in json_lines(path):
         try:
             keep = int(record["step"]) <= step
         except (TypeError, ValueError, KeyError):
