@@ -52,7 +52,7 @@ from omegaconf import DictConfig
 from cimpt.config import load_config
 from cimpt.engine.loop import Trainer
 from cimpt.engine.optim import build_adamw
-from cimpt.engine.precision import cpu_bf16_units, full_precision
+from cimpt.engine.precision import cpu_bf16_units, cpuinfo_field, full_precision
 from cimpt.pretrain import build_cim_task
 from cimpt.tokenizers.dalle import DalleTokenizer
 from cimpt.tokenizers.load import save_tokenizer
@@ -115,7 +115,7 @@ def machine(device: torch.device) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "cpu_amx_bf16": cpu_bf16_units() == "AMX",
         "cpu_bf16_units": cpu_bf16_units(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpuinfo_field("model name") or platform.processor(),
         "device": str(device),
     }
     if device.type == "cuda":
@@ -126,16 +126,6 @@ def machine(device: torch.device) -> dict[str, Any]:
             gpu_memory_gib=torch.cuda.get_device_properties(device).total_memory / 2**30,
         )
     return info
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 # ---- the CIM step --------------------------------------------------------------------------

@@ -60,6 +60,7 @@ def test_bf16_units_probe(monkeypatch, tmp_path, extra, amx_probe, avx_probe, wa
         else:
             monkeypatch.setattr(torch.cpu, name, lambda v=value: v, raising=False)
     assert REAL_BF16_UNITS.__wrapped__() == want  # the uncached function
+    assert P.cpuinfo_field("model name") == "test"
 
 
 def _vit() -> torch.nn.Module:

@@ -24,27 +24,14 @@ from cimpt.engine import precision
 from cimpt.engine.metrics import json_lines
 
 ENVIRONMENT_FILE = "environment.jsonl"
-_DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     if device.type == "cpu":
-        return _cpu_model() or platform.machine()
+        return precision.cpuinfo_field("model name") or platform.machine()
     return device.type
-
-
-def _cpu_model() -> str:
-    """The ``model name`` of ``/proc/cpuinfo`` (empty where there is none)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-    for line in text.splitlines():
-        if line.startswith("model name"):
-            return line.partition(":")[2].strip()
-    return ""
 
 
 def environment_record(
@@ -61,7 +48,7 @@ def environment_record(
         "device": str(device),
         "device_name": _device_name(device),
         "cpu_bf16_units": precision.cpu_bf16_units(),
-        "amp": "fp32" if amp_dtype is None else _DTYPE_NAMES.get(amp_dtype, str(amp_dtype)),
+        "amp": precision.amp_name(amp_dtype),
         "precision": precision.describe(amp_dtype, device),
         "world_size": world_size,
         "threads": torch.get_num_threads(),

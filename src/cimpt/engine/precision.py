@@ -55,16 +55,23 @@ def _probe(name: str, fallback: bool) -> bool:
     return fallback
 
 
-def _cpu_flags() -> set[str]:
-    """The ``flags`` of ``/proc/cpuinfo`` (empty where there is none)."""
+def cpuinfo_field(key: str) -> str:
+    """The value of the first ``key`` line of ``/proc/cpuinfo``, e.g. ``"model name"`` or
+    ``"flags"`` (empty where there is none)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return set()
+        return ""
     for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split())
-    return set()
+        name, sep, value = line.partition(":")
+        if sep and name.strip() == key:
+            return value.strip()
+    return ""
+
+
+def _cpu_flags() -> set[str]:
+    """The ``flags`` of ``/proc/cpuinfo`` (empty where there is none)."""
+    return set(cpuinfo_field("flags").split())
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
@@ -80,12 +87,19 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
+def amp_name(dtype: torch.dtype | None) -> str:
+    """``"bf16"``, ``"fp16"`` or ``"fp32"`` (``None``: no autocast) for an autocast dtype."""
+    if dtype is None:
+        return "fp32"
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
+
+
 def describe(dtype: torch.dtype | None, device: torch.device) -> str:
     """A short start-up line, e.g. ``bf16 autocast (CPU with AMX)``."""
     if dtype is None:
         return f"fp32 ({device.type})"
     units = cpu_bf16_units() if device.type == "cpu" else None
-    name = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
+    name = amp_name(dtype)
     where = f"CPU with {units}" if units else device.type
     return f"{name} autocast ({where})"
 
