@@ -27,10 +27,12 @@ CIM's favour. ``--layer-decay 0.65`` (BEiT's segmentation value) runs every row,
 included, with it instead, in run folders ending ``_ld0.65``, so both recipes can sit
 in one ``--work`` and each init can be read at its better one; ``--blr`` likewise sets every
 row's base learning rate (``train.blr``, folders ending ``_blr<value>``; the config's 1e-2 by
-default). ``--amp`` sets every row's ``train.amp``: ``none`` (fp32 on every machine, the
-default since 2026-12-07; tables made before then ran the config's ``auto``, which is bf16
-autocast on CPUs with AMX or AVX512-BF16 and fp32 elsewhere), ``bf16`` or ``auto`` (folders
-ending ``_amp<value>``); each row records what its run computed in, from the run's
+default). ``--steps`` sets every row's fine-tuning budget (``train.max_steps``, folders ending
+``_steps<N>``; the preset's without it), to see whether a gain over scratch grows or shrinks
+with a longer fine-tuning. ``--amp`` sets every row's ``train.amp``: ``none`` (fp32 on every
+machine, the default since 2026-12-07; tables made before then ran the config's ``auto``,
+which is bf16 autocast on CPUs with AMX or AVX512-BF16 and fp32 elsewhere), ``bf16`` or
+``auto`` (folders ending ``_amp<value>``); each row records what its run computed in, from the run's
 ``environment.jsonl``.
 
 Writes ``<out>/camvid_segmentation.json`` (one row per run: backbone, init, seed, mIoU, pixel
@@ -165,10 +167,14 @@ class RecipeFlag(NamedTuple):
 
 
 def recipe(a: argparse.Namespace) -> list[RecipeFlag]:
-    """The recipe flags of ``a`` (``--layer-decay`` always, ``--blr`` when given)."""
+    """The recipe flags of ``a``: ``--layer-decay`` always, ``--steps`` (the fine-tuning budget;
+    the preset's without it) always, ``--blr`` when given."""
     ld = a.layer_decay
+    steps = PRESETS[a.preset].steps if a.steps is None else a.steps
     out = [RecipeFlag("--layer-decay", ld, f"segment.layer_decay={ld:g}",
-                      "" if ld == 1.0 else f"_ld{ld:g}")]  # fmt: skip
+                      "" if ld == 1.0 else f"_ld{ld:g}"),
+           RecipeFlag("--steps", steps, f"train.max_steps={steps}",
+                      "" if a.steps is None else f"_steps{steps}")]  # fmt: skip
     if a.blr is not None:
         out.append(RecipeFlag("--blr", a.blr, f"train.blr={a.blr:g}", f"_blr{a.blr:g}"))
     return out
@@ -195,7 +201,6 @@ def seg_job(
         *(f.override for f in flags),
         f"train.amp={a.amp}",
         f"train.batch_size={p.batch}",
-        f"train.max_steps={p.steps}",
         "eval.every_epochs=100000",  # once, after the last step
         "run.progress=false",
         "run.ckpt_every=200",
@@ -359,6 +364,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="train.blr for every row, scratch included (default: the config's)",
     )
     ap.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="fine-tuning steps of every row, scratch included (default: the preset's, 450 in "
+        "standard); given, folders end _steps<N>",
+    )
+    ap.add_argument(
         "--amp",
         choices=("none", "bf16", "auto"),
         default="none",
@@ -398,6 +410,9 @@ def recipe_ok(a: argparse.Namespace) -> bool:
     """Each recipe flag's override passes the config schema's own checks (``train.*`` on load,
     ``segment.*`` as ``cimpt segment`` runs them), before any job starts; else one error line
     naming the flag."""
+    if a.steps is not None and a.steps < 1:
+        print(f"error: --steps {a.steps}: must be at least 1", file=sys.stderr)
+        return False
     for flag, value, override, _ in recipe(a):
         try:
             typed(load_config(CONFIG, [override])).segment.check()
@@ -421,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         "parallel": a.parallel,
         "layer_decay": a.layer_decay,
         "blr": a.blr,
+        "steps": recipe(a)[1].value,
         "amp": a.amp,
         "cpu_count": os.cpu_count(),
         "command": " ".join(sys.argv),

@@ -134,9 +134,9 @@ def test_in_domain_pretraining_names_a_missing_tokenizer_recipe(
 def test_recipe_flags_have_their_own_run_folders(
     tmp_path: Path, e2e: Any, capsys: pytest.CaptureFixture
 ) -> None:
-    """``--layer-decay`` and ``--blr`` change every row's recipe, scratch included, and keep
-    those runs apart from the default recipe's so both can share one ``--work``; a value out of
-    range is one error line."""
+    """``--layer-decay``, ``--blr`` and ``--steps`` change every row's recipe, scratch included,
+    and keep those runs apart from the default recipe's so both can share one ``--work``; a
+    value out of range is one error line."""
     bench = e2e.import_bench("camvid_segmentation")
     off = bench.seg_job(bench.parse_args([]), "vit192", "scratch", "", 1, tmp_path)
     on = bench.seg_job(
@@ -150,10 +150,15 @@ def test_recipe_flags_have_their_own_run_folders(
     job = bench.seg_job(both, "vit192", "scratch", "", 0, tmp_path)
     assert job.run_dir == tmp_path / "vit192_scratch_seed0_ld0.65_blr0.02"
     assert "train.blr=0.02" in job.argv and "segment.layer_decay=0.65" in job.argv
+    assert [x for x in off.argv if x.startswith("train.max_steps=")] == ["train.max_steps=450"]
+    longer = bench.seg_job(bench.parse_args(["--steps", "1350"]), "vit192", "mae", "m", 2, tmp_path)
+    assert longer.run_dir == tmp_path / "vit192_mae_seed2_steps1350"
+    assert [x for x in longer.argv if x.startswith("train.max_steps=")] == ["train.max_steps=1350"]
     camvid = tmp_path / "camvid"
     for split in ("train", "test"):
         (camvid / split / "images").mkdir(parents=True)
-    for flag, bad in (("--layer-decay", "0"), ("--layer-decay", "1.5"), ("--blr", "0")):
+    bad_flags = (("--layer-decay", "0"), ("--layer-decay", "1.5"), ("--blr", "0"), ("--steps", "0"))
+    for flag, bad in bad_flags:
         args = [flag, bad, "--camvid", str(camvid), "--backbones", "vit192"]
         assert bench.main(args) == 2
         err = capsys.readouterr().err.strip()
