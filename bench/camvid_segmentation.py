@@ -436,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         "parallel": a.parallel,
         "layer_decay": a.layer_decay,
         "blr": a.blr,
-        "steps": recipe(a)[1].value,
+        "steps": next(f.value for f in recipe(a) if f.flag == "--steps"),
         "amp": a.amp,
         "cpu_count": os.cpu_count(),
         "command": " ".join(sys.argv),
